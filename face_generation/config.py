@@ -1,0 +1,90 @@
+"""Loading the Hydra config tree in `configs/`: the single source of truth for parameters.
+
+Every stage is `python -m face_generation.<module>` and takes its config one of two ways:
+  * Hydra overrides, composed from `configs/config.yaml`: `... data=folder data.path=faces`;
+  * `--params params.yaml`, the composed `configs/pipeline.yaml` that DVC tracks, plus
+    optional overrides on top (dotted keys only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_DIR = Path(os.environ.get("FACE_GENERATION_CONFIGS", Path(__file__).parents[1] / "configs"))
+
+
+def compose(config_name: str = "config", overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose `configs/<config_name>.yaml` with Hydra overrides, as Hydra's CLI would."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR.resolve()), version_base=None):
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
+
+
+def load_params(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """Load a composed config file (params.yaml) and apply dotted `key=value` overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"params file {path} does not exist; write it with `make params` "
+            "(python -m face_generation.config > params.yaml)"
+        )
+    cfg = OmegaConf.load(path)
+    assert isinstance(cfg, DictConfig)
+    if overrides:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    return cfg
+
+
+def stage_parser(description: str) -> argparse.ArgumentParser:
+    """The command line every stage shares: `--params FILE` and Hydra-style overrides."""
+    parser = argparse.ArgumentParser(
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "Configuration comes from configs/ (Hydra). Examples:\n"
+            "  %(prog)s data=folder data.path=../shared/data/celeba-sample-10k\n"
+            "  %(prog)s --params params.yaml            (as `dvc repro` runs it)\n"
+            "  %(prog)s --params params.yaml data.resolution=48"
+        ),
+    )
+    parser.add_argument(
+        "--params",
+        metavar="FILE",
+        help="composed config to read (params.yaml under DVC) instead of composing configs/",
+    )
+    parser.add_argument(
+        "overrides", nargs="*", metavar="OVERRIDE", help="Hydra overrides such as data.resolution=64"
+    )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> DictConfig:
+    """The config a stage runs with, from `stage_parser`'s parsed arguments."""
+    if args.params:
+        return load_params(args.params, args.overrides)
+    return compose("config", args.overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Print a composed config as YAML. With no arguments, prints the pipeline "
+        "config that `params.yaml` must hold: `python -m face_generation.config > params.yaml`."
+    )
+    parser.add_argument("--name", default="pipeline", help="config to compose (pipeline|config)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides")
+    args = parser.parse_args(argv)
+    header = (
+        "# Generated from configs/ by `python -m face_generation.config`; never edit by hand.\n"
+    )
+    print(header + OmegaConf.to_yaml(compose(args.name, args.overrides), resolve=True), end="")
+
+
+if __name__ == "__main__":
+    main()
