@@ -60,7 +60,10 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
         help="composed config to read (params.yaml under DVC) instead of composing configs/",
     )
     parser.add_argument(
-        "overrides", nargs="*", metavar="OVERRIDE", help="Hydra overrides such as data.resolution=64"
+        "overrides",
+        nargs="*",
+        metavar="OVERRIDE",
+        help="Hydra overrides such as data.resolution=64",
     )
     return parser
 

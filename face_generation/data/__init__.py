@@ -1,0 +1,1 @@
+"""Data stages: download -> split -> crop -> pack. Each is `python -m face_generation.data.<stage>`."""

@@ -1,0 +1,181 @@
+"""Stage `crop`: find the square face box of every image (data/crops.csv).
+
+`data.crop.method`:
+  center  pre-aligned faces (CelebA's aligned set, UTKFace, LFW): a centred square; only the
+          image header is read here, pixels are decoded once, by `pack`;
+  mtcnn   photos in the wild: facenet-pytorch's MTCNN (its weights ship in the wheel) finds
+          the most confident face; its box is enlarged by `margin` and made square.
+
+Unreadable, non-image, corrupt and too-small files, and images with no confident face, are
+skipped and counted by reason in data/crops.json.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+
+import numpy as np
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from face_generation.config import config_from_args, stage_parser
+from face_generation.data import images
+from face_generation.data.tables import (
+    CROP_COLUMNS,
+    Row,
+    crops_path,
+    read_table,
+    split_path,
+    stage_summary,
+    summary_path,
+    write_json,
+    write_table,
+)
+
+Box = tuple[int, int, int, int]  # left, top, right, bottom in pixels, right/bottom exclusive
+
+
+def center_box(width: int, height: int, fraction: float, offset: float) -> Box:
+    """A centred square of `fraction` of the short side, moved down by `offset` x height."""
+    side = max(1, round(min(width, height) * fraction))
+    center_x, center_y = width / 2, height / 2 + offset * height
+    return fit_square(center_x, center_y, side, width, height)
+
+
+def fit_square(center_x: float, center_y: float, side: int, width: int, height: int) -> Box:
+    """A square of `side` around a centre, shifted (and if need be shrunk) to lie in the image."""
+    side = min(side, width, height)
+    left = int(round(center_x - side / 2))
+    top = int(round(center_y - side / 2))
+    left = min(max(left, 0), width - side)
+    top = min(max(top, 0), height - side)
+    return left, top, left + side, top + side
+
+
+def face_box(detection: np.ndarray, margin: float, width: int, height: int) -> Box:
+    """Square box around a detector box [x1, y1, x2, y2], enlarged by `margin` on each side."""
+    x1, y1, x2, y2 = (float(v) for v in detection)
+    side = round(max(x2 - x1, y2 - y1) * (1 + 2 * margin))
+    return fit_square((x1 + x2) / 2, (y1 + y2) / 2, side, width, height)
+
+
+def with_box(row: Row, box: Box) -> Row:
+    left, top, right, bottom = box
+    return {
+        **row,
+        "box_left": str(left),
+        "box_top": str(top),
+        "box_right": str(right),
+        "box_bottom": str(bottom),
+    }
+
+
+def crop_centered(rows: list[Row], crop_cfg: DictConfig, skipped: Counter[str]) -> list[Row]:
+    kept = []
+    for row in tqdm(rows, desc="crop: headers", unit="img", mininterval=1.0):
+        try:
+            header = images.read_header(images.read_bytes(row["path"]))
+        except images.ImageError as error:
+            skipped[error.reason] += 1
+            continue
+        if min(header.width, header.height) < crop_cfg.min_size:
+            skipped[images.TOO_SMALL] += 1
+            continue
+        box = center_box(
+            header.width, header.height, crop_cfg.center_fraction, crop_cfg.center_offset
+        )
+        kept.append(with_box(row, box))
+    return kept
+
+
+def decoded(
+    rows: Iterable[Row], min_size: int, skipped: Counter[str]
+) -> Iterable[tuple[Row, np.ndarray]]:
+    for row in rows:
+        try:
+            pixels = images.decode_rgb(images.read_bytes(row["path"]))
+        except images.ImageError as error:
+            skipped[error.reason] += 1
+            continue
+        if min(pixels.shape[:2]) < min_size:
+            skipped[images.TOO_SMALL] += 1
+            continue
+        yield row, pixels
+
+
+def crop_detected(rows: list[Row], crop_cfg: DictConfig, skipped: Counter[str]) -> list[Row]:
+    import torch
+    from facenet_pytorch import MTCNN
+
+    detector = MTCNN(select_largest=False, keep_all=False, device=torch.device("cpu"))
+    boxes: dict[str, Box] = {}
+    batches: dict[tuple[int, ...], list[tuple[Row, np.ndarray]]] = defaultdict(list)
+
+    def detect(batch: list[tuple[Row, np.ndarray]]) -> None:
+        # MTCNN takes a batch only of equally sized images, hence the grouping by shape.
+        found, probabilities = detector.detect(np.stack([pixels for _, pixels in batch]))
+        for (row, pixels), detections, probability in zip(batch, found, probabilities, strict=True):
+            if (
+                detections is None
+                or probability[0] is None
+                or probability[0] < crop_cfg.min_confidence
+            ):
+                skipped[images.NO_FACE] += 1
+                continue
+            height, width = pixels.shape[:2]
+            boxes[row["path"]] = face_box(detections[0], crop_cfg.margin, width, height)
+
+    progress = tqdm(rows, desc="crop: detecting faces", unit="img", mininterval=1.0)
+    for row, pixels in decoded(progress, crop_cfg.min_size, skipped):
+        batch = batches[pixels.shape]
+        batch.append((row, pixels))
+        if len(batch) == crop_cfg.batch_size:
+            detect(batch)
+            batch.clear()
+    for batch in batches.values():
+        if batch:
+            detect(batch)
+    return [with_box(row, boxes[row["path"]]) for row in rows if row["path"] in boxes]
+
+
+def run(cfg: DictConfig) -> list[Row]:
+    started = time.perf_counter()
+    rows = read_table(split_path(cfg), "split")
+    crop_cfg = cfg.data.crop
+    skipped: Counter[str] = Counter()
+    if crop_cfg.method == "center":
+        kept = crop_centered(rows, crop_cfg, skipped)
+    elif crop_cfg.method == "mtcnn":
+        kept = crop_detected(rows, crop_cfg, skipped)
+    else:
+        raise ValueError(f"unknown data.crop.method {crop_cfg.method!r}: use center or mtcnn")
+    if not kept:
+        raise ValueError(
+            f"no usable image among {len(rows)}: skipped {dict(skipped)}; "
+            "check data.path and data.crop (min_size, method)"
+        )
+    output = crops_path(cfg)
+    write_table(output, kept, CROP_COLUMNS)
+    seconds = time.perf_counter() - started
+    write_json(
+        summary_path(output),
+        {
+            "method": crop_cfg.method,
+            "images_in": len(rows),
+            "images_out": len(kept),
+            "skipped": dict(skipped),
+        },
+    )
+    print(stage_summary("crop", len(rows), len(kept), dict(skipped), seconds))
+    return kept
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = stage_parser(__doc__ or "").parse_args(argv)
+    run(config_from_args(args))
+
+
+if __name__ == "__main__":
+    main()
