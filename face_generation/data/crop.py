@@ -47,8 +47,8 @@ def center_box(width: int, height: int, fraction: float, offset: float) -> Box:
 def fit_square(center_x: float, center_y: float, side: int, width: int, height: int) -> Box:
     """A square of `side` around a centre, shifted (and if need be shrunk) to lie in the image."""
     side = min(side, width, height)
-    left = int(round(center_x - side / 2))
-    top = int(round(center_y - side / 2))
+    left = round(center_x - side / 2)
+    top = round(center_y - side / 2)
     left = min(max(left, 0), width - side)
     top = min(max(top, 0), height - side)
     return left, top, left + side, top + side
