@@ -37,17 +37,28 @@ def unit_hash(key: str, seed: int) -> float:
 
 
 def split_by_hash(rows: list[Row], fractions: dict[str, float], seed: int) -> list[str]:
-    """Split by identity when a row has one (identity-disjoint), else by content hash."""
+    """Split by identity when a row has one (identity-disjoint), else by content hash.
+
+    Groups (an identity, or one image) are ordered by a seeded hash and cut where the running
+    image count crosses each split's share, so small sets still get every split.
+    """
+    groups: dict[str, list[int]] = {}
+    for index, row in enumerate(rows):
+        key = f"identity:{row['identity']}" if row["identity"] else f"sha1:{row['sha1']}"
+        groups.setdefault(key, []).append(index)
     total = sum(fractions.values())
     bounds, cumulative = [], 0.0
     for name in SPLITS:
-        cumulative += fractions.get(name, 0.0) / total
+        cumulative += fractions.get(name, 0.0) / total * len(rows)
         bounds.append((cumulative, name))
-    assigned = []
-    for row in rows:
-        key = f"identity:{row['identity']}" if row["identity"] else f"sha1:{row['sha1']}"
-        value = unit_hash(key, seed)
-        assigned.append(next((name for bound, name in bounds if value < bound), SPLITS[-1]))
+    assigned = [""] * len(rows)
+    placed = 0
+    for key in sorted(groups, key=lambda key: unit_hash(key, seed)):
+        middle = placed + len(groups[key]) / 2
+        split = next((name for bound, name in bounds if middle < bound), SPLITS[-1])
+        for index in groups[key]:
+            assigned[index] = split
+        placed += len(groups[key])
     return assigned
 
 

@@ -1,0 +1,55 @@
+"""Fixtures shared by the test suite: real data locations and configs that write into tmp."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+from omegaconf import DictConfig
+
+from face_generation.config import compose
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+CELEBA_SAMPLE = SHARED_DATA / "celeba-sample-10k"
+UTKFACE_SAMPLE = SHARED_DATA / "utkface-sample-4k"
+
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+def _require(path: Path) -> Path:
+    if not path.is_dir():
+        pytest.skip(f"real face data not found at {path} (../shared/data beside the repo)")
+    return path
+
+
+@pytest.fixture
+def celeba_sample() -> Path:
+    return _require(CELEBA_SAMPLE)
+
+
+@pytest.fixture
+def utkface_sample() -> Path:
+    return _require(UTKFACE_SAMPLE)
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., DictConfig]:
+    """Compose configs/config.yaml with overrides, every output path inside tmp_path."""
+
+    def make(*overrides: str, root: Path | None = None, config_name: str = "config") -> DictConfig:
+        base = root or tmp_path
+        paths = [f"paths.{key}={base / key}" for key in ("data", "metrics", "models", "plots")]
+        return compose(config_name, [*paths, *overrides])
+
+    return make
+
+
+def link_images(source: Path, destination: Path, names: Sequence[str]) -> Path:
+    """A folder of symlinks to some real images: the tests read them in place, never copy them."""
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (destination / name).symlink_to(source / name)
+    return destination

@@ -1,0 +1,83 @@
+"""The real `dvc` CLI runs the pipeline in a fresh git repository holding a copy of the project."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from face_generation.pipeline import write_params
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def project_files() -> list[str]:
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    return [name for name in listed if (REPO_ROOT / name).is_file()]
+
+
+def run(command: list[str], cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def stages_run(output: str) -> set[str]:
+    return {
+        line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")
+    }
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    repo = tmp_path / "project"
+    for name in project_files():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO_ROOT / name, repo / name)
+    run(["git", "init", "-q"], repo)
+    run(["git", "add", "-A"], repo)
+    run(
+        [
+            "git",
+            "-c",
+            "user.name=test",
+            "-c",
+            "user.email=test@example.com",
+            "commit",
+            "-qm",
+            "project",
+        ],
+        repo,
+    )
+    return repo
+
+
+def test_dvc_repro_runs_data_stages_then_only_what_changed(project: Path, monkeypatch) -> None:
+    monkeypatch.chdir(project)
+    dvc = [sys.executable, "-m", "dvc"]
+    write_params([])
+    first = run([*dvc, "repro"], project)
+    assert {"download", "split", "crop", "pack"} <= stages_run(first)
+    assert (project / "data" / "packed" / "32" / "train.npy").is_file()
+    assert "images_packed" in run([*dvc, "metrics", "show"], project)
+
+    second = run([*dvc, "repro"], project)
+    assert stages_run(second) == set()
+
+    write_params(["data.resolution=24"])
+    third = run([*dvc, "repro"], project)
+    assert "pack" in stages_run(third)
+    assert not stages_run(third) & {"download", "split", "crop"}
+    assert (project / "data" / "packed" / "24" / "train.npy").is_file()
