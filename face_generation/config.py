@@ -39,6 +39,7 @@ def load_params(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
     assert isinstance(cfg, DictConfig)
     if overrides:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    assert isinstance(cfg, DictConfig)
     return cfg
 
 

@@ -57,7 +57,7 @@ def list_image_files(root: Path) -> list[str]:
             for name in names
             if images.is_image_name(name) and not Path(name).name.startswith(".")
         )
-    found = []
+    found: list[str] = []
     for directory, subdirectories, files in os.walk(root, followlinks=False):
         subdirectories.sort()
         found.extend(
