@@ -1,0 +1,38 @@
+# Developer entry points. `make run` trains, evaluates and reports; `make test` installs,
+# lints and runs the test suite. Every target installs what it needs first (a no-op when
+# .venv already matches poetry.lock).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Extra pytest arguments, e.g. make test PYTEST_ARGS='-m "not slow" -x'
+PYTEST_ARGS ?=
+
+.PHONY: install params lint test run lock
+
+install:
+	$(PYTHON) scripts/install.py
+
+# Write to a temporary file first so a failing compose never leaves a truncated params.yaml.
+params: install
+	$(BIN)/python -m face_generation.config > params.yaml.tmp || { rm -f params.yaml.tmp; exit 1; }
+	mv params.yaml.tmp params.yaml
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+# pytest exits 5 when it collected no test: that is a failure, never a silent pass.
+test: install lint
+	@status=0; $(BIN)/python -m pytest $(PYTEST_ARGS) || status=$$?; \
+	if [ $$status -eq 5 ]; then \
+		echo "make test: pytest collected no tests (exit 5); check tests/ and PYTEST_ARGS" >&2; \
+	fi; \
+	exit $$status
+
+run: install
+	$(BIN)/python -m face_generation.pipeline
+
+lock:
+	$(PYTHON) scripts/lock_dependencies.py
