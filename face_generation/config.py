@@ -76,6 +76,23 @@ def config_from_args(args: argparse.Namespace) -> DictConfig:
     return compose("config", args.overrides)
 
 
+def select_model(cfg: DictConfig, name: str) -> DictConfig:
+    """One family of a pipeline config: `models.<name>` becomes `model`, `models` is dropped.
+
+    Keys already under `model` (an override such as `model.beta=2` on top of params.yaml)
+    win over `models.<name>`.
+    """
+    models = cfg.get("models")
+    if models is None or name not in models:
+        known = sorted(models) if models is not None else []
+        raise ValueError(f"no model '{name}' under `models` in this config; configured: {known}")
+    selected = OmegaConf.merge(models[name], cfg.get("model") or {})
+    rest = OmegaConf.masked_copy(cfg, [str(key) for key in cfg if key not in ("model", "models")])
+    merged = OmegaConf.merge(rest, {"model": selected})
+    assert isinstance(merged, DictConfig)
+    return merged
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description="Print a composed config as YAML. With no arguments, prints the pipeline "

@@ -1,0 +1,339 @@
+"""The local MLflow tracking server: `python -m face_generation.tracking.server start|stop|status`.
+
+One server per project: SQLite backend store and an artifact store under `mlflow/`, bound to
+127.0.0.1 on the configured port, artifacts served through it (`--serve-artifacts`). It runs
+detached in its own process group with a pid file, so `stop` ends it and every process it
+started (the uvicorn worker too). `start` reuses a healthy server already on the port.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+from omegaconf import DictConfig
+
+LOG_TAIL_LINES = 20  # how much of the server log a start failure shows
+
+# The servers this process started: kept so that `stop_server` can reap them (no zombies).
+_STARTED: dict[int, subprocess.Popen[bytes]] = {}
+
+
+class ServerError(RuntimeError):
+    """The tracking server could not be started or stopped; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    uri: str
+    healthy: bool
+    pid: int | None  # from the pid file; None when this project has not started a server
+    running: bool  # the pid file's process group is alive
+    log_file: Path
+
+    def describe(self) -> str:
+        if self.healthy:
+            owner = f"pid {self.pid}" if self.running else "not started by this project"
+            return f"MLflow server running at {self.uri} ({owner}); UI: {self.uri}"
+        if self.running:
+            return f"MLflow server (pid {self.pid}) is running but {self.uri} does not answer yet"
+        return f"no MLflow server at {self.uri}"
+
+
+def tracking_uri(cfg: DictConfig) -> str:
+    """Where runs are logged: `tracking.uri` when set (a shared server), else the local one."""
+    return str(cfg.uri) if cfg.get("uri") else f"http://{cfg.host}:{cfg.port}"
+
+
+def is_healthy(uri: str, timeout_s: float) -> bool:
+    """True when an MLflow server answers OK on `<uri>/health`."""
+    try:
+        response = requests.get(f"{uri.rstrip('/')}/health", timeout=timeout_s)
+    except requests.RequestException:
+        return False
+    return response.status_code == 200 and response.text.strip() == "OK"
+
+
+def wait_until_healthy(
+    uri: str,
+    timeout_s: float,
+    poll_s: float,
+    probe_timeout_s: float,
+    alive: Callable[[], bool] | None = None,
+) -> bool:
+    """Poll `<uri>/health` until it answers OK (True) or `timeout_s` passes (False).
+
+    `alive`, when given, is asked between probes; waiting stops early (False) once it says the
+    server process is gone, so a server that crashed at start is reported at once.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if is_healthy(uri, probe_timeout_s):
+            return True
+        if time.monotonic() >= deadline or (alive is not None and not alive()):
+            return False
+        time.sleep(poll_s)
+
+
+def server_status(cfg: DictConfig) -> ServerStatus:
+    pid = _read_pid(Path(cfg.pid_file))
+    return ServerStatus(
+        uri=tracking_uri(cfg),
+        healthy=is_healthy(tracking_uri(cfg), cfg.health_timeout_s),
+        pid=pid,
+        running=pid is not None and bool(_group_members(pid)),
+        log_file=Path(cfg.log_file),
+    )
+
+
+def start_server(cfg: DictConfig, wait: bool = True) -> str:
+    """Start the project's MLflow server unless one already answers; return its tracking URI.
+
+    With `wait=False` it returns as soon as the server process is launched: the run logger
+    spools records until the server answers, so training need not wait for a cold start.
+    """
+    uri = tracking_uri(cfg)
+    if is_healthy(uri, cfg.health_timeout_s):
+        return uri
+    if cfg.get("uri"):
+        raise ServerError(
+            f"the MLflow server at tracking.uri={uri} does not answer on /health; start it, "
+            "or set tracking.uri=null to use the local server this project starts"
+        )
+    pid_file, log_file = Path(cfg.pid_file), Path(cfg.log_file)
+    pid = _read_pid(pid_file)
+    if pid is not None and _group_members(pid):
+        # Ours, still starting up (or wedged): wait for it rather than start a second one.
+        if not wait or _wait_for(cfg, pid):
+            return uri
+        raise ServerError(
+            f"the MLflow server (pid {pid}) did not answer at {uri} within "
+            f"{cfg.start_timeout_s} s; see {log_file}, then "
+            "`python -m face_generation.tracking.server stop` and start it again"
+        )
+    pid_file.unlink(missing_ok=True)  # stale: its process group is gone
+    if _port_taken(str(cfg.host), int(cfg.port), cfg.health_timeout_s):
+        raise ServerError(
+            f"port {cfg.port} on {cfg.host} is in use, but nothing there answers MLflow's /health "
+            "and no server started by this project owns it; stop that program or choose "
+            "another port with tracking.port=PORT"
+        )
+
+    process = _launch(cfg)
+    if not wait or _wait_for(cfg, process.pid):
+        return uri
+    tail = _tail(log_file)
+    _terminate_group(process.pid, cfg.stop_timeout_s, cfg.health_poll_s)
+    pid_file.unlink(missing_ok=True)
+    raise ServerError(
+        f"the MLflow server did not come up at {uri} within {cfg.start_timeout_s} s "
+        f"(raise tracking.start_timeout_s if the machine is just slow); its log is {log_file}:\n"
+        f"{tail}"
+    )
+
+
+def stop_server(cfg: DictConfig) -> bool:
+    """Stop the server this project started (its whole process group); False if none ran."""
+    pid_file = Path(cfg.pid_file)
+    pid = _read_pid(pid_file)
+    if pid is None or not _group_members(pid):
+        pid_file.unlink(missing_ok=True)
+        _reap(pid)
+        return False
+    _terminate_group(pid, cfg.stop_timeout_s, cfg.health_poll_s)
+    pid_file.unlink(missing_ok=True)
+    return True
+
+
+def _launch(cfg: DictConfig) -> subprocess.Popen[bytes]:
+    backend_store = Path(cfg.backend_store).resolve()
+    artifacts = Path(cfg.artifacts).resolve()
+    pid_file, log_file = Path(cfg.pid_file).resolve(), Path(cfg.log_file).resolve()
+    for directory in (backend_store.parent, artifacts, pid_file.parent, log_file.parent):
+        directory.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{backend_store}",
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(artifacts),
+        "--host",
+        str(cfg.host),
+        "--port",
+        str(cfg.port),
+        "--workers",
+        str(cfg.workers),
+    ]
+    if not cfg.access_log:
+        command += ["--uvicorn-opts", "--no-access-log"]
+    env = {**os.environ, **{str(k): str(v) for k, v in cfg.server_env.items()}}
+    with log_file.open("ab") as log:
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
+        log.flush()
+        # Its own session and process group: it outlives this process and is stopped as a group.
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=backend_store.parent,
+            env=env,
+            start_new_session=True,
+        )
+    _STARTED[process.pid] = process
+    pid_file.write_text(f"{process.pid}\n")
+    return process
+
+
+def _wait_for(cfg: DictConfig, pid: int) -> bool:
+    return wait_until_healthy(
+        tracking_uri(cfg),
+        cfg.start_timeout_s,
+        cfg.health_poll_s,
+        cfg.health_timeout_s,
+        alive=lambda: bool(_group_members(pid)),
+    )
+
+
+def _read_pid(pid_file: Path) -> int | None:
+    try:
+        return int(pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group `pgid`."""
+    _reap(pgid)
+    proc = Path("/proc")
+    if not proc.is_dir():  # no procfs (macOS): ask the kernel whether the group exists
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return []
+        return [pgid]
+    members = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the parenthesised command name: state ppid pgrp ...
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
+
+
+def _reap(pid: int | None) -> None:
+    """Collect the exit status of a server this process started, so it leaves no zombie."""
+    process = _STARTED.get(pid) if pid is not None else None
+    if process is not None and process.poll() is not None:
+        del _STARTED[process.pid]
+
+
+def _terminate_group(pgid: int, timeout_s: float, poll_s: float) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not _group_members(pgid):
+                return
+            time.sleep(poll_s)
+    if _group_members(pgid):
+        raise ServerError(f"could not stop process group {pgid}; kill it by hand: kill -9 -{pgid}")
+
+
+def _port_taken(host: str, port: int, timeout_s: float) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout_s)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log written)"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+
+    from face_generation.config import config_from_args, stage_parser
+
+    parser = argparse.ArgumentParser(
+        prog="python -m face_generation.tracking.server",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = parser.add_subparsers(dest="action", required=True, metavar="start|stop|status")
+    helps = {
+        "start": "start the server (or reuse the one running) and print the UI URL",
+        "stop": "stop the server this project started, with every process it started",
+        "status": "say whether the server runs and where",
+    }
+    for name, text in helps.items():
+        shared = stage_parser(text)  # --params FILE and Hydra overrides, as every stage takes
+        actions.add_parser(
+            name,
+            parents=[shared],
+            conflict_handler="resolve",
+            help=text,
+            description=text,
+            epilog=(
+                "Configuration comes from configs/tracking/ (Hydra). Examples:\n"
+                "  %(prog)s tracking.port=5001\n"
+                "  %(prog)s --params params.yaml       (as `dvc repro` runs)"
+            ),
+            formatter_class=shared.formatter_class,
+        )
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args).tracking
+    if args.action == "start":
+        started = time.perf_counter()
+        try:
+            uri = start_server(cfg)
+        except ServerError as error:
+            raise SystemExit(f"[tracking] {error}") from None
+        print(f"[tracking] MLflow server ready in {time.perf_counter() - started:.1f} s")
+        print(f"[tracking] UI: {uri}")
+    elif args.action == "stop":
+        stopped = stop_server(cfg)
+        status = server_status(cfg)
+        if stopped:
+            print(f"[tracking] MLflow server at {status.uri} stopped")
+        elif status.healthy:
+            print(
+                f"[tracking] the server at {status.uri} was not started by this project "
+                f"(no live process in {cfg.pid_file}); stop it where it was started"
+            )
+        else:
+            print(f"[tracking] no MLflow server was running at {status.uri}")
+    else:
+        status = server_status(cfg)
+        print(f"[tracking] {status.describe()}")
+        print(f"[tracking] log: {status.log_file}")
+        if not status.healthy:
+            raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

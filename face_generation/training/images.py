@@ -1,0 +1,74 @@
+"""Images in and out: model tensors in [-1, 1] to PNG files (grids and single images), and
+image files to model inputs. Files are written atomically (temporary name, then rename)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """N×3×H×W floats in [-1, 1] → N×H×W×3 uint8 (values outside are clipped)."""
+    pixels = ((images.detach().float().cpu() + 1.0) * 127.5).round().clamp(0, 255)
+    return pixels.to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def _save_png(pixels: np.ndarray, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    Image.fromarray(pixels).save(temporary, format="PNG")
+    temporary.replace(path)
+    return path
+
+
+def save_grid(
+    images: torch.Tensor, path: Path, columns: int | None = None, gutter: int = 2
+) -> Path:
+    """One PNG of all images in a near-square grid with black gutters."""
+    pixels = to_uint8(images)
+    count, height, width, _ = pixels.shape
+    columns = columns or math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    grid = np.zeros(
+        (rows * (height + gutter) + gutter, columns * (width + gutter) + gutter, 3), np.uint8
+    )
+    for index, image in enumerate(pixels):
+        top = gutter + (index // columns) * (height + gutter)
+        left = gutter + (index % columns) * (width + gutter)
+        grid[top : top + height, left : left + width] = image
+    return _save_png(grid, path)
+
+
+def save_each(images: torch.Tensor, folder: Path, prefix: str = "") -> list[Path]:
+    """One PNG per image: folder/<prefix>0000.png, 0001.png, ..."""
+    return [
+        _save_png(pixels, folder / f"{prefix}{index:04d}.png")
+        for index, pixels in enumerate(to_uint8(images))
+    ]
+
+
+def load_faces(paths: Sequence[Path], resolution: int) -> torch.Tensor:
+    """Image files → N×3×R×R in [-1, 1]: centre square crop, antialiased resize, RGB.
+
+    Faces should already be roughly aligned crops (as in the training data); this does no
+    detection.
+    """
+    faces = []
+    for path in paths:
+        try:
+            with Image.open(path) as file:
+                image = file.convert("RGB")
+                side = min(image.size)
+                left, top = (image.width - side) // 2, (image.height - side) // 2
+                square = image.crop((left, top, left + side, top + side))
+                square = square.resize((resolution, resolution), Image.Resampling.LANCZOS)
+                faces.append(np.asarray(square))
+        except OSError as error:
+            raise ValueError(f"cannot read image {path}: {error}") from error
+    pixels = torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).float()
+    return pixels / 127.5 - 1.0

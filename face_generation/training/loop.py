@@ -1,0 +1,367 @@
+"""The training loop: one function, `train(cfg)`, the same for every model family.
+
+Read top to bottom: device → data → networks and optimisers → resume → tracking → steps
+(each: a batch, the family's train_step, the EMA update; every so often: logging, sample
+grids and checkpoints) → final checkpoint. Numbers all come from `cfg` (configs/train/).
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from face_generation.data.tables import packed_dir
+from face_generation.training.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    load_checkpoint,
+    load_weights,
+    newest_checkpoint,
+    prune_checkpoints,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+    step_path,
+)
+from face_generation.training.data import PackedBatches, load_split, read_meta
+from face_generation.training.device import pick_device, step_context
+from face_generation.training.ema import EMA
+from face_generation.training.families import ModelFamily, build_family, sample_images
+from face_generation.training.images import save_grid
+from face_generation.training.tracker import Tracker, create_tracker, flatten_config
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; no checkpoint is written after that point."""
+
+
+@dataclass
+class TrainResult:
+    step: int
+    checkpoint: Path  # models/<name>/model.pt, or the step checkpoint written on a signal
+    run_id: str
+    metrics: dict[str, float] = field(default_factory=dict)  # last logged window means
+    stopped_by: str | None = None  # "SIGINT"/"SIGTERM" when a signal ended the run early
+
+
+def model_dir(cfg: DictConfig) -> Path:
+    """models/<name>/: checkpoints/, samples/ and model.pt (the final checkpoint)."""
+    return Path(cfg.paths.models) / str(cfg.model.name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+class SignalStop:
+    """SIGINT/SIGTERM ask the loop to checkpoint and stop after the current step.
+
+    A second SIGINT stops at once (KeyboardInterrupt), for when saving is not wanted.
+    """
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self.previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received == "SIGINT" and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+        tqdm.write(
+            f"[train] {self.received} received: checkpointing after this step, then stopping"
+        )
+
+    def __enter__(self) -> SignalStop:
+        if threading.current_thread() is threading.main_thread():  # signals need the main thread
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+def resume_checkpoint(resume: str | None, checkpoints: Path) -> Path | None:
+    """The checkpoint `train.resume` points at: null → none, auto → newest, else a path."""
+    if resume in (None, "", "null"):
+        return None
+    if resume == "auto":
+        return newest_checkpoint(checkpoints)
+    path = Path(str(resume))
+    if not path.is_file():
+        raise CheckpointError(f"train.resume={resume}: checkpoint {path} does not exist")
+    return path
+
+
+def check_same_model(state: dict[str, Any], cfg: DictConfig, path: Path) -> None:
+    """A resumed run must rebuild the same networks on the same data resolution."""
+    current = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(current, dict)
+    saved = state["config"]
+    pairs = {f"model.{key}": (saved["model"].get(key), current["model"].get(key))
+             for key in {*saved["model"], *current["model"]}}  # fmt: skip
+    pairs["data.resolution"] = (saved["data"]["resolution"], current["data"]["resolution"])
+    differences = [
+        f"{key}: {before} in the checkpoint, {after} now"
+        for key, (before, after) in sorted(pairs.items())
+        if before != after
+    ]
+    if differences:
+        raise CheckpointError(
+            f"checkpoint {path} was trained with a different config and cannot be resumed:\n  "
+            + "\n  ".join(differences)
+            + "\nresume with the checkpoint's settings, or start afresh (train.resume=null)"
+        )
+
+
+def training_state(
+    cfg: DictConfig, family: ModelFamily, ema: EMA | None, step: int, run_id: str
+) -> dict[str, Any]:
+    """Everything a checkpoint holds (the layout is documented in training/checkpoint.py)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model": str(cfg.model.name),
+        "step": step,
+        "images_seen": step * int(cfg.train.batch_size),
+        "networks": {name: network.state_dict() for name, network in family.networks.items()},
+        "optimizers": {
+            name: optimizer.state_dict() for name, optimizer in family.optimizers.items()
+        },
+        "ema": ema.state_dict() if ema else None,
+        "generator": family.generator_key,
+        "rng": rng_state(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "run_id": run_id,
+    }
+
+
+def restore_training_state(
+    state: dict[str, Any], family: ModelFamily, ema: EMA | None, path: Path
+) -> None:
+    for name, network in family.networks.items():
+        if name not in state["networks"]:
+            raise CheckpointError(f"checkpoint {path} has no weights for the network '{name}'")
+        load_weights(network, state["networks"][name], path, name)
+    for name, optimizer in family.optimizers.items():
+        try:
+            optimizer.load_state_dict(state["optimizers"][name])
+        except (KeyError, ValueError) as error:
+            raise CheckpointError(
+                f"checkpoint {path}: optimizer '{name}' state does not fit ({error})"
+            ) from error
+    if ema is not None:
+        # a checkpoint written without EMA starts the average from the trained weights
+        weights = (
+            state["ema"] if state["ema"] is not None else state["networks"][family.generator_key]
+        )
+        load_weights(ema.module, weights, path, "EMA")
+    restore_rng_state(state["rng"])
+
+
+def window_means(
+    sums: dict[str, torch.Tensor], steps: int, step: int, last_good: Path | None
+) -> dict[str, float]:
+    """Mean metrics of the steps since the last flush; the NaN/inf guard.
+
+    A non-finite loss anywhere in the window makes its sum non-finite, so one device sync
+    per window checks every step without slowing each one down.
+    """
+    means = {name: value.item() / steps for name, value in sums.items()}
+    broken = {name: value for name, value in means.items() if not np.isfinite(value)}
+    if broken:
+        raise TrainingDiverged(
+            f"training diverged: {broken} in the {steps} steps up to step {step}. No checkpoint "
+            f"was written after this; the newest good one is {last_good or '(none)'}. Lower the "
+            "learning rate (model.optimizer.lr), set train.grad_clip, or check the data"
+        )
+    return means
+
+
+def train(cfg: DictConfig, tracker: Tracker | None = None) -> TrainResult:
+    """Train `cfg.model` on the packed train split; returns where the result was written.
+
+    SIGINT/SIGTERM (from here on) make it checkpoint after the current step and return.
+    """
+    with SignalStop() as stop:
+        return _train(cfg, tracker, stop)
+
+
+def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainResult:
+    train_cfg = cfg.train
+    started = time.perf_counter()
+
+    # Device and seeds.
+    device = pick_device(str(train_cfg.device))
+    context = step_context(device, train_cfg)
+    seed = int(train_cfg.seed)
+    seed_everything(seed)
+
+    # Data: the packed uint8 train split, never a JPEG.
+    resolution = int(cfg.data.resolution)
+    packed = packed_dir(cfg)
+    images = load_split(packed, "train", resolution)
+    batch_size = int(train_cfg.batch_size)
+    batches = PackedBatches(
+        {"images": images},
+        batch_size=batch_size,
+        seed=seed,
+        hflip=bool(train_cfg.hflip),
+        device=device,
+        on_device=device.type == "cuda",  # the whole split lives in GPU memory
+        num_workers=int(train_cfg.num_workers),
+        memory_format=context.memory_format,
+    )
+
+    # Networks, optimisers, EMA.
+    family = build_family(cfg.model, resolution, context)
+    generator = family.networks[family.generator_key]
+    ema = EMA(generator, float(train_cfg.ema.decay)) if train_cfg.ema.enabled else None
+
+    # Resume, or start afresh.
+    output = model_dir(cfg)
+    checkpoints = output / "checkpoints"
+    samples = output / "samples"
+    start_step, run_id = 0, None
+    resume_path = resume_checkpoint(train_cfg.resume, checkpoints)
+    if resume_path is not None:
+        state = load_checkpoint(resume_path, expected_model=str(cfg.model.name))
+        check_same_model(state, cfg, resume_path)
+        restore_training_state(state, family, ema, resume_path)
+        start_step, run_id = int(state["step"]), state.get("run_id")
+        print(f"[train] resumed from {resume_path} at step {start_step} (run {run_id})")
+        del state
+    elif checkpoints.exists() or (output / "model.pt").exists():
+        print(
+            f"[train] fresh start (train.resume=null): removing the earlier run's files in {output}"
+        )
+        for folder in (checkpoints, samples):
+            shutil.rmtree(folder, ignore_errors=True)
+        for file in (output / "model.pt", output / "samples.png"):
+            file.unlink(missing_ok=True)
+    if train_cfg.compile:
+        for network in family.networks.values():
+            network.compile()
+
+    # Tracking.
+    tracker = tracker or create_tracker(cfg, run_id)
+    if resume_path is None:
+        tracker.log_params(flatten_config(cfg))
+    meta = read_meta(packed)
+    tracker.set_tags(
+        {
+            "model": str(cfg.model.name),
+            "data_hash": meta.get("data_hash", "unknown"),
+            "device": str(device),
+            "seed": seed,
+            "train_images": len(images),
+        }
+    )
+    steps = int(train_cfg.steps)
+    print(
+        f"[train] {cfg.model.name} on {len(images)} {resolution}×{resolution} faces from {packed}, "
+        f"{device}, steps {start_step}→{steps}, batch {batch_size}, run {tracker.run_id}"
+    )
+
+    def save(step: int, *also: Path) -> Path:
+        state = training_state(cfg, family, ema, step, tracker.run_id)
+        path = step_path(checkpoints, step)
+        for target in (path, *also):
+            save_checkpoint(state, target)
+        prune_checkpoints(checkpoints, int(train_cfg.keep_checkpoints))
+        return path
+
+    def save_samples(step: int) -> None:
+        sampler = ema.module if ema else generator
+        grid = sample_images(
+            sampler, int(train_cfg.sample_grid), generator=torch.Generator().manual_seed(seed)
+        )
+        path = save_grid(grid, samples / f"step-{step:08d}.png")
+        tracker.log_artifact(path, "samples")
+
+    # The steps.
+    sums: dict[str, torch.Tensor] = {}
+    metrics: dict[str, float] = {}
+    window_steps, window_start = 0, time.perf_counter()
+    last_good = newest_checkpoint(checkpoints)
+    step = start_step
+    progress = tqdm(
+        total=steps,
+        initial=start_step,
+        desc=f"train {cfg.model.name}",
+        unit="step",
+        mininterval=1.0,
+    )
+    try:
+        for network in family.networks.values():
+            network.train()
+        for batch in batches.iterate(start_step, steps):
+            step_metrics = family.train_step(batch)
+            step += 1
+            if ema is not None:
+                ema.update(generator, step)
+            for name, value in step_metrics.items():
+                sums[name] = sums[name] + value if name in sums else value.clone()
+            window_steps += 1
+            progress.update(1)
+
+            checkpoint_now = step % int(train_cfg.ckpt_every) == 0 or stop.received is not None
+            if step % int(train_cfg.log_every) == 0 or checkpoint_now or step == steps:
+                metrics = window_means(sums, window_steps, step, last_good)
+                images_per_sec = window_steps * batch_size / (time.perf_counter() - window_start)
+                tracker.log_metrics(
+                    {
+                        **{f"train/{k}": v for k, v in metrics.items()},
+                        "train/images_per_sec": images_per_sec,
+                    },
+                    step=step,
+                )
+                progress.set_postfix_str(
+                    f"{images_per_sec:.0f} img/s "
+                    + " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "grad" not in k)
+                )
+                sums, window_steps, window_start = {}, 0, time.perf_counter()
+            if step % int(train_cfg.sample_every) == 0 and step != steps:
+                save_samples(step)
+            if checkpoint_now and step != steps:
+                last_good = save(step)
+            if stop.received is not None and step != steps:
+                progress.close()
+                tracker.close("KILLED")
+                print(f"[train] stopped by {stop.received} at step {step}; checkpoint {last_good}; "
+                      "continue with train.resume=auto")  # fmt: skip
+                assert last_good is not None
+                return TrainResult(step, last_good, tracker.run_id, metrics, stop.received)
+        progress.close()
+
+        # The end: final checkpoint, model.pt beside it, final sample grid.
+        if window_steps:
+            metrics = window_means(sums, window_steps, step, last_good)
+        final = save(step, output / "model.pt")
+        save_samples(step)
+        shutil.copyfile(samples / f"step-{step:08d}.png", output / "samples.png")
+    except KeyboardInterrupt:
+        progress.close()
+        tracker.close("KILLED")
+        raise
+    except BaseException:
+        progress.close()
+        tracker.close("FAILED")
+        raise
+    tracker.close("FINISHED")
+    print(f"[train] done: step {step} in {time.perf_counter() - started:.0f} s; {output / 'model.pt'} "
+          f"(checkpoint {final}), samples {output / 'samples.png'}")  # fmt: skip
+    return TrainResult(step, output / "model.pt", tracker.run_id, metrics)

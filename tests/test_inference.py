@@ -1,0 +1,139 @@
+"""Inference: `python -m face_generation.inference` on checkpoints trained here for a few
+steps on real faces, and the MLflow pyfunc wrapper of the generator."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from face_generation.inference import generate, main
+from face_generation.training.checkpoint import load_generator
+from face_generation.training.images import to_uint8
+from face_generation.training.loop import train
+from face_generation.training.tracker import NullTracker
+from tests.test_training import REPO, config, write_packed
+
+RESOLUTION = 32
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """model.pt of a VAE and a DCGAN trained for a few steps, and the packed data dir."""
+    root = tmp_path_factory.mktemp("inference")
+    data_dir = write_packed(root / "data")
+    checkpoints = {
+        model: train(config(model, data_dir, root / "models"), NullTracker()).checkpoint
+        for model in ("vae", "dcgan")
+    }
+    return {**checkpoints, "data": data_dir}
+
+
+def read_pngs(folder: Path) -> list[np.ndarray]:
+    return [np.asarray(Image.open(path)) for path in sorted(folder.glob("*.png"))]
+
+
+@pytest.mark.parametrize("model", ["vae", "dcgan"])
+def test_same_seed_same_images(model: str, trained: dict[str, Path], tmp_path: Path) -> None:
+    for name, seed in (("first", 3), ("again", 3), ("other", 4)):
+        main([str(trained[model]), "--n", "6", "--seed", str(seed), "--out", str(tmp_path / name)])
+    first, again, other = (
+        read_pngs(tmp_path / name / "samples") for name in ("first", "again", "other")
+    )
+    assert len(first) == 6 and all(image.shape == (RESOLUTION, RESOLUTION, 3) for image in first)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not any(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+    grid = np.asarray(Image.open(tmp_path / "first" / "samples.png"))
+    assert grid.shape == (2 * (RESOLUTION + 2) + 2, 3 * (RESOLUTION + 2) + 2, 3)
+    assert np.array_equal(grid[2 : 2 + RESOLUTION, 2 : 2 + RESOLUTION], first[0])
+
+
+def test_samples_match_the_loaded_generator(trained: dict[str, Path], tmp_path: Path) -> None:
+    main([str(trained["dcgan"]), "--n", "4", "--seed", "9", "--out", str(tmp_path)])
+    network, _ = load_generator(trained["dcgan"])
+    expected = to_uint8(generate(network, 4, seed=9))
+    assert all(
+        np.array_equal(a, b) for a, b in zip(read_pngs(tmp_path / "samples"), expected, strict=True)
+    )
+
+
+def test_vae_reconstructs_given_images(trained: dict[str, Path], tmp_path: Path) -> None:
+    faces = np.load(trained["data"] / "packed" / str(RESOLUTION) / "test.npy")[:3]
+    inputs = []
+    for index, face in enumerate(faces):  # larger than the model's resolution: resized on load
+        path = tmp_path / f"face{index}.jpg"
+        Image.fromarray(face).resize((3 * RESOLUTION, 3 * RESOLUTION)).save(path)
+        inputs.append(str(path))
+    main([str(trained["vae"]), "--input", *inputs, "--out", str(tmp_path / "out")])
+    reconstructions = read_pngs(tmp_path / "out" / "reconstructions")
+    assert len(reconstructions) == 3 and reconstructions[0].shape == (RESOLUTION, RESOLUTION, 3)
+    assert not np.array_equal(reconstructions[0], reconstructions[1])  # depends on the input
+    grid = np.asarray(Image.open(tmp_path / "out" / "reconstructions.png"))
+    assert grid.shape[1] == 4 * (RESOLUTION + 2) + 2  # input, reconstruction, input, ...
+    assert np.array_equal(
+        grid[2 : 2 + RESOLUTION, 2 + RESOLUTION + 2 : 2 + 2 * RESOLUTION + 2], reconstructions[0]
+    )
+
+
+def test_dcgan_refuses_input_images(trained: dict[str, Path], tmp_path: Path) -> None:
+    image = tmp_path / "face.png"
+    Image.new("RGB", (RESOLUTION, RESOLUTION)).save(image)
+    with pytest.raises(SystemExit, match="--input needs a model that reconstructs"):
+        main([str(trained["dcgan"]), "--input", str(image), "--out", str(tmp_path)])
+
+
+def test_broken_checkpoints_are_clear_errors(trained: dict[str, Path], tmp_path: Path) -> None:
+    truncated = tmp_path / "model.pt"
+    truncated.write_bytes(trained["vae"].read_bytes()[:1000])
+    with pytest.raises(SystemExit, match=rf"{truncated} cannot be read.*truncated or corrupt"):
+        main([str(truncated), "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match=rf"{tmp_path / 'missing.pt'} does not exist"):
+        main([str(tmp_path / "missing.pt"), "--out", str(tmp_path)])
+
+
+def test_pyfunc_model_samples_like_inference(trained: dict[str, Path], tmp_path: Path) -> None:
+    import mlflow.pyfunc
+
+    from face_generation.serving.pyfunc import CHECKPOINT_ARTIFACT, GeneratorModel, model_signature
+
+    folder = tmp_path / "mlflow-model"
+    mlflow.pyfunc.save_model(
+        folder,
+        python_model=GeneratorModel(),
+        artifacts={CHECKPOINT_ARTIFACT: str(trained["vae"])},
+        signature=model_signature(RESOLUTION),
+        pip_requirements=["torch"],  # skips inferring requirements in a subprocess
+    )
+    loaded = mlflow.pyfunc.load_model(str(folder))
+    images = loaded.predict(pd.DataFrame({"n": [2, 3], "seed": [5, 6]}))
+    assert images.shape == (5, RESOLUTION, RESOLUTION, 3) and images.dtype == np.uint8
+    network, _ = load_generator(trained["vae"])
+    assert np.array_equal(images[:2], to_uint8(generate(network, 2, seed=5)))
+    assert np.array_equal(images[2:], to_uint8(generate(network, 3, seed=6)))
+    with pytest.raises(Exception, match="n"):
+        loaded.predict(pd.DataFrame({"seed": [1]}))
+
+    # the inference command takes the MLflow model as well as the checkpoint
+    main([str(folder), "--n", "2", "--seed", "5", "--out", str(tmp_path / "out")])
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(read_pngs(tmp_path / "out" / "samples"), images[:2], strict=True)
+    )
+
+
+def test_help_explains_the_command() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "face_generation.inference", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    for expected in ("checkpoint", "MLflow model URI", "--seed", "--input", "plots"):
+        assert expected in result.stdout

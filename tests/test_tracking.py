@@ -1,0 +1,449 @@
+"""MLflow tracking against a real server: lifecycle, logging, outages, resume, sync.
+
+One server serves the whole session (tests/tracking_fixtures.py); the outage test stops and
+restarts it on the same port and store, so the file costs two server starts in all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.models import ModelSignature
+from mlflow.pyfunc import PythonModel, load_model
+from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, Schema, TensorSpec
+from omegaconf import DictConfig, OmegaConf
+
+from face_generation.config import compose
+from face_generation.tracking import server as server_cli
+from face_generation.tracking import sync as sync_cli
+from face_generation.tracking.run import (
+    SYNC_COMMAND,
+    Spool,
+    TrackedRun,
+    deliver_spool,
+    flatten_config,
+    registered_model_name,
+)
+from face_generation.tracking.server import (
+    ServerError,
+    server_status,
+    start_server,
+    stop_server,
+)
+from tests.tracking_fixtures import MlflowServer, free_port, server_overrides
+
+pytest_plugins = ["tests.tracking_fixtures"]
+
+IMAGE_SHAPE = (3, 8, 8)
+
+
+class NoiseGenerator(PythonModel):
+    """Stands in for a trained generator: images for a number of samples and a seed."""
+
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        count, seed = int(model_input["num_samples"].iloc[0]), int(model_input["seed"].iloc[0])
+        return np.random.default_rng(seed).random((count, *IMAGE_SHAPE), dtype=np.float32)
+
+
+GENERATOR_SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("long", "num_samples"), ColSpec("long", "seed")]),
+    outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *IMAGE_SHAPE))]),
+)
+
+
+def live_processes(pids: list[int]) -> list[int]:
+    """Those of `pids` still running (a zombie has ended: it only waits to be reaped)."""
+    alive = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            continue
+        if state not in ("Z", "X"):
+            alive.append(pid)
+    return alive
+
+
+def group_processes(pgid: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[2]) == pgid:
+                pids.append(int(entry.name))
+    return live_processes(pids)
+
+
+def steps_logged(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    return sorted(metric.step for metric in client.get_metric_history(run_id, key))
+
+
+# Server lifecycle. ------------------------------------------------------------------------------
+
+
+def test_start_reuses_the_running_server(
+    mlflow_server: MlflowServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = server_status(mlflow_server.cfg)
+    assert status.healthy and status.running and status.pid is not None
+    # The uvicorn worker runs in the server's process group, so `stop` reaches it.
+    assert len(group_processes(status.pid)) >= 2
+
+    assert start_server(mlflow_server.cfg) == mlflow_server.uri
+    assert server_status(mlflow_server.cfg).pid == status.pid
+
+    server_cli.main(["start", *mlflow_server.overrides])
+    server_cli.main(["status", *mlflow_server.overrides])
+    out = capsys.readouterr().out
+    assert f"UI: {mlflow_server.uri}" in out
+    assert f"pid {status.pid}" in out
+    assert server_status(mlflow_server.cfg).pid == status.pid
+
+
+def test_start_refuses_a_port_taken_by_another_program(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        cfg = compose("config", server_overrides(tmp_path, port)).tracking
+        with pytest.raises(ServerError, match=r"tracking\.port"):
+            start_server(cfg)
+    assert not Path(cfg.pid_file).exists()
+
+
+def test_a_server_that_does_not_come_up_is_stopped_and_its_log_named(tmp_path: Path) -> None:
+    overrides = [*server_overrides(tmp_path, free_port()), "tracking.start_timeout_s=0.5"]
+    cfg = compose("config", overrides).tracking
+    with pytest.raises(ServerError, match=str(cfg.log_file)):
+        start_server(cfg)
+    assert not Path(cfg.pid_file).exists()
+    leftovers = [
+        int(p.parent.name)
+        for p in Path("/proc").glob("[0-9]*/cmdline")
+        if str(tmp_path).encode() in _read_bytes(p)
+    ]
+    assert live_processes(leftovers) == []
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def test_status_cli_fails_when_no_server_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    overrides = server_overrides(tmp_path, free_port())
+    with pytest.raises(SystemExit) as exit_info:
+        server_cli.main(["status", *overrides])
+    assert exit_info.value.code == 1
+    assert "no MLflow server" in capsys.readouterr().out
+    server_cli.main(["stop", *overrides])
+    assert "no MLflow server was running" in capsys.readouterr().out
+
+
+# Logging. ---------------------------------------------------------------------------------------
+
+
+def test_flatten_config_gives_one_param_per_leaf() -> None:
+    cfg = OmegaConf.create(
+        {
+            "model": {"channels": [32, 64], "beta": 0.5, "name": "${model_name}"},
+            "model_name": "vae",
+            "stages": [{"size": 4}, {"size": 8}],
+            "data": {"path": None},
+        }
+    )
+    assert flatten_config(cfg) == {
+        "model.channels": "[32, 64]",
+        "model.beta": "0.5",
+        "model.name": "vae",
+        "model_name": "vae",
+        "stages.0.size": "4",
+        "stages.1.size": "8",
+        "data.path": "None",
+    }
+
+
+def test_run_logs_params_metrics_artifacts_and_tags(
+    tracking_cfg: DictConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DVC_EXP_NAME", "brisk-lynx")
+    grid = tmp_path / "samples_000002.png"
+    grid.write_bytes(b"not really a png")
+    config = compose("config", ["train.steps=3"])
+
+    run = TrackedRun(tracking_cfg, "vae", data_hash="d41d8cd9")
+    assert run.run_id is not None
+    run.log_config(config)
+    for step in range(3):
+        run.log_metrics({"loss": 1.0 / (step + 1), "images_per_s": 100.0 + step}, step)
+    run.log_artifact(grid, "samples")
+    grid.unlink()  # copied when logged: the caller may delete or overwrite it at once
+    assert list((run.spool.dir / "files").iterdir()) == []  # delivered: the copy is gone
+    assert run.close() is True
+    assert not run.spool.dir.exists()
+
+    client = MlflowClient(tracking_cfg.uri or f"http://{tracking_cfg.host}:{tracking_cfg.port}")
+    logged = client.get_run(run.run_id)
+    assert logged.info.status == "FINISHED"
+    assert logged.info.run_name == "vae"
+    assert logged.data.params["train.steps"] == "3"
+    assert set(flatten_config(config)) <= set(logged.data.params)
+    assert steps_logged(client, run.run_id, "loss") == [0, 1, 2]
+    assert logged.data.metrics["images_per_s"] == 102.0
+    assert [a.path for a in client.list_artifacts(run.run_id, "samples")] == [
+        "samples/samples_000002.png"
+    ]
+    assert logged.data.tags["data_hash"] == "d41d8cd9"
+    assert logged.data.tags["dvc_exp"] == "brisk-lynx"
+    assert len(logged.data.tags["git_commit"]) == 40  # the tests run inside the repository
+
+
+def test_model_is_logged_with_signature_and_registered(
+    tracking_cfg: DictConfig, mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)  # where models:/ URIs resolve
+    name = registered_model_name(tracking_cfg, "test_family")
+    with TrackedRun(tracking_cfg, "model") as run:
+        run.log_model(
+            NoiseGenerator(),
+            "generator",
+            GENERATOR_SIGNATURE,
+            registered_model_name=name,
+            pip_requirements=["mlflow", "numpy"],
+        )
+        version = run.model_version("generator")
+    assert version is not None
+
+    client = MlflowClient(mlflow_server.uri)
+    registered = client.get_model_version(name, version)
+    assert registered.run_id == run.run_id
+    loaded = load_model(f"models:/{name}/{version}")
+    images = loaded.predict(pd.DataFrame({"num_samples": [2], "seed": [7]}))
+    assert images.shape == (2, *IMAGE_SHAPE)
+    assert np.array_equal(
+        images, NoiseGenerator().predict(None, pd.DataFrame({"num_samples": [2], "seed": [7]}))
+    )
+    assert loaded.metadata.signature == GENERATOR_SIGNATURE
+    (output,) = client.get_run(run.run_id).outputs.model_outputs
+    assert registered.source == f"models:/{output.model_id}"
+    assert client.get_logged_model(output.model_id).status == "READY"
+
+
+# Outages. ---------------------------------------------------------------------------------------
+
+
+def test_server_outage_loses_nothing(
+    mlflow_server: MlflowServer,
+    tracking_cfg: DictConfig,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Stop the server mid-run; run A keeps logging, run B starts while it is down; restart."""
+    client = MlflowClient(mlflow_server.uri)
+    grid = tmp_path / "grid.png"
+    model_name = registered_model_name(tracking_cfg, "outage")
+    run_a = TrackedRun(tracking_cfg, "a")
+    for step in range(3):
+        run_a.log_metrics({"loss": float(step), "images_per_s": 10.0 * step}, step)
+    assert not run_a.spool.pending
+
+    pid = server_status(mlflow_server.cfg).pid
+    assert pid is not None
+    server_processes = group_processes(pid)
+    try:
+        assert stop_server(mlflow_server.cfg) is True
+        assert live_processes(server_processes) == []  # the uvicorn worker stopped too
+        assert not server_status(mlflow_server.cfg).healthy
+        assert not Path(mlflow_server.cfg.pid_file).exists()
+
+        for step in range(3, 6):
+            run_a.log_metrics({"loss": float(step), "images_per_s": 10.0 * step}, step)
+        grid.write_bytes(b"grid at step 5")
+        run_a.log_artifact(grid, "samples")
+        run_b = TrackedRun(tracking_cfg, "b")
+        assert run_b.run_id is None  # unreachable at start: a local key only
+        for step in range(6):
+            run_b.log_metrics({"loss": float(step)}, step)
+        run_b.log_model(
+            NoiseGenerator(),
+            "generator",
+            GENERATOR_SIGNATURE,
+            registered_model_name=model_name,
+            pip_requirements=["mlflow", "numpy"],
+        )
+        told = capsys.readouterr().err
+        assert told.count("could not deliver to the MLflow server") == 2  # once per run
+        assert len(run_a.spool.pending) == 4 and len(run_b.spool.pending) > 6
+    finally:
+        start_server(mlflow_server.cfg)
+
+    # The next call after the server is back delivers the backlog; no close needed.
+    run_a.log_metrics({"loss": 6.0, "images_per_s": 60.0}, 6)
+    assert not run_a.spool.pending
+    run_b.log_metrics({"loss": 6.0}, 6)
+    assert run_b.run_id is not None and not run_b.spool.pending
+    assert "answers again" in capsys.readouterr().err
+    assert run_a.close() and run_b.close()
+
+    for run, keys in ((run_a, ("loss", "images_per_s")), (run_b, ("loss",))):
+        for key in keys:
+            assert steps_logged(client, run.run_id, key) == list(range(7))  # each exactly once
+        assert client.get_run(run.run_id).info.status == "FINISHED"
+    assert [a.path for a in client.list_artifacts(run_a.run_id, "samples")] == ["samples/grid.png"]
+    assert client.get_model_version(model_name, run_b.model_version("generator")).run_id == (
+        run_b.run_id
+    )
+
+
+def test_close_while_down_keeps_the_spool_and_sync_delivers_it(
+    mlflow_server: MlflowServer,
+    tracking_cfg: DictConfig,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    run = TrackedRun(OmegaConf.merge(tracking_cfg, {"uri": nowhere}), "offline")  # type: ignore[arg-type]
+    for step in range(4):
+        run.log_metrics({"loss": float(step)}, step)
+    assert run.close() is False
+    assert SYNC_COMMAND in capsys.readouterr().err
+    assert run.spool.dir.is_dir() and run.run_id is None
+
+    spool_dir = f"tracking.spool_dir={tracking_cfg.spool_dir}"
+    sync_cli.main([*mlflow_server.overrides, spool_dir, "--tracking-uri", mlflow_server.uri])
+    assert "delivered; 6 records sent, 0 pending" in capsys.readouterr().out
+    assert not run.spool.dir.exists()  # ended and delivered: removed
+
+    client = MlflowClient(mlflow_server.uri)
+    (found,) = client.search_runs(
+        [client.get_experiment_by_name(tracking_cfg.experiment).experiment_id],
+        filter_string="attributes.run_name = 'offline'",
+    )
+    assert found.info.status == "FINISHED"
+    assert steps_logged(client, found.info.run_id, "loss") == [0, 1, 2, 3]
+    sync_cli.main([*mlflow_server.overrides, spool_dir])
+    assert "nothing to deliver" in capsys.readouterr().out
+
+
+def test_replaying_delivered_records_does_not_duplicate_them(
+    mlflow_server: MlflowServer, tracking_cfg: DictConfig
+) -> None:
+    """A reply lost in transit means the records are sent again: MLflow must hold them once."""
+    cfg = OmegaConf.merge(tracking_cfg, {"keep_spool_after_delivery": True})
+    assert isinstance(cfg, DictConfig)
+    run = TrackedRun(cfg, "replay")
+    for step in range(3):
+        run.log_metrics({"loss": float(step)}, step)
+    run.log_params({"lr": 0.1})
+    assert run.close()
+
+    (run.spool.dir / "cursor").write_text("0")
+    spool = Spool.open(run.spool.dir.parent, run.local_key)
+    assert spool is not None and len(spool.pending) == 6
+    assert deliver_spool(spool, cfg) == []
+    spool.release()
+    assert steps_logged(MlflowClient(mlflow_server.uri), str(run.run_id), "loss") == [0, 1, 2]
+
+
+def test_a_record_mlflow_refuses_is_kept_and_blocks_nothing(
+    mlflow_server: MlflowServer, tracking_cfg: DictConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = TrackedRun(tracking_cfg, "refused")
+    run.log_params({"lr": 0.1})
+    run.log_params({"lr": 0.2})  # MLflow never changes a logged param
+    run.log_metrics({"loss": 1.0}, 0)
+    assert run.close() is True
+    assert [event["params"] for event in run.rejected] == [{"lr": "0.2"}]
+    assert "refused 1 records" in capsys.readouterr().err
+    (kept,) = [json.loads(line) for line in run.spool.rejected_path.read_text().splitlines()]
+    assert kept["params"] == {"lr": "0.2"} and "error" in kept
+    logged = MlflowClient(mlflow_server.uri).get_run(str(run.run_id))
+    assert logged.data.params["lr"] == "0.1" and logged.data.metrics["loss"] == 1.0
+
+
+def test_delivered_records_are_compacted_and_numbering_goes_on(
+    mlflow_server: MlflowServer, tracking_cfg: DictConfig
+) -> None:
+    cfg = OmegaConf.merge(tracking_cfg, {"spool_compact_mb": 0, "keep_spool_after_delivery": True})
+    assert isinstance(cfg, DictConfig)
+    run = TrackedRun(cfg, "compacted")
+    for step in range(3):
+        run.log_metrics({"loss": float(step)}, step)
+        assert run.spool.events_size == 0
+    assert run.close()
+    spool = Spool.open(run.spool.dir.parent, run.local_key)
+    assert spool is not None and spool.pending == [] and spool.next_seq == 6
+    spool.release()
+    client = MlflowClient(mlflow_server.uri)
+    assert steps_logged(client, str(run.run_id), "loss") == [0, 1, 2]
+
+
+# Resume. ----------------------------------------------------------------------------------------
+
+
+def test_resume_continues_the_same_run(
+    mlflow_server: MlflowServer, tracking_cfg: DictConfig
+) -> None:
+    client = MlflowClient(mlflow_server.uri)
+    first = TrackedRun(tracking_cfg, "resumable")
+    first.log_params({"lr": 0.1})
+    for step in range(3):
+        first.log_metrics({"loss": float(step)}, step)
+    checkpoint = json.loads(json.dumps(first.state()))  # as a checkpoint stores it
+    first.spool.release()  # the process dies here: no close()
+
+    # Resumed while its spool is still on disk.
+    second = TrackedRun(tracking_cfg, resume=checkpoint)
+    assert second.run_id == checkpoint["run_id"]
+    assert client.get_run(second.run_id).info.status == "RUNNING"
+    for step in range(3, 6):
+        second.log_metrics({"loss": float(step)}, step)
+    assert second.close()
+    assert not second.spool.dir.exists()
+
+    # Resumed after the spool was delivered and removed, from the run id ...
+    assert first.resume_id == checkpoint["run_id"]
+    third = TrackedRun(tracking_cfg, resume=first.resume_id)
+    third.log_metrics({"loss": 6.0}, 6)
+    assert third.close()
+    # ... and from the local key alone (checkpoint written while the server was down).
+    fourth = TrackedRun(tracking_cfg, resume=checkpoint["local_key"])
+    assert fourth.run_id == checkpoint["run_id"]
+    fourth.log_metrics({"loss": 7.0}, 7)
+    assert fourth.close()
+
+    run = client.get_run(checkpoint["run_id"])
+    assert steps_logged(client, run.info.run_id, "loss") == list(range(8))
+    assert run.data.params["lr"] == "0.1"
+    assert run.info.status == "FINISHED"
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+
+
+def test_spool_drops_a_record_cut_short_by_a_crash(tracking_cfg: DictConfig) -> None:
+    cfg = OmegaConf.merge(tracking_cfg, {"uri": f"http://127.0.0.1:{free_port()}"})
+    assert isinstance(cfg, DictConfig)
+    run = TrackedRun(cfg, "torn")
+    run.log_metrics({"loss": 1.0}, 0)
+    run.spool.release()
+    events = run.spool.dir / "events.jsonl"
+    with events.open("a") as handle:
+        handle.write('{"seq": 99, "kind": "metr')  # the process died mid-write
+    spool = Spool.open(run.spool.dir.parent, run.local_key)
+    assert spool is not None
+    assert [event["kind"] for event in spool.pending] == ["tags", "metrics"]
+    assert events.read_text().endswith("\n")
+    spool.release()
+    assert os.path.isdir(run.spool.dir)

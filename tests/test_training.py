@@ -1,0 +1,423 @@
+"""Training: real networks trained for a few steps on the CPU on real faces.
+
+The faces are packed into the documented format (data/packed/<res>/{train,val,test}.npy,
+uint8 N×H×W×3, plus meta.json) in a temporary folder: the first CelebA-sample images
+centre-cropped, or scikit-image's embedded LFW faces where ../shared/data is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+
+from face_generation.config import compose
+from face_generation.models.dcgan import Discriminator, Generator
+from face_generation.models.vae import VAE
+from face_generation.train import main as train_main
+from face_generation.train import training_config
+from face_generation.training.checkpoint import (
+    CheckpointError,
+    list_checkpoints,
+    load_checkpoint,
+    load_generator,
+)
+from face_generation.training.data import PackedBatches, batch_rows
+from face_generation.training.families import sample_images
+from face_generation.training.loop import TrainingDiverged, train
+from face_generation.training.tracker import NullTracker
+
+REPO = Path(__file__).parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+CELEBA_IMAGES = SHARED_DATA / "celeba-sample-10k" / "img_align_celeba"
+RESOLUTION = 32
+SPLIT_SIZES = {"train": 48, "val": 8, "test": 8}
+
+
+def real_faces(count: int, resolution: int) -> np.ndarray:
+    """count real faces, uint8 N×R×R×3: CelebA-sample centre crops, else scikit-image's LFW."""
+    if CELEBA_IMAGES.is_dir():
+        faces = []
+        for path in sorted(CELEBA_IMAGES.glob("*.jpg"))[:count]:
+            with Image.open(path) as image:  # 89×109: the 89×89 square around the face
+                top = (image.height - image.width) // 2
+                square = image.convert("RGB").crop((0, top, image.width, top + image.width))
+                faces.append(
+                    np.asarray(square.resize((resolution, resolution), Image.Resampling.LANCZOS))
+                )
+        return np.stack(faces)
+    from skimage.data import lfw_subset
+
+    gray = (lfw_subset()[:count] * 255).round().astype(np.uint8)
+    resized = [
+        np.asarray(Image.fromarray(face).resize((resolution, resolution), Image.Resampling.LANCZOS))
+        for face in gray
+    ]
+    return np.repeat(np.stack(resized)[..., None], 3, axis=3)
+
+
+def write_packed(data_dir: Path, resolution: int = RESOLUTION) -> Path:
+    """data_dir/packed/<res>/{train,val,test}.npy and meta.json, as the pack stage writes them."""
+    faces = real_faces(sum(SPLIT_SIZES.values()), resolution)
+    packed = data_dir / "packed" / str(resolution)
+    packed.mkdir(parents=True)
+    start = 0
+    for split, size in SPLIT_SIZES.items():
+        np.save(packed / f"{split}.npy", faces[start : start + size])
+        start += size
+    meta = {"resolution": resolution, "counts": SPLIT_SIZES, "data_hash": "test"}
+    (packed / "meta.json").write_text(json.dumps(meta))
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_packed(tmp_path_factory.mktemp("faces") / "data")
+
+
+def overrides(model: str, data_dir: Path, models_dir: Path, *extra: str) -> list[str]:
+    return [
+        f"model={model}",
+        "train=smoke",
+        "train.device=cpu",
+        f"paths.data={data_dir}",
+        f"paths.models={models_dir}",
+        "++tracking.enabled=false",
+        *extra,
+    ]
+
+
+def config(model: str, data_dir: Path, models_dir: Path, *extra: str) -> DictConfig:
+    return compose("config", overrides(model, data_dir, models_dir, *extra))
+
+
+class RecordingTracker(NullTracker):
+    """The tracker protocol, recording what the loop sends (stands in for MLflow here)."""
+
+    def __init__(self, run_id: str | None = None) -> None:
+        super().__init__(run_id)
+        self.params: dict[str, Any] = {}
+        self.metrics: list[tuple[int, dict[str, float]]] = []
+        self.artifacts: list[Path] = []
+        self.tags: dict[str, Any] = {}
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self.params.update(params)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        self.metrics.append((step, dict(metrics)))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.artifacts.append(Path(path))
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self.tags.update(tags)
+
+
+# --- networks -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("resolution", [32, 64, 128])
+def test_networks_follow_the_resolution(resolution: int) -> None:
+    vae = VAE(resolution, latent_dim=8, base_channels=4, max_channels=16, leaky_slope=0.2).eval()
+    generator = Generator(
+        resolution, latent_dim=8, base_channels=4, max_channels=16, init_std=0.02
+    ).eval()
+    discriminator = Discriminator(
+        resolution, base_channels=4, max_channels=16, leaky_slope=0.2, init_std=0.02
+    )
+    images = torch.rand(2, 3, resolution, resolution) * 2 - 1
+    reconstruction, mean, log_variance = vae(images)
+    assert reconstruction.shape == images.shape and mean.shape == log_variance.shape == (2, 8)
+    assert vae.reconstruct(images).shape == images.shape
+    for network in (vae, generator):
+        samples = network.sample(3, generator=torch.Generator().manual_seed(0))
+        assert samples.shape == (3, 3, resolution, resolution)
+        assert samples.min() >= -1 and samples.max() <= 1
+    assert discriminator(images).shape == (2,)
+
+
+def test_networks_reject_a_resolution_they_cannot_reach() -> None:
+    with pytest.raises(ValueError, match="power of two"):
+        VAE(48, latent_dim=8, base_channels=4, max_channels=16, leaky_slope=0.2)
+
+
+# --- data -----------------------------------------------------------------------------
+
+
+def test_batches_cover_each_epoch_and_restart_at_any_step(data_dir: Path) -> None:
+    images = np.load(data_dir / "packed" / str(RESOLUTION) / "train.npy")
+    batches = PackedBatches(
+        {"images": images}, 16, seed=3, hflip=True, device=torch.device("cpu"), on_device=False
+    )
+    run = list(batches.iterate(0, 6))
+    resumed = list(batches.iterate(4, 6))
+    for original, again in zip(run[4:], resumed, strict=True):
+        assert torch.equal(original.images, again.images) and torch.equal(original.rows, again.rows)
+    # 48 images, batches of 16: steps 0-2 are one permutation of all rows, so are steps 3-5
+    first_epoch = torch.cat([batch.rows for batch in run[:3]])
+    assert sorted(first_epoch.tolist()) == list(range(48))
+    assert not torch.equal(first_epoch, torch.cat([batch.rows for batch in run[3:]]))
+    # the CUDA path (whole array resident on the device, gathered there) gives the same batches
+    resident = PackedBatches(
+        {"images": images}, 16, seed=3, hflip=True, device=torch.device("cpu"), on_device=True
+    )
+    for original, again in zip(run, resident.iterate(0, 6), strict=True):
+        assert torch.equal(original.images, again.images)
+    batch = run[0]
+    assert (
+        batch.images.shape == (16, 3, RESOLUTION, RESOLUTION)
+        and batch.images.dtype == torch.float32
+    )
+    assert batch.images.min() >= -1 and batch.images.max() <= 1
+    expected = torch.from_numpy(images[batch.rows.numpy()]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    mirrored = [not torch.equal(batch.images[i], expected[i]) for i in range(16)]
+    assert any(mirrored) and not all(mirrored)
+    for i in range(16):
+        assert torch.allclose(batch.images[i], expected[i].flip(2) if mirrored[i] else expected[i])
+
+
+def test_batch_rows_span_epoch_boundaries() -> None:
+    rows = np.concatenate([batch_rows(5, 4, seed=0, step=step) for step in range(5)])
+    assert all(sorted(rows[i : i + 5].tolist()) == list(range(5)) for i in range(0, 20, 5))
+
+
+# --- the loop -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["vae", "dcgan"])
+def test_training_writes_checkpoints_samples_and_metrics(
+    model: str, data_dir: Path, tmp_path: Path
+) -> None:
+    cfg = config(model, data_dir, tmp_path / "models")
+    tracker = RecordingTracker()
+    result = train(cfg, tracker)
+
+    output = tmp_path / "models" / model
+    assert result.step == 6 and result.checkpoint == output / "model.pt"
+    assert [step for step, _ in list_checkpoints(output / "checkpoints")] == [3, 6]
+    assert (output / "samples.png").is_file() and (
+        output / "samples" / "step-00000003.png"
+    ).is_file()
+    assert tracker.status == "FINISHED"
+    assert [step for step, _ in tracker.metrics] == [2, 3, 4, 6]
+    assert all(np.isfinite(value) for _, logged in tracker.metrics for value in logged.values())
+    assert tracker.params["model.name"] == model and tracker.params["train.steps"] == 6
+    assert tracker.tags["data_hash"] == "test"
+    assert {path.name for path in tracker.artifacts} == {"step-00000003.png", "step-00000006.png"}
+
+    state = load_checkpoint(result.checkpoint, expected_model=model)
+    assert state["step"] == 6 and state["run_id"] == tracker.run_id
+    assert state["config"]["train"]["steps"] == 6 and state["ema"] is not None
+    assert set(state["optimizers"]) == set(state["networks"])
+
+    network, saved_cfg = load_generator(result.checkpoint)
+    samples = sample_images(network, 5, generator=torch.Generator().manual_seed(0))
+    assert samples.shape == (5, 3, RESOLUTION, RESOLUTION) and saved_cfg.model.name == model
+    assert torch.isfinite(samples).all() and samples.min() >= -1 and samples.max() <= 1
+    assert samples.std() > 1e-3  # not a constant image (6 steps: BatchNorm stats barely moved)
+    grid = np.asarray(Image.open(output / "samples.png"))
+    assert grid.shape == (4 * (RESOLUTION + 2) + 2, 4 * (RESOLUTION + 2) + 2, 3)
+
+
+def test_vae_loss_falls_on_real_faces(data_dir: Path, tmp_path: Path) -> None:
+    tracker = RecordingTracker()
+    train(
+        config("vae", data_dir, tmp_path / "models", "train.steps=30", "train.log_every=5"), tracker
+    )
+    losses = [logged["train/loss"] for _, logged in tracker.metrics]
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_resumed_run_matches_an_uninterrupted_one(data_dir: Path, tmp_path: Path) -> None:
+    straight = train(config("vae", data_dir, tmp_path / "straight"), NullTracker())
+    first = train(config("vae", data_dir, tmp_path / "resumed", "train.steps=3"), NullTracker())
+    resumed = train(
+        config("vae", data_dir, tmp_path / "resumed", "train.resume=auto"),
+        NullTracker(first.run_id),
+    )
+    assert resumed.step == 6 and resumed.run_id == first.run_id
+    expected = torch.load(straight.checkpoint, weights_only=True)
+    actual = torch.load(resumed.checkpoint, weights_only=True)
+    for key in ("networks", "ema"):
+        flat_expected, flat_actual = expected[key], actual[key]
+        if key == "networks":
+            flat_expected, flat_actual = flat_expected["vae"], flat_actual["vae"]
+        for name, tensor in flat_expected.items():
+            assert torch.equal(tensor, flat_actual[name]), f"{key}.{name} differs after resuming"
+
+
+def test_fresh_start_removes_checkpoints_of_an_earlier_run(data_dir: Path, tmp_path: Path) -> None:
+    train(config("vae", data_dir, tmp_path / "models"), NullTracker())
+    result = train(config("vae", data_dir, tmp_path / "models", "train.steps=3"), NullTracker())
+    assert [step for step, _ in list_checkpoints(tmp_path / "models" / "vae" / "checkpoints")] == [
+        3
+    ]
+    assert load_checkpoint(result.checkpoint)["step"] == 3
+
+
+def test_nan_loss_stops_the_run_without_a_checkpoint(data_dir: Path, tmp_path: Path) -> None:
+    tracker = RecordingTracker()
+    with pytest.raises(TrainingDiverged, match=r"diverged.*step 2.*newest good one is \(none\)"):
+        train(config("vae", data_dir, tmp_path / "models", "model.beta=nan"), tracker)
+    assert list_checkpoints(tmp_path / "models" / "vae" / "checkpoints") == []
+    assert not (tmp_path / "models" / "vae" / "model.pt").exists()
+    assert tracker.status == "FAILED"
+
+
+def test_truncated_checkpoint_is_a_clear_error(data_dir: Path, tmp_path: Path) -> None:
+    result = train(config("vae", data_dir, tmp_path / "models"), NullTracker())
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(result.checkpoint.read_bytes()[: result.checkpoint.stat().st_size // 2])
+    with pytest.raises(
+        CheckpointError, match=rf"{truncated}.*cannot be read.*truncated or corrupt"
+    ):
+        load_checkpoint(truncated)
+    with pytest.raises(CheckpointError, match=str(truncated)):
+        train(
+            config("vae", data_dir, tmp_path / "models", f"train.resume={truncated}"), NullTracker()
+        )
+    not_a_checkpoint = tmp_path / "weights.pt"
+    torch.save({"weight": torch.zeros(2)}, not_a_checkpoint)
+    with pytest.raises(CheckpointError, match=rf"{not_a_checkpoint} is not a face_generation"):
+        load_checkpoint(not_a_checkpoint)
+
+
+def test_checkpoint_of_another_model_is_a_clear_error(data_dir: Path, tmp_path: Path) -> None:
+    dcgan = train(config("dcgan", data_dir, tmp_path / "models", "train.steps=3"), NullTracker())
+    with pytest.raises(
+        CheckpointError, match=rf"{dcgan.checkpoint} holds a 'dcgan' model, not 'vae'"
+    ):
+        train(
+            config("vae", data_dir, tmp_path / "models", f"train.resume={dcgan.checkpoint}"),
+            NullTracker(),
+        )
+    # same family, other sizes: named as a config difference, not a raw state_dict error
+    with pytest.raises(CheckpointError, match=r"different config[\s\S]*latent_dim"):
+        train(
+            config(
+                "dcgan", data_dir, tmp_path / "models", "train.resume=auto", "model.latent_dim=7"
+            ),
+            NullTracker(),
+        )
+
+
+def test_params_file_selects_one_model(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    OmegaConf.save(compose("pipeline"), params, resolve=True)
+    parser_args = [
+        "--params",
+        str(params),
+        "--model",
+        "dcgan",
+        "train.steps=2",
+        "model.latent_dim=7",
+    ]
+    from face_generation.config import stage_parser
+
+    parser = stage_parser("test")
+    parser.add_argument("--model")
+    cfg = training_config(parser.parse_args(parser_args))
+    assert cfg.model.name == "dcgan" and cfg.model.latent_dim == 7 and "models" not in cfg
+    assert (
+        cfg.train.steps == 2
+        and cfg.model.generator_channels
+        == compose("config", ["model=dcgan"]).model.generator_channels
+    )
+
+
+def test_missing_packed_data_names_the_stage(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=r"train.npy does not exist: run the data stages"):
+        train_main(overrides("vae", tmp_path / "nothing", tmp_path / "models"))
+
+
+# --- the command line: kill, resume, signals --------------------------------------------
+
+
+def start_training(data_dir: Path, models_dir: Path, *extra: str) -> subprocess.Popen[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "face_generation.train",
+        *overrides("vae", data_dir, models_dir, *extra),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def wait_for_checkpoint(
+    process: subprocess.Popen[str], checkpoints: Path, deadline_s: float = 120.0
+) -> int:
+    """Poll until a step checkpoint exists; returns its step."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        found = list_checkpoints(checkpoints)
+        if found:
+            return found[-1][0]
+        if process.poll() is not None:
+            pytest.fail(
+                f"training exited early:\n{process.stdout.read() if process.stdout else ''}"
+            )
+        time.sleep(0.05)  # polling interval, not synchronisation
+    process.kill()
+    pytest.fail(f"no checkpoint in {checkpoints} after {deadline_s} s")
+
+
+@pytest.mark.slow
+def test_run_killed_with_sigkill_resumes_from_its_last_checkpoint(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    checkpoints = models / "vae" / "checkpoints"
+    process = start_training(
+        data_dir, models, "train.steps=100000", "train.ckpt_every=2", "train.sample_every=1000"
+    )
+    wait_for_checkpoint(process, checkpoints)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    step, newest = list_checkpoints(checkpoints)[-1]
+    run_id = load_checkpoint(newest)["run_id"]
+
+    resumed = start_training(data_dir, models, f"train.steps={step + 2}", "train.resume=auto")
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    assert f"resumed from {newest} at step {step} (run {run_id})" in output
+    final = load_checkpoint(models / "vae" / "model.pt", expected_model="vae")
+    assert final["step"] == step + 2 and final["run_id"] == run_id
+
+
+@pytest.mark.slow
+def test_sigterm_writes_a_checkpoint_and_exits_cleanly(data_dir: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    checkpoints = models / "vae" / "checkpoints"
+    process = start_training(
+        data_dir, models, "train.steps=100000", "train.ckpt_every=1000", "train.log_every=1"
+    )
+    process_output: list[str] = []
+    assert process.stdout is not None
+    for line in process.stdout:  # the run has started once it prints its plan
+        process_output.append(line)
+        if line.startswith("[train] vae on"):
+            break
+    process.send_signal(signal.SIGTERM)
+    rest, _ = process.communicate(timeout=120)
+    output = "".join(process_output) + rest
+    assert process.returncode == 128 + signal.SIGTERM, output
+    assert "stopped by SIGTERM" in output and "Traceback" not in output
+    [(step, path)] = list_checkpoints(checkpoints)
+    assert load_checkpoint(path)["step"] == step >= 1
