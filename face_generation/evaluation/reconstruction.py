@@ -1,0 +1,78 @@
+"""SSIM and PSNR of reconstructions against the images they reconstruct (torchmetrics).
+
+Both compare RGB images in [0, 1] (data range 1), whatever range they came in (see
+`features/pixels.py`), and return the mean over images of the per-image value: PSNR is
+computed per image and then averaged (a batch-level PSNR of the pooled MSE would let a few
+bad reconstructions hide), and is infinite for identical images. SSIM follows torchmetrics:
+the SSIM map of reflection-padded images averaged over every pixel (scikit-image averages
+the interior only, a few hundredths higher on 64 x 64 images). Both run in float64, batched.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics.functional.image import (
+    peak_signal_noise_ratio,
+    structural_similarity_index_measure,
+)
+
+from face_generation.features.pixels import ImageBatch, ValueRange, batches, to_float_nchw
+
+
+def check_pair(reconstructions: ImageBatch, originals: ImageBatch) -> None:
+    if len(reconstructions) != len(originals) or len(originals) == 0:
+        raise ValueError(
+            f"need row-aligned, non-empty batches, got {len(reconstructions)} and {len(originals)}"
+        )
+
+
+@torch.inference_mode()
+def ssim(
+    reconstructions: ImageBatch,
+    originals: ImageBatch,
+    value_range: ValueRange = None,
+    kernel_size: int = 11,
+    sigma: float = 1.5,
+    batch_size: int = 256,
+) -> float:
+    """Mean SSIM (Gaussian window, as Wang et al. 2004) over row-aligned image pairs."""
+    check_pair(reconstructions, originals)
+    total = 0.0
+    for fake, real in zip(
+        batches(reconstructions, batch_size), batches(originals, batch_size), strict=True
+    ):
+        values = structural_similarity_index_measure(
+            to_float_nchw(fake, value_range, (0.0, 1.0), dtype=torch.float64),
+            to_float_nchw(real, value_range, (0.0, 1.0), dtype=torch.float64),
+            kernel_size=kernel_size,
+            sigma=sigma,
+            data_range=1.0,
+            reduction="none",
+        )
+        assert isinstance(values, torch.Tensor)  # one value per image (no full-image output)
+        total += float(values.sum())
+    return total / len(originals)
+
+
+@torch.inference_mode()
+def psnr(
+    reconstructions: ImageBatch,
+    originals: ImageBatch,
+    value_range: ValueRange = None,
+    batch_size: int = 256,
+) -> float:
+    """Mean over image pairs of the per-image PSNR in dB (data range 1)."""
+    check_pair(reconstructions, originals)
+    total = 0.0
+    for fake, real in zip(
+        batches(reconstructions, batch_size), batches(originals, batch_size), strict=True
+    ):
+        values = peak_signal_noise_ratio(
+            to_float_nchw(fake, value_range, (0.0, 1.0), dtype=torch.float64),
+            to_float_nchw(real, value_range, (0.0, 1.0), dtype=torch.float64),
+            data_range=1.0,
+            reduction="none",
+            dim=(1, 2, 3),
+        )
+        total += float(values.sum())
+    return total / len(originals)

@@ -1,0 +1,428 @@
+"""The evaluation metrics against references, known values and the behaviour they promise."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import scipy.linalg
+import skimage.data
+import torch
+from scipy import ndimage
+
+from face_generation.evaluation.frechet import (
+    FeatureStatistics,
+    feature_statistics,
+    frechet_distance,
+    frechet_distance_between,
+)
+from face_generation.evaluation.identity import identity_similarity
+from face_generation.evaluation.kid import kid
+from face_generation.evaluation.precision_recall import precision_recall
+from face_generation.evaluation.real_stats import real_features
+from face_generation.evaluation.reconstruction import psnr, ssim
+from face_generation.evaluation.standard_networks import (
+    Unavailable,
+    load_inception,
+    load_lpips,
+    lpips_distance,
+)
+from face_generation.features.weights import unreachable
+
+
+def gaussian_features(count: int, dim: int, seed: int, shift: float = 0.0) -> np.ndarray:
+    """Samples of a Gaussian with a random (known) covariance A A^T + I/2, mean `shift`."""
+    generator = np.random.default_rng(seed)
+    mixing = np.random.default_rng(1234).normal(size=(dim, dim)) / np.sqrt(dim)
+    noise = generator.normal(size=(count, dim))
+    return noise @ mixing.T + generator.normal(size=(count, dim)) / np.sqrt(2) + shift
+
+
+def sqrtm_reference(mu1, sigma1, mu2, sigma2) -> float:
+    """pytorch-fid's formula with scipy.linalg.sqrtm, in float64."""
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean.real))
+
+
+# --- Fréchet distance ---
+
+
+def test_frechet_distance_of_a_set_with_itself_is_zero() -> None:
+    statistics = feature_statistics(gaussian_features(500, 32, seed=0))
+    distance = frechet_distance_between(statistics, statistics)
+    assert 0.0 <= distance < 1e-9 * np.trace(statistics.cov)
+
+
+def test_frechet_distance_matches_scipy_sqrtm_reference() -> None:
+    for dim, count in [(8, 200), (64, 1000), (256, 2000)]:
+        first = feature_statistics(gaussian_features(count, dim, seed=1))
+        second = feature_statistics(gaussian_features(count, dim, seed=2, shift=0.3))
+        ours = frechet_distance(first.mean, first.cov, second.mean, second.cov)
+        reference = sqrtm_reference(first.mean, first.cov, second.mean, second.cov)
+        assert ours == pytest.approx(reference, rel=1e-6), (dim, ours, reference)
+        assert ours > 0.3**2 * dim * 0.5  # the mean shift alone is 0.09 per dimension
+
+
+def test_frechet_distance_of_known_gaussians_has_its_closed_form() -> None:
+    # Commuting (diagonal) covariances: d² = |mu1 - mu2|² + Σ (sqrt(a_i) - sqrt(b_i))².
+    variances_a, variances_b = np.array([1.0, 4.0, 9.0, 0.25]), np.array([4.0, 1.0, 9.0, 1.0])
+    mean_a, mean_b = np.zeros(4), np.array([1.0, 0.0, -2.0, 0.5])
+    expected = 1 + 4 + 0.25 + (1 + 1 + 0 + 0.25)
+    assert frechet_distance(
+        mean_a, np.diag(variances_a), mean_b, np.diag(variances_b)
+    ) == pytest.approx(expected, rel=1e-12)
+
+
+def test_frechet_distance_grows_monotonically_with_added_noise() -> None:
+    real = gaussian_features(800, 32, seed=3)
+    noise = np.random.default_rng(4).normal(size=real.shape)
+    reference = feature_statistics(real)
+    distances = [
+        frechet_distance_between(reference, feature_statistics(real + level * noise))
+        for level in (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
+    ]
+    assert distances[0] < 1e-9
+    assert all(later > earlier for earlier, later in itertools.pairwise(distances))
+
+
+def test_frechet_distance_is_symmetric() -> None:
+    first = feature_statistics(gaussian_features(300, 48, seed=5))
+    second = feature_statistics(gaussian_features(300, 48, seed=6, shift=0.2) * 1.5)
+    forward = frechet_distance_between(first, second)
+    backward = frechet_distance_between(second, first)
+    assert forward > 1 and forward == pytest.approx(backward, rel=1e-9)
+
+
+def test_frechet_distance_with_fewer_samples_than_dimensions_is_finite() -> None:
+    # Singular covariances (N < D): sqrtm needs an offset here; the eigen route does not.
+    first = feature_statistics(gaussian_features(20, 64, seed=7))
+    second = feature_statistics(gaussian_features(20, 64, seed=8))
+    distance = frechet_distance_between(first, second)
+    assert np.isfinite(distance) and distance > 0
+    assert frechet_distance_between(first, first) < 1e-9 * np.trace(first.cov)
+
+
+def test_frechet_distance_rejects_mismatched_shapes() -> None:
+    with pytest.raises(ValueError, match="shapes disagree"):
+        frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+# --- KID ---
+
+
+def kid_reference(first: np.ndarray, second: np.ndarray) -> float:
+    """Unbiased MMD² with k(x, y) = (x.y / d + 1)³, summed pair by pair."""
+    count, dim = first.shape
+
+    def kernel(x: np.ndarray, y: np.ndarray) -> float:
+        return (float(np.dot(x, y)) / dim + 1.0) ** 3
+
+    within = sum(
+        kernel(a[i], a[j])
+        for a in (first, second)
+        for i in range(count)
+        for j in range(count)
+        if i != j
+    )
+    between = sum(kernel(first[i], second[j]) for i in range(count) for j in range(count))
+    return within / (count * (count - 1)) - 2 * between / count**2
+
+
+def test_kid_matches_a_direct_pairwise_reference() -> None:
+    first = gaussian_features(30, 8, seed=9)
+    second = gaussian_features(30, 8, seed=10, shift=0.5)
+    result = kid(first, second, subsets=1, subset_size=30)
+    assert result.subset_size == 30
+    assert result.mean == pytest.approx(kid_reference(first, second), rel=1e-10)
+    assert result.std == 0.0
+
+
+def test_kid_averages_the_reference_over_random_subsets() -> None:
+    first = gaussian_features(60, 6, seed=11)
+    second = gaussian_features(50, 6, seed=12, shift=0.3)
+    result = kid(first, second, subsets=4, subset_size=20, seed=7)
+    generator = np.random.default_rng(7)  # the subsets kid() draws: without replacement, a then b
+    values = [
+        kid_reference(
+            first[generator.choice(60, 20, replace=False)],
+            second[generator.choice(50, 20, replace=False)],
+        )
+        for _ in range(4)
+    ]
+    assert result.mean == pytest.approx(np.mean(values), rel=1e-10)
+    assert result.std == pytest.approx(np.std(values), rel=1e-8)
+
+
+def test_kid_is_near_zero_for_one_distribution_and_grows_with_a_shift() -> None:
+    same = kid(gaussian_features(400, 16, 13), gaussian_features(400, 16, 14), 20, 200)
+    shifted = kid(gaussian_features(400, 16, 13), gaussian_features(400, 16, 14, 0.5), 20, 200)
+    farther = kid(gaussian_features(400, 16, 13), gaussian_features(400, 16, 14, 1.0), 20, 200)
+    assert abs(same.mean) < 3 * same.std + 1e-3
+    assert 0 < shifted.mean < farther.mean
+    assert shifted.mean > 10 * abs(same.mean)
+
+
+def test_kid_caps_the_subset_size_at_the_smaller_set() -> None:
+    result = kid(gaussian_features(40, 4, 15), gaussian_features(25, 4, 16), 3, 1000)
+    assert result.subset_size == 25
+
+
+# --- precision and recall ---
+
+
+def test_precision_and_recall_are_one_for_identical_sets() -> None:
+    features = gaussian_features(300, 16, seed=17)
+    result = precision_recall(features, features.copy(), k=3, device="cpu")
+    assert result.precision == 1.0 and result.recall == 1.0
+
+
+def test_precision_and_recall_fall_for_shifted_sets() -> None:
+    real = gaussian_features(400, 16, seed=18)
+    near = precision_recall(real, gaussian_features(400, 16, seed=19, shift=0.1), k=3, device="cpu")
+    far = precision_recall(real, gaussian_features(400, 16, seed=19, shift=1.0), k=3, device="cpu")
+    assert far.precision < near.precision and far.recall < near.recall
+    assert far.precision < 0.5 and far.recall < 0.5
+    assert near.precision > 0.6 and near.recall > 0.6
+
+
+def test_precision_stays_and_recall_falls_under_mode_collapse() -> None:
+    real = gaussian_features(400, 8, seed=20)
+    # The generator reproduces only the real samples nearest the mean: realistic, not varied.
+    collapsed = real[np.argsort(np.linalg.norm(real - real.mean(0), axis=1))[:100]]
+    result = precision_recall(real, collapsed, k=3, device="cpu")
+    assert result.precision == 1.0 and result.recall < 0.7
+
+
+# --- input ranges: the same images in any convention give the same metric ---
+
+
+def lfw_faces(count: int, offset: int = 0) -> np.ndarray:
+    """Real faces embedded in scikit-image: 25 x 25 grey, as uint8 RGB N x H x W x 3."""
+    grey = skimage.data.lfw_subset()[offset : offset + count]
+    return np.repeat((grey * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def all_ranges(faces: np.ndarray) -> list[tuple[Any, tuple[float, float] | None]]:
+    unit = torch.from_numpy(faces).permute(0, 3, 1, 2).double() / 255
+    return [
+        (faces, None),
+        (unit.float(), (0.0, 1.0)),
+        ((unit * 2 - 1).float(), (-1.0, 1.0)),
+        ((unit * 2 - 1).numpy(), (-1.0, 1.0)),  # float numpy works as float tensors do
+    ]
+
+
+def test_effnet_metrics_are_the_same_for_uint8_unit_and_signed_inputs() -> None:
+    from face_generation.features.effnet import EfficientNetLite0, embed_images
+
+    network = EfficientNetLite0(image_size=128)  # smaller than 224 only to keep the test fast
+    real_faces, fake_faces = lfw_faces(10), lfw_faces(10, offset=40)
+    real = embed_images(network, real_faces, batch_size=10, device="cpu")
+    real_statistics = feature_statistics(real)
+    results = []
+    for images, value_range in all_ranges(fake_faces)[:3]:
+        fake = embed_images(network, images, value_range, batch_size=10, device="cpu")
+        assert fake.shape == (10, 1280) and fake.dtype == np.float32
+        results.append(
+            (
+                frechet_distance_between(real_statistics, feature_statistics(fake)),
+                kid(real, fake, subsets=5, subset_size=8).mean,
+                precision_recall(real, fake, k=3, device="cpu"),
+            )
+        )
+    (distance, kernel, pr), others = results[0], results[1:]
+    assert distance > 1  # two different sets of faces
+    for other_distance, other_kernel, other_pr in others:
+        assert other_distance == pytest.approx(distance, rel=1e-4)
+        assert other_kernel == pytest.approx(kernel, rel=1e-3, abs=1e-6)
+        assert (other_pr.precision, other_pr.recall) == (pr.precision, pr.recall)
+
+
+def test_float_images_without_a_value_range_are_refused() -> None:
+    from face_generation.features.effnet import EfficientNetLite0, embed_images
+
+    with pytest.raises(ValueError, match="value_range"):
+        embed_images(EfficientNetLite0(), torch.rand(2, 3, 16, 16), device="cpu")
+    with pytest.raises(ValueError, match="N x H x W x 3"):
+        ssim(np.zeros((2, 3, 8, 8), np.uint8), np.zeros((2, 3, 8, 8), np.uint8))
+
+
+def test_ssim_and_psnr_are_the_same_for_every_input_range() -> None:
+    originals = lfw_faces(6)
+    noisy = np.clip(
+        originals.astype(int) + np.random.default_rng(21).integers(-25, 26, originals.shape), 0, 255
+    ).astype(np.uint8)
+    values = [
+        (ssim(fake, real, value_range), psnr(fake, real, value_range))
+        for (fake, value_range), (real, _) in zip(
+            all_ranges(noisy), all_ranges(originals), strict=True
+        )
+    ]
+    for other in values[1:]:
+        assert other == pytest.approx(values[0], rel=1e-5)
+    # Mixed: float [-1, 1] reconstructions against the uint8 packed originals.
+    mixed = ssim(all_ranges(noisy)[2][0], originals, (-1.0, 1.0))
+    assert mixed == pytest.approx(values[0][0], rel=1e-5)
+
+
+# --- SSIM and PSNR on known pairs ---
+
+
+def ssim_reference(first: np.ndarray, second: np.ndarray) -> float:
+    """SSIM map with a Gaussian window (sigma 1.5, 11 taps) over mirror-padded images, averaged
+    over every pixel: the convention torchmetrics follows (skimage averages the interior only)."""
+    c1, c2 = 0.01**2, 0.03**2
+
+    def blur(image: np.ndarray) -> np.ndarray:
+        return ndimage.gaussian_filter(image, sigma=1.5, truncate=3.5, mode="mirror")
+
+    mu_x, mu_y = blur(first), blur(second)
+    var_x = np.clip(blur(first * first) - mu_x**2, 0, None)
+    var_y = np.clip(blur(second * second) - mu_y**2, 0, None)
+    cov = blur(first * second) - mu_x * mu_y
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
+        (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+    )
+    return float(ssim_map.mean())
+
+
+def test_psnr_of_known_pairs() -> None:
+    # rel 1e-6: torchmetrics converts dB with a float32 log(10).
+    flat = np.full((2, 3, 16, 16), 0.5)
+    assert psnr(flat + 0.1, flat, (0.0, 1.0)) == pytest.approx(20.0, rel=1e-6)  # MSE 0.01
+    one_level = np.full((1, 8, 8, 3), 100, np.uint8)
+    assert psnr(one_level + 1, one_level) == pytest.approx(20 * np.log10(255), rel=1e-6)
+    # The mean of per-image PSNRs (20 dB and 40 dB), not the PSNR of the pooled MSE (23 dB).
+    pair = np.stack([flat[0] + 0.1, flat[0] + 0.01])
+    assert psnr(pair, flat, (0.0, 1.0)) == pytest.approx(30.0, rel=1e-6)
+    assert psnr(flat, flat, (0.0, 1.0)) == float("inf")
+
+
+def test_ssim_of_known_pairs() -> None:
+    face = lfw_faces(1)
+    assert ssim(face, face) == pytest.approx(1.0, abs=1e-6)
+    # Flat images: no variance, so SSIM is the luminance term (2 m1 m2 + C1) / (m1² + m2² + C1).
+    first, second = np.full((1, 3, 32, 32), 0.5), np.full((1, 3, 32, 32), 0.6)
+    expected = (2 * 0.5 * 0.6 + 1e-4) / (0.25 + 0.36 + 1e-4)
+    assert ssim(first, second, (0.0, 1.0)) == pytest.approx(expected, rel=1e-6)
+    # A real photograph and a noisy copy, against an independent SciPy implementation.
+    photo = skimage.data.astronaut()[::8, ::8][:64, :64] / 255.0
+    noisy = np.clip(photo + np.random.default_rng(22).normal(0, 0.08, photo.shape), 0, 1)
+    expected = float(np.mean([ssim_reference(noisy[..., c], photo[..., c]) for c in range(3)]))
+    to_batch = lambda image: image.transpose(2, 0, 1)[None]  # noqa: E731
+    value = ssim(to_batch(noisy), to_batch(photo), (0.0, 1.0))
+    assert value == pytest.approx(expected, abs=1e-5)
+    assert 0.3 < value < 0.9
+
+
+# --- identity similarity ---
+
+
+def test_identity_similarity_of_embeddings_with_themselves_and_others() -> None:
+    embeddings = np.random.default_rng(23).normal(size=(10, 128)) * 0.05
+    same = identity_similarity(embeddings, embeddings, threshold=0.6)
+    assert same.cosine_mean == pytest.approx(1.0, abs=1e-12) and same.distance_mean == 0.0
+    assert same.same_person_share == 1.0 and same.count == 10
+    orthogonal = identity_similarity(np.eye(4), np.roll(np.eye(4), 1, axis=1), threshold=0.6)
+    assert orthogonal.cosine_mean == pytest.approx(0.0, abs=1e-12)
+    assert (
+        orthogonal.distance_mean == pytest.approx(np.sqrt(2))
+        and orthogonal.same_person_share == 0.0
+    )
+
+
+# --- standard networks, unavailable offline ---
+
+
+@pytest.fixture
+def empty_torch_hub(tmp_path: Path):
+    previous = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    yield tmp_path / "hub"
+    torch.hub.set_dir(previous)
+
+
+def require_offline(url: str) -> None:
+    if unreachable(url, timeout_s=3.0) is None:
+        pytest.skip(f"{url} is reachable here: the offline path cannot be exercised")
+
+
+def test_fid_inception_is_unavailable_offline_with_the_reason(empty_torch_hub: Path) -> None:
+    pytest.importorskip("torch_fidelity")
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+    require_offline(URL_INCEPTION_V3)
+    started = time.monotonic()
+    result = load_inception(timeout_s=5.0)
+    assert isinstance(result, Unavailable) and result.metric == "fid_inception"
+    assert "not cached" in result.reason and "eval.fid_inception.weights_path" in result.reason
+    assert time.monotonic() - started < 10
+    assert result.as_dict() == {"available": False, "reason": result.reason}
+    missing = load_inception(weights_path=empty_torch_hub / "absent.pth")
+    assert isinstance(missing, Unavailable) and "is not a file" in missing.reason
+
+
+def test_lpips_is_unavailable_offline_with_the_reason(empty_torch_hub: Path) -> None:
+    from face_generation.evaluation.standard_networks import lpips_backbone_url
+
+    require_offline(lpips_backbone_url("alex"))
+    started = time.monotonic()
+    result = load_lpips("alex", timeout_s=5.0)
+    assert isinstance(result, Unavailable) and result.metric == "lpips"
+    assert "eval.lpips.weights_path" in result.reason
+    assert time.monotonic() - started < 10
+
+
+def test_lpips_runs_with_a_local_backbone_weights_file(tmp_path: Path) -> None:
+    from torchvision.models import alexnet
+
+    # Stand-in weights (random, not ImageNet's): checks the loading path, not LPIPS' values.
+    backbone = {
+        k: v for k, v in alexnet(weights=None).state_dict().items() if k.startswith("features.")
+    }
+    weights = tmp_path / "alexnet.pth"
+    torch.save(backbone, weights)
+    model: Any = load_lpips("alex", weights_path=weights)
+    assert not isinstance(model, Unavailable), model
+    # torchvision's features.3 is the first layer of lpips' second slice.
+    assert torch.equal(model.net.slice2.get_submodule("3").weight, backbone["features.3.weight"])
+    faces = np.stack(
+        [skimage.data.astronaut()[::4, ::4][:64, :64], skimage.data.chelsea()[:64, :64]]
+    )
+    noisy = np.clip(faces.astype(int) + 40, 0, 255).astype(np.uint8)
+    assert lpips_distance(model, faces, faces, device="cpu") == pytest.approx(0.0, abs=1e-6)
+    assert lpips_distance(model, faces, noisy, device="cpu") > 1e-3
+
+
+# --- the cache of real statistics ---
+
+
+def test_real_statistics_are_cached_by_data_hash_and_network(tmp_path: Path) -> None:
+    features = gaussian_features(50, 8, seed=24).astype(np.float32)
+    calls: list[int] = []
+
+    def embed() -> np.ndarray:
+        calls.append(1)
+        return features
+
+    first = real_features(tmp_path, "effnet_lite0-224px", "abc123", "test", 50, embed)
+    again = real_features(tmp_path, "effnet_lite0-224px", "abc123", "test", 50, embed)
+    assert len(calls) == 1 and not first.from_cache and again.from_cache
+    np.testing.assert_array_equal(again.features, features)
+    np.testing.assert_allclose(
+        again.statistics.cov, np.cov(features.astype(np.float64), rowvar=False)
+    )
+    assert isinstance(again.statistics, FeatureStatistics) and again.statistics.count == 50
+    # Another data hash, network or split is another entry; a corrupt entry is recomputed.
+    real_features(tmp_path, "effnet_lite0-224px", "def456", "test", 50, embed)
+    real_features(tmp_path, "dinov2-224px", "abc123", "test", 50, embed)
+    assert len(calls) == 3
+    entry = tmp_path / "effnet_lite0-224px" / "abc123-test-50.npz"
+    entry.write_bytes(b"not an npz")
+    assert not real_features(tmp_path, "effnet_lite0-224px", "abc123", "test", 50, embed).from_cache
+    assert len(calls) == 4 and not list(tmp_path.rglob("*.tmp.npz"))
