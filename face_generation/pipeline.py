@@ -1,7 +1,10 @@
 """The main job: `python -m face_generation.pipeline` (what `make run` calls).
 
-Writes params.yaml from configs/ (with any overrides given), then runs `dvc repro`, which
-runs only the stages whose code, parameters or inputs changed, and says where to look.
+Writes params.yaml from configs/ (with any overrides given), starts the local MLflow server
+unless one runs (it boots while the data stages run; training spools to disk until it
+answers), runs `dvc repro`, which runs only the stages whose code, parameters or inputs
+changed, delivers any records the server missed, and says where to look. The server keeps
+running for the UI: stop it with `python -m face_generation.tracking.server stop`.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from face_generation.config import compose
 
@@ -32,9 +35,38 @@ def write_params(overrides: Sequence[str], path: Path = Path("params.yaml")) -> 
     return True
 
 
+def start_tracking(cfg: DictConfig) -> str | None:
+    """Launch the MLflow server unless one answers; its URI, or None when it cannot start."""
+    from face_generation.tracking.server import ServerError, start_server
+
+    try:
+        return start_server(cfg, wait=False)
+    except ServerError as error:
+        print(f"[pipeline] {error}\n[pipeline] training goes on and keeps its records on disk")
+        return None
+
+
+def deliver_pending(cfg: DictConfig) -> None:
+    """Send what training could not deliver (the server came up late or went away)."""
+    from face_generation.tracking.server import ServerError, start_server
+    from face_generation.tracking.sync import pending_spools, sync_all
+
+    if not pending_spools(cfg.spool_dir):
+        return
+    try:
+        start_server(cfg)  # waits for the server launched at the start, if still booting
+    except ServerError as error:
+        print(f"[pipeline] {error}")
+        return
+    for result in sync_all(cfg):
+        print(f"[pipeline] MLflow records of run {result.local_key}: {result.message}")
+
+
 def run_dvc(arguments: Sequence[str]) -> None:
     command = [sys.executable, "-m", "dvc", *arguments]
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    # Stage commands say `python`: make it this interpreter (the project venv's).
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "PATH": path, "DVC_NO_ANALYTICS": "1"}
     result = subprocess.run(command, env=env, check=False)
     if result.returncode != 0:
         raise SystemExit(f"`dvc {' '.join(arguments)}` failed with exit code {result.returncode}")
@@ -54,10 +86,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.perf_counter()
     if write_params(args.overrides):
         print("[pipeline] params.yaml rewritten from configs/")
+    cfg = compose("pipeline", args.overrides)
+    uri = start_tracking(cfg.tracking) if cfg.tracking.enabled else None
     run_dvc(["repro", *(["--force"] if args.force else [])])
+    if uri is not None:
+        deliver_pending(cfg.tracking)
     print(f"[pipeline] done in {time.perf_counter() - started:.0f} s. Look at:")
-    print("  metrics/data.json       images in, out and skipped by reason (`dvc metrics show`)")
-    print(f"  {Path('data/packed')}/     packed uint8 arrays, one per split")
+    if uri is not None:
+        print(f"  {uri:<24}MLflow UI: runs, loss curves, sample grids, registered models")
+    print("  plots/report.md         one metrics table across the trained models")
+    print(f"  {cfg.paths.models + '/<model>/':<24}model.pt, samples.png, losses.csv")
+    print("  metrics/                data.json and <model>.json (`dvc metrics show`)")
+    print("  plots/                  sample, real-vs-generated, nearest-neighbour grids")
 
 
 if __name__ == "__main__":

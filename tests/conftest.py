@@ -10,6 +10,7 @@ import pytest
 from omegaconf import DictConfig
 
 from face_generation.config import compose
+from tests.tracking_fixtures import mlflow_server, tracking_cfg  # noqa: F401  (fixtures)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

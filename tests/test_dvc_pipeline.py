@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from face_generation.pipeline import write_params
 from tests.conftest import REPO_ROOT
+from tests.tracking_fixtures import MlflowServer
 
 pytestmark = pytest.mark.slow
 
@@ -64,20 +66,39 @@ def project(tmp_path: Path) -> Path:
     return repo
 
 
-def test_dvc_repro_runs_data_stages_then_only_what_changed(project: Path, monkeypatch) -> None:
+# A few steps of each model: the pipeline's machinery, not model quality.
+SMALL_TRAINING = [
+    "train.steps=4",
+    "train.log_every=2",
+    "train.sample_every=2",
+    "train.ckpt_every=2",
+    "train.batch_size=16",
+]
+
+
+def test_dvc_repro_runs_the_pipeline_then_only_what_changed(
+    project: Path, mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(project)
     dvc = [sys.executable, "-m", "dvc"]
-    write_params([])
+    overrides = [*SMALL_TRAINING, *mlflow_server.overrides, "tracking.experiment=test-dvc"]
+    write_params(overrides)
     first = run([*dvc, "repro"], project)
-    assert {"download", "split", "crop", "pack"} <= stages_run(first)
+    assert {"download", "split", "crop", "pack", "train@vae", "train@dcgan"} <= stages_run(first)
     assert (project / "data" / "packed" / "32" / "train.npy").is_file()
+    assert (project / "models" / "vae" / "model.pt").is_file()
     assert "images_packed" in run([*dvc, "metrics", "show"], project)
+    client = MlflowClient(mlflow_server.uri)
+    experiment = client.get_experiment_by_name("test-dvc")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["dcgan", "vae"]
+    assert {r.data.tags["dvc_stage"] for r in runs} == {"train@vae", "train@dcgan"}
 
     second = run([*dvc, "repro"], project)
     assert stages_run(second) == set()
 
-    write_params(["data.resolution=24"])
+    write_params([*overrides, "data.resolution=16"])
     third = run([*dvc, "repro"], project)
-    assert "pack" in stages_run(third)
+    assert {"pack", "train@vae", "train@dcgan"} <= stages_run(third)
     assert not stages_run(third) & {"download", "split", "crop"}
-    assert (project / "data" / "packed" / "24" / "train.npy").is_file()
+    assert (project / "data" / "packed" / "16" / "train.npy").is_file()

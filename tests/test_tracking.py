@@ -39,8 +39,6 @@ from face_generation.tracking.server import (
 )
 from tests.tracking_fixtures import MlflowServer, free_port, server_overrides
 
-pytest_plugins = ["tests.tracking_fixtures"]
-
 IMAGE_SHAPE = (3, 8, 8)
 
 

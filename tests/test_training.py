@@ -26,6 +26,7 @@ from PIL import Image
 from face_generation.config import compose
 from face_generation.models.dcgan import Discriminator, Generator
 from face_generation.models.vae import VAE
+from face_generation.tracking.run import registered_model_name
 from face_generation.train import main as train_main
 from face_generation.train import training_config
 from face_generation.training.checkpoint import (
@@ -36,8 +37,10 @@ from face_generation.training.checkpoint import (
 )
 from face_generation.training.data import PackedBatches, batch_rows
 from face_generation.training.families import sample_images
+from face_generation.training.images import to_uint8
 from face_generation.training.loop import TrainingDiverged, train
 from face_generation.training.tracker import NullTracker
+from tests.tracking_fixtures import MlflowServer
 
 REPO = Path(__file__).parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -94,7 +97,7 @@ def overrides(model: str, data_dir: Path, models_dir: Path, *extra: str) -> list
         "train.device=cpu",
         f"paths.data={data_dir}",
         f"paths.models={models_dir}",
-        "++tracking.enabled=false",
+        "tracking.enabled=false",
         *extra,
     ]
 
@@ -216,7 +219,11 @@ def test_training_writes_checkpoints_samples_and_metrics(
     assert all(np.isfinite(value) for _, logged in tracker.metrics for value in logged.values())
     assert tracker.params["model.name"] == model and tracker.params["train.steps"] == 6
     assert tracker.tags["data_hash"] == "test"
-    assert {path.name for path in tracker.artifacts} == {"step-00000003.png", "step-00000006.png"}
+    assert {path.name for path in tracker.artifacts} == {
+        "step-00000003.png",
+        "step-00000006.png",
+        "losses.csv",
+    }
 
     state = load_checkpoint(result.checkpoint, expected_model=model)
     assert state["step"] == 6 and state["run_id"] == tracker.run_id
@@ -230,6 +237,57 @@ def test_training_writes_checkpoints_samples_and_metrics(
     assert samples.std() > 1e-3  # not a constant image (6 steps: BatchNorm stats barely moved)
     grid = np.asarray(Image.open(output / "samples.png"))
     assert grid.shape == (4 * (RESOLUTION + 2) + 2, 4 * (RESOLUTION + 2) + 2, 3)
+
+
+def tracked(mlflow_server: MlflowServer, tmp_path: Path, name: str) -> list[str]:
+    """Overrides that log to the test server, in this test's own experiment and spool."""
+    return [
+        *mlflow_server.overrides,
+        "tracking.enabled=true",
+        f"tracking.experiment=test-{name}",
+        f"tracking.registered_model_prefix=test-{name}",
+        f"tracking.spool_dir={tmp_path / 'spool'}",
+    ]
+
+
+def test_tracked_run_logs_curves_samples_and_a_registered_generator(
+    data_dir: Path, tmp_path: Path, mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow.pyfunc
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    cfg = config("dcgan", data_dir, tmp_path / "models", *tracked(mlflow_server, tmp_path, "run"))
+    result = train(cfg)
+
+    client = MlflowClient(mlflow_server.uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "dcgan"
+    assert run.data.params["model.name"] == "dcgan" and run.data.params["train.steps"] == "6"
+    assert run.data.tags["data_hash"] == "test" and len(run.data.tags["git_commit"]) == 40
+    history = client.get_metric_history(result.run_id, "train/d_loss")
+    assert [metric.step for metric in history] == [2, 3, 4, 6]
+    assert {a.path for a in client.list_artifacts(result.run_id, "samples")} == {
+        "samples/step-00000003.png",
+        "samples/step-00000006.png",
+    }
+    losses = (tmp_path / "models" / "dcgan" / "losses.csv").read_text().splitlines()
+    assert losses[0].startswith("step,d_loss,") and [line.split(",")[0] for line in losses[1:]] == [
+        "2",
+        "3",
+        "4",
+        "6",
+    ]
+
+    name = registered_model_name(cfg.tracking, "dcgan")
+    [version] = client.search_model_versions(f"name='{name}'")
+    assert version.run_id == result.run_id
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
+    served = model.predict(pd.DataFrame({"n": [3], "seed": [5]}))
+    network, _ = load_generator(result.checkpoint)
+    expected = to_uint8(sample_images(network, 3, generator=torch.Generator().manual_seed(5)))
+    assert served.shape == (3, RESOLUTION, RESOLUTION, 3) and np.array_equal(served, expected)
 
 
 def test_vae_loss_falls_on_real_faces(data_dir: Path, tmp_path: Path) -> None:
@@ -379,12 +437,20 @@ def wait_for_checkpoint(
 
 @pytest.mark.slow
 def test_run_killed_with_sigkill_resumes_from_its_last_checkpoint(
-    data_dir: Path, tmp_path: Path
+    data_dir: Path, tmp_path: Path, mlflow_server: MlflowServer
 ) -> None:
+    from mlflow.tracking import MlflowClient
+
     models = tmp_path / "models"
     checkpoints = models / "vae" / "checkpoints"
+    tracking = tracked(mlflow_server, tmp_path, "killed")
     process = start_training(
-        data_dir, models, "train.steps=100000", "train.ckpt_every=2", "train.sample_every=1000"
+        data_dir,
+        models,
+        "train.steps=100000",
+        "train.ckpt_every=2",
+        "train.sample_every=1000",
+        *tracking,
     )
     wait_for_checkpoint(process, checkpoints)
     process.send_signal(signal.SIGKILL)
@@ -393,12 +459,22 @@ def test_run_killed_with_sigkill_resumes_from_its_last_checkpoint(
     step, newest = list_checkpoints(checkpoints)[-1]
     run_id = load_checkpoint(newest)["run_id"]
 
-    resumed = start_training(data_dir, models, f"train.steps={step + 2}", "train.resume=auto")
+    resumed = start_training(
+        data_dir, models, f"train.steps={step + 2}", "train.resume=auto", *tracking
+    )
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
     assert f"resumed from {newest} at step {step} (run {run_id})" in output
     final = load_checkpoint(models / "vae" / "model.pt", expected_model="vae")
     assert final["step"] == step + 2 and final["run_id"] == run_id
+
+    # One MLflow run, finished, holding every logged step of both processes.
+    client = MlflowClient(mlflow_server.uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+    logged = {metric.step for metric in client.get_metric_history(run_id, "train/loss")}
+    assert logged >= set(range(2, step + 3, 2))
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """A real MLflow tracking server for the tests, shared by the whole session.
 
-Register in the root conftest.py with `pytest_plugins = ["tests.tracking_fixtures"]`, then:
+Imported by tests/conftest.py, so every test module can use them:
 
     def test_something(tracking_cfg):           # configs' `tracking` group, aimed at the server
         run = TrackedRun(tracking_cfg, "name")  # own experiment and spool per test

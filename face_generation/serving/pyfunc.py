@@ -16,6 +16,7 @@ the same images as `python -m face_generation.inference CHECKPOINT --n N --seed 
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,16 @@ from face_generation.training.images import to_uint8
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 MAX_IMAGES_PER_CALL = 4096  # one request must not exhaust the server's memory
+# What serving the model imports (its code travels with it as code_paths).
+SERVING_PACKAGES = ("torch", "numpy", "pandas", "omegaconf", "mlflow")
+
+
+def requirements() -> list[str]:
+    """The model's pip requirements, pinned to the versions installed here.
+
+    Given explicitly: without them MLflow infers them by loading the model in a subprocess.
+    """
+    return [f"{name}=={version(name)}" for name in SERVING_PACKAGES]
 
 
 def model_signature(resolution: int) -> ModelSignature:

@@ -147,6 +147,15 @@ def _resume_state(resume: Mapping[str, Any] | str | None) -> dict[str, Any] | No
     return dict(resume)
 
 
+def spool_key_of_run(root: Path, run_id: str) -> str | None:
+    """The local key of the spool kept on disk for MLflow run `run_id`, if there is one."""
+    for meta_path in sorted(root.glob("*/run.json")):
+        meta = json.loads(_read_text(meta_path) or "{}")
+        if meta.get("run_id") == run_id:
+            return str(meta["local_key"])
+    return None
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -485,6 +494,9 @@ class TrackedRun:
         self.rejected: list[Event] = []
 
         resume = _resume_state(resume)
+        if resume and not resume.get("local_key") and resume.get("run_id"):
+            # A run id alone: the run's spool may still hold records a killed process left.
+            resume["local_key"] = spool_key_of_run(self._root, str(resume["run_id"]))
         key = str(resume["local_key"]) if resume and resume.get("local_key") else new_local_key()
         spool = Spool.open(self._root, key) if resume else None
         if spool is None:

@@ -39,6 +39,7 @@ from face_generation.training.device import pick_device, step_context
 from face_generation.training.ema import EMA
 from face_generation.training.families import ModelFamily, build_family, sample_images
 from face_generation.training.images import save_grid
+from face_generation.training.loss_log import LossLog
 from face_generation.training.tracker import Tracker, create_tracker, flatten_config
 
 
@@ -250,8 +251,9 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
         )
         for folder in (checkpoints, samples):
             shutil.rmtree(folder, ignore_errors=True)
-        for file in (output / "model.pt", output / "samples.png"):
+        for file in (output / "model.pt", output / "samples.png", output / "losses.csv"):
             file.unlink(missing_ok=True)
+    losses = LossLog(output / "losses.csv", start_step if resume_path else None)
     if train_cfg.compile:
         for network in family.networks.values():
             network.compile()
@@ -329,6 +331,7 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
                     },
                     step=step,
                 )
+                losses.append(step, {**metrics, "images_per_sec": images_per_sec})
                 progress.set_postfix_str(
                     f"{images_per_sec:.0f} img/s "
                     + " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "grad" not in k)
@@ -353,6 +356,8 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
         final = save(step, output / "model.pt")
         save_samples(step)
         shutil.copyfile(samples / f"step-{step:08d}.png", output / "samples.png")
+        tracker.log_artifact(output / "losses.csv")
+        tracker.log_generator(output / "model.pt", resolution)
     except KeyboardInterrupt:
         progress.close()
         tracker.close("KILLED")

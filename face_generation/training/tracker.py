@@ -19,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 class Tracker(Protocol):
     """One tracked run. `run_id` is stored in checkpoints, so a resumed run continues it."""
 
-    run_id: str
+    @property
+    def run_id(self) -> str: ...
 
     def log_params(self, params: Mapping[str, Any]) -> None: ...
 
@@ -28,6 +29,10 @@ class Tracker(Protocol):
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
 
     def set_tags(self, tags: Mapping[str, Any]) -> None: ...
+
+    def log_generator(self, checkpoint: Path, resolution: int) -> None:
+        """Log the final generator as an MLflow model (and register it)."""
+        ...
 
     def close(self, status: str) -> None:
         """End the run: status is FINISHED, FAILED or KILLED (MLflow's run statuses)."""
@@ -53,22 +58,76 @@ class NullTracker:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         pass
 
+    def log_generator(self, checkpoint: Path, resolution: int) -> None:
+        pass
+
     def close(self, status: str) -> None:
         self.status = status
+
+
+class MlflowTracker:
+    """The training run in MLflow, through the outage-proof `TrackedRun` (tracking/run.py).
+
+    `run_id` is what checkpoints store: the MLflow run id once the server has answered, the
+    run's local spool key before that; either continues the same run on resume.
+    """
+
+    def __init__(self, cfg: DictConfig, run_id: str | None) -> None:
+        from face_generation.tracking.run import TrackedRun  # mlflow imports take seconds
+
+        self.cfg = cfg
+        self.run = TrackedRun(cfg.tracking, run_name=str(cfg.model.name), resume=run_id)
+
+    @property
+    def run_id(self) -> str:
+        return self.run.resume_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self.run.log_params(params)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        self.run.log_metrics(metrics, step)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.run.log_artifact(path, artifact_path)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self.run.set_tags(tags)
+
+    def log_generator(self, checkpoint: Path, resolution: int) -> None:
+        from face_generation.serving.pyfunc import (
+            CHECKPOINT_ARTIFACT,
+            GeneratorModel,
+            model_signature,
+            requirements,
+        )
+        from face_generation.tracking.run import registered_model_name
+
+        self.run.log_model(
+            GeneratorModel(),
+            "generator",
+            model_signature(resolution),
+            registered_model_name=registered_model_name(
+                self.cfg.tracking, str(self.cfg.model.name)
+            ),
+            artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
+            pip_requirements=requirements(),
+            code_paths=[str(Path(__file__).resolve().parents[1])],  # the face_generation package
+        )
+
+    def close(self, status: str) -> None:
+        self.run.close(status)
 
 
 def create_tracker(cfg: DictConfig, run_id: str | None = None) -> Tracker:
     """The tracker for a training run; `run_id` (from a resumed checkpoint) continues that run.
 
-    The MLflow-backed tracker from face_generation.tracking replaces the enabled branch.
+    `tracking.enabled=false` tracks nothing (NullTracker); otherwise the run is logged to
+    MLflow, kept on disk while the server is away.
     """
-    if not cfg.get("tracking", {}).get("enabled", False):
+    if not cfg.tracking.enabled:
         return NullTracker(run_id)
-    print(
-        "[train] tracking.enabled is true but MLflow tracking is not wired into training yet; "
-        "this run is not tracked"
-    )
-    return NullTracker(run_id)
+    return MlflowTracker(cfg, run_id)
 
 
 def flatten_config(cfg: DictConfig) -> dict[str, Any]:
