@@ -13,7 +13,7 @@ OUT/reconstructions/0000.png, ...
 Examples:
   python -m face_generation.inference models/dcgan/model.pt --n 64 --seed 1
   python -m face_generation.inference models/vae/model.pt --input face1.jpg face2.jpg
-  python -m face_generation.inference models:/face-vae/3 --out plots/registered
+  python -m face_generation.inference models:/face_generation-vae/1 --out plots/registered
 """
 
 from __future__ import annotations

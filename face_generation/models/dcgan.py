@@ -10,20 +10,11 @@ N(0, 0.02) as in the paper. Stage count follows the resolution (32 → 3, 64 →
 from __future__ import annotations
 
 import itertools
-import math
 
 import torch
 from torch import nn
 
-
-def stage_channels(resolution: int, base_channels: int, max_channels: int) -> list[int]:
-    """Channels after each halving of `resolution` down to 4×4: base, 2·base, ... (capped)."""
-    if resolution < 8 or resolution & (resolution - 1):
-        raise ValueError(
-            f"data.resolution must be a power of two of at least 8 for these networks; got {resolution}"
-        )
-    stages = int(math.log2(resolution)) - 2
-    return [min(base_channels * 2**i, max_channels) for i in range(stages)]
+from face_generation.models.stages import stage_channels
 
 
 def init_weights(module: nn.Module, std: float) -> None:
