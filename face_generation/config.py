@@ -93,6 +93,33 @@ def select_model(cfg: DictConfig, name: str) -> DictConfig:
     return merged
 
 
+def model_stage_parser(description: str, verb: str) -> argparse.ArgumentParser:
+    """`stage_parser` plus `--model NAME`, for the stages that act on one model family."""
+    parser = stage_parser(description)
+    parser.add_argument(
+        "--model",
+        metavar="NAME",
+        help=f"model family to {verb} (vae, dcgan): with --params, picks models.NAME; "
+        "otherwise the same as the override model=NAME",
+    )
+    return parser
+
+
+def model_config_from_args(args: argparse.Namespace, stage: str) -> DictConfig:
+    """configs/config.yaml with overrides, or params.yaml with `models.<--model>` as `model`."""
+    if args.params:
+        cfg = load_params(args.params, args.overrides)
+        if args.model:
+            try:
+                return select_model(cfg, args.model)
+            except ValueError as error:
+                raise SystemExit(f"[{stage}] error: {error} (--model {args.model})") from None
+        if "model" not in cfg or "name" not in cfg.model:
+            raise SystemExit(f"{args.params} holds several models: pass --model NAME")
+        return cfg
+    return compose("config", [*args.overrides, *([f"model={args.model}"] if args.model else [])])
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description="Print a composed config as YAML. With no arguments, prints the pipeline "

@@ -14,42 +14,18 @@ train.resume=auto.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
-from omegaconf import DictConfig
-
-from face_generation.config import compose, load_params, select_model, stage_parser
+from face_generation.config import model_config_from_args, model_stage_parser
 from face_generation.training.checkpoint import CheckpointError
 from face_generation.training.data import DataError
 from face_generation.training.loop import TrainingDiverged, train
 
 
-def training_config(args: argparse.Namespace) -> DictConfig:
-    """configs/config.yaml with overrides, or params.yaml with `models.<--model>` as `model`."""
-    if args.params:
-        cfg = load_params(args.params, args.overrides)
-        if args.model:
-            try:
-                return select_model(cfg, args.model)
-            except ValueError as error:
-                raise SystemExit(f"[train] error: {error} (--model {args.model})") from None
-        if "model" not in cfg or "name" not in cfg.model:
-            raise SystemExit(f"{args.params} holds several models: pass --model NAME")
-        return cfg
-    return compose("config", [*args.overrides, *([f"model={args.model}"] if args.model else [])])
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = stage_parser(__doc__ or "")
-    parser.add_argument(
-        "--model",
-        metavar="NAME",
-        help="model family to train (vae, dcgan): with --params, picks models.NAME; "
-        "otherwise the same as the override model=NAME",
-    )
+    parser = model_stage_parser(__doc__ or "", "train")
     args = parser.parse_args(argv)
-    cfg = training_config(args)
+    cfg = model_config_from_args(args, "train")
     try:
         result = train(cfg)
     except (CheckpointError, TrainingDiverged, DataError, FileNotFoundError) as error:

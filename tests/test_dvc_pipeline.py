@@ -93,6 +93,13 @@ def test_dvc_repro_runs_the_pipeline_then_only_what_changed(
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(r.info.run_name for r in runs) == ["dcgan", "vae"]
     assert {r.data.tags["dvc_stage"] for r in runs} == {"train@vae", "train@dcgan"}
+    assert all("eval/fd_effnet" in r.data.metrics for r in runs)
+    assert {"evaluate@vae", "evaluate@dcgan", "report"} <= stages_run(first)
+    shown = run([*dvc, "metrics", "show"], project)
+    assert "fd_effnet.value" in shown and "metrics/dcgan.json" in shown
+    assert "| fd_effnet" in (project / "plots" / "report.md").read_text()
+    run([*dvc, "plots", "show"], project)
+    assert (project / "dvc_plots" / "index.html").is_file()
 
     second = run([*dvc, "repro"], project)
     assert stages_run(second) == set()

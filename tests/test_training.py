@@ -23,12 +23,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from face_generation.config import compose
+from face_generation.config import compose, model_config_from_args, model_stage_parser
 from face_generation.models.dcgan import Discriminator, Generator
 from face_generation.models.vae import VAE
 from face_generation.tracking.run import registered_model_name
 from face_generation.train import main as train_main
-from face_generation.train import training_config
 from face_generation.training.checkpoint import (
     CheckpointError,
     list_checkpoints,
@@ -383,11 +382,8 @@ def test_params_file_selects_one_model(tmp_path: Path) -> None:
         "train.steps=2",
         "model.latent_dim=7",
     ]
-    from face_generation.config import stage_parser
-
-    parser = stage_parser("test")
-    parser.add_argument("--model")
-    cfg = training_config(parser.parse_args(parser_args))
+    parser = model_stage_parser("test", "train")
+    cfg = model_config_from_args(parser.parse_args(parser_args), "train")
     assert cfg.model.name == "dcgan" and cfg.model.latent_dim == 7 and "models" not in cfg
     assert (
         cfg.train.steps == 2

@@ -1,0 +1,40 @@
+"""Evaluate a trained generator: `python -m face_generation.evaluate`.
+
+Examples:
+  python -m face_generation.evaluate model=vae                      (models/vae/model.pt)
+  python -m face_generation.evaluate model=dcgan ckpt=models/dcgan/checkpoints/step-00000500.pt
+  python -m face_generation.evaluate model=vae eval.num_samples=2000 eval.device=cpu
+  python -m face_generation.evaluate --params params.yaml --model vae  (as `dvc repro` runs it)
+
+Generates n = min(eval.num_samples, test split size) samples with the checkpoint's EMA
+generator and a fixed seed (eval.seed), and scores them against as many packed test images
+at the training resolution: fd_effnet, kid_effnet, precision/recall in EfficientNet-Lite0
+feature space, fid_inception when Inception-v3's weights can be had, and for models that
+reconstruct (the VAE) SSIM, PSNR, LPIPS and identity_* on reconstructions of test images.
+Writes metrics/<model>.json and plots/<model>/ (samples, real vs generated, nearest training
+neighbours, reconstructions), and logs both to the model's MLflow run (tracking.enabled).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from face_generation.config import model_config_from_args, model_stage_parser
+from face_generation.evaluation.evaluate_model import evaluate
+from face_generation.features.weights import WeightsUnavailableError
+from face_generation.training.checkpoint import CheckpointError
+from face_generation.training.data import DataError
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = model_stage_parser(__doc__ or "", "evaluate")
+    args = parser.parse_args(argv)
+    cfg = model_config_from_args(args, "evaluate")
+    try:
+        evaluate(cfg)
+    except (CheckpointError, DataError, WeightsUnavailableError, FileNotFoundError) as error:
+        raise SystemExit(f"[evaluate] error: {error}") from None
+
+
+if __name__ == "__main__":
+    main()

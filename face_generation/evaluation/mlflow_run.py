@@ -1,0 +1,117 @@
+"""The evaluation's numbers and plots, logged to the model's MLflow run.
+
+The run is the one the checkpoint names (`run_id`: training stores the MLflow run id, or the
+run's local spool key while the server had not answered), so training curves and evaluation
+sit side by side. Metrics are logged as `eval/<metric>` at the checkpoint's step; metrics that
+could not be computed get a tag `eval/<metric>_unavailable` holding the reason. Logging goes
+through `TrackedRun`'s spool: with the server away nothing is lost, it is delivered later.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig
+
+from face_generation.tracking.run import (
+    LOCAL_KEY_PATTERN,
+    TrackedRun,
+    http_settings,
+    run_tags,
+    tell,
+)
+from face_generation.tracking.server import tracking_uri
+
+if TYPE_CHECKING:
+    from face_generation.evaluation.evaluate_model import EvaluationResult
+
+PREFIX = "eval/"
+
+
+def server_tags(tracking_cfg: DictConfig, run_id: str) -> dict[str, str] | None:
+    """The tags of MLflow run `run_id` on the server; {} when the server has no such run, None
+    when that is unknown (no answer, or `run_id` is a spool key)."""
+    if LOCAL_KEY_PATTERN.fullmatch(run_id):
+        return None
+    try:
+        with http_settings(tracking_cfg.request_timeout_s, tracking_cfg.request_max_retries):
+            run = MlflowClient(tracking_uri(tracking_cfg)).get_run(run_id)
+    except MlflowException as error:
+        return {} if error.error_code == "RESOURCE_DOES_NOT_EXIST" else None
+    except Exception:  # unreachable: the spool keeps the records until it answers
+        return None
+    return dict(run.data.tags)
+
+
+def provenance_tags(data_hash: str, training_tags: dict[str, str]) -> dict[str, str]:
+    """This evaluation's git commit, DVC stage, ... as `eval/<tag>`, and the training's own
+    values of those tags kept (resuming the run would otherwise overwrite them)."""
+    current = run_tags(data_hash)
+    kept = {key: training_tags[key] for key in current if key in training_tags}
+    return {**{f"{PREFIX}{key}": value for key, value in current.items()}, **kept}
+
+
+def eval_metrics(record: dict) -> dict[str, float]:
+    """`eval/<metric>` for every metric with a value, plus KID's spread and the neighbour distances."""
+    values: dict[str, float] = {}
+    for name, entry in record["metrics"].items():
+        if entry.get("value") is not None:
+            values[f"{PREFIX}{name}"] = float(entry["value"])
+        if entry.get("std") is not None:
+            values[f"{PREFIX}{name}_std"] = float(entry["std"])
+    for key in ("mean_distance_generated", "mean_distance_test"):
+        values[f"{PREFIX}nearest_train_{key.removeprefix('mean_')}"] = float(
+            record["nearest_train"][key]
+        )
+    return values
+
+
+def log_evaluation(cfg: DictConfig, run_id: str | None, result: EvaluationResult) -> str:
+    """Log `result` to run `run_id` (a new run when there is none on the server); its id."""
+    tracking_cfg = cfg.tracking
+    record = result.record
+    training_tags = server_tags(tracking_cfg, run_id) if run_id else {}
+    if run_id and training_tags == {}:
+        tell(
+            f"the checkpoint's MLflow run {run_id} is not on {tracking_uri(tracking_cfg)} "
+            "(trained with tracking.enabled=false, or against another server): logging the "
+            "evaluation to a new run"
+        )
+    if not run_id or training_tags == {}:
+        run = TrackedRun(
+            tracking_cfg,
+            run_name=f"{record['model']}-eval",
+            data_hash=record["data_hash"],
+            tags={"model": record["model"]},
+        )
+    else:
+        run = TrackedRun(
+            tracking_cfg,
+            resume=run_id,
+            data_hash=record["data_hash"],
+            tags=provenance_tags(record["data_hash"], training_tags or {}),
+        )
+    try:
+        run.log_metrics(eval_metrics(record), step=int(record["step"]))
+        run.set_tags(
+            {
+                f"{PREFIX}checkpoint": record["checkpoint"],
+                f"{PREFIX}feature_network": record["feature_network"],
+                f"{PREFIX}n": record["n_generated"],
+                f"{PREFIX}split": record["split"],
+                **{
+                    f"{PREFIX}{name}_unavailable": entry["reason"]
+                    for name, entry in record["metrics"].items()
+                    if not entry["available"]
+                },
+            }
+        )
+        run.log_artifact(result.metrics_path, "eval")
+        for plot in result.plots:
+            run.log_artifact(plot, "eval/plots")
+    finally:
+        # FINISHED either way: the run is the training's, and training did finish.
+        run.close("FINISHED")
+    return run.resume_id

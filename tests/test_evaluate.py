@@ -1,0 +1,380 @@
+"""Evaluation: real models trained for a few steps on real faces, scored with the real networks.
+
+Packed faces as tests/test_training.py writes them (CelebA-sample crops, or scikit-image's LFW
+faces without ../shared/data): 48 train, 8 val, 8 test images at 32 x 32. Every evaluation
+here runs EfficientNet-Lite0, dlib and torchmetrics for real on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+
+from face_generation.config import compose
+from face_generation.evaluate import main as evaluate_main
+from face_generation.evaluation.evaluate_model import evaluate, nearest_neighbours
+from face_generation.evaluation.real_stats import cache_path
+from face_generation.evaluation.report import main as report_main
+from face_generation.evaluation.report import write_report
+from face_generation.training.checkpoint import load_checkpoint
+from face_generation.training.loop import train
+from tests.test_training import RESOLUTION, SPLIT_SIZES, write_packed
+from tests.tracking_fixtures import MlflowServer
+
+MODELS = ("vae", "dcgan")
+TEST_SIZE = SPLIT_SIZES["test"]
+RECONSTRUCTION_METRICS = {"ssim", "psnr", "lpips"}
+IDENTITY_METRICS = {"identity_cosine", "identity_distance", "identity_same_person"}
+DISTRIBUTION_METRICS = {"fd_effnet", "kid_effnet", "precision_effnet", "recall_effnet"}
+
+
+def overrides(root: Path, *extra: str) -> list[str]:
+    """Train a few steps on the CPU and evaluate there, every path under `root`."""
+    return [
+        "train=smoke",
+        "train.device=cpu",
+        "eval.device=cpu",
+        "tracking.enabled=false",
+        *(f"paths.{key}={root / key}" for key in ("data", "models", "metrics", "plots")),
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Packed faces, and a VAE and a DCGAN trained on them for 6 steps."""
+    root = tmp_path_factory.mktemp("evaluate")
+    write_packed(root / "data")
+    for model in MODELS:
+        train(compose("config", [f"model={model}", *overrides(root)]))
+    return root
+
+
+@pytest.fixture(scope="module")
+def evaluated(root: Path) -> dict[str, Any]:
+    """metrics/<model>.json of both models, evaluated with the default eval config."""
+    for model in MODELS:
+        evaluate(compose("config", [f"model={model}", *overrides(root)]))
+    return {model: json.loads((root / "metrics" / f"{model}.json").read_text()) for model in MODELS}
+
+
+def data_hash(root: Path) -> str:
+    meta = root / "data" / "packed" / str(RESOLUTION) / "meta.json"
+    return str(json.loads(meta.read_text())["data_hash"])
+
+
+# --- metrics/<model>.json -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_metric_has_a_value_network_n_and_data_hash_or_a_reason(
+    evaluated: dict[str, Any], root: Path, model: str
+) -> None:
+    record = evaluated[model]
+    expected_hash = data_hash(root)
+    # Small set: all of the test split, and as many samples (n = min(10000, 8)).
+    assert record["num_samples"] == 10000 and record["split_size"] == TEST_SIZE
+    assert record["n_generated"] == record["n_real"] == TEST_SIZE
+    assert "min(num_samples, split_size)" in record["sample_rule"]
+    assert record["model"] == model and record["step"] == 6 and record["resolution"] == RESOLUTION
+    assert record["data_hash"] == expected_hash
+    assert record["feature_network"] == "effnet_lite0-224px-antialias"
+    for name, entry in record["metrics"].items():
+        assert entry["data_hash"] == expected_hash and entry["network"], name
+        if entry["available"]:
+            assert math.isfinite(entry["value"]), name
+            counts = [entry["n"]] if "n" in entry else [entry["n_generated"], entry["n_real"]]
+            assert counts and all(count == TEST_SIZE for count in counts), name
+        else:
+            assert "value" not in entry and len(entry["reason"]) > 20, name
+
+    metrics = record["metrics"]
+    assert set(metrics) >= DISTRIBUTION_METRICS
+    assert all(
+        metrics[name]["network"] == record["feature_network"] for name in DISTRIBUTION_METRICS
+    )
+    assert metrics["fd_effnet"]["value"] > 0  # 6 training steps: far from the real faces
+    assert metrics["kid_effnet"]["value"] > 0 and metrics["kid_effnet"]["subset_size"] == TEST_SIZE
+    assert 0 <= metrics["precision_effnet"]["value"] <= 1
+    assert 0 <= metrics["recall_effnet"]["value"] <= 1
+    # No Inception-v3 weights on this machine: reported with the reason, never as a number.
+    inception = metrics["fid_inception"]
+    assert inception["network"] == "inception_v3"
+    if not inception["available"]:
+        assert "weights_path" in inception["reason"] or "torch-fidelity" in inception["reason"]
+
+    near = record["nearest_train"]
+    assert near["train_images_searched"] == SPLIT_SIZES["train"]
+    assert near["mean_distance_generated"] > 0 and near["mean_distance_test"] > 0
+
+
+def test_only_the_vae_gets_reconstruction_and_identity_metrics(evaluated: dict[str, Any]) -> None:
+    vae, dcgan = evaluated["vae"]["metrics"], evaluated["dcgan"]["metrics"]
+    assert set(vae) >= (RECONSTRUCTION_METRICS | IDENTITY_METRICS)
+    assert not (RECONSTRUCTION_METRICS | IDENTITY_METRICS) & set(dcgan)
+    assert vae["ssim"]["network"] == "pixels" and vae["ssim"]["n"] == TEST_SIZE
+    assert -1 <= vae["ssim"]["value"] < 1 and 5 < vae["psnr"]["value"] < 60
+    assert vae["lpips"]["available"] or "eval.lpips.weights_path" in vae["lpips"]["reason"]
+    assert vae["identity_cosine"]["network"] == "dlib_resnet_v1"
+    assert -1 <= vae["identity_cosine"]["value"] <= 1
+    assert vae["identity_distance"]["value"] > 0
+    assert 0 <= vae["identity_same_person"]["value"] <= 1
+    assert vae["identity_same_person"]["threshold"] == 0.6
+
+
+def test_real_statistics_are_cached_by_data_hash_and_network(
+    evaluated: dict[str, Any], root: Path
+) -> None:
+    network, hash_ = evaluated["vae"]["feature_network"], data_hash(root)
+    cache = root / "data" / "real_stats"
+    for split, count in (("test", TEST_SIZE), ("train", SPLIT_SIZES["train"])):
+        with np.load(cache_path(cache, network, hash_, split, count)) as stored:
+            assert stored["features"].shape == (count, 1280)
+
+
+# --- plots ----------------------------------------------------------------------------
+
+
+def grid_size(count: int, columns: int, width: int, height: int, gutter: int = 2) -> tuple:
+    """(width, height) of a grid as documented in evaluation/plots.py."""
+    columns = min(columns, count)
+    rows = -(-count // columns)
+    return columns * (width + gutter) + gutter, rows * (height + gutter) + gutter
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_plots_have_the_documented_sizes(evaluated: dict[str, Any], root: Path, model: str) -> None:
+    folder, side, label = root / "plots" / model, RESOLUTION, 14
+    cell = grid_size(TEST_SIZE, 8, side, side)  # 8 of each (the whole test split)
+    pair_cell = grid_size(TEST_SIZE, 8, 2 * side, side)  # pairs: 8 samples, 8 neighbours
+    expected = {
+        "samples.png": cell,
+        "real_vs_generated.png": (2 * cell[0], cell[1] + label),
+        "nearest_train.png": (pair_cell[0], pair_cell[1] + label),
+    }
+    if model == "vae":
+        expected["reconstructions.png"] = (pair_cell[0], pair_cell[1] + label)
+    assert {path.name for path in folder.iterdir()} == set(expected)
+    for name, size in expected.items():
+        with Image.open(folder / name) as image:
+            assert image.size == size and image.mode == "RGB", name
+
+
+def test_real_vs_generated_shows_the_test_images(evaluated: dict[str, Any], root: Path) -> None:
+    test = np.load(root / "data" / "packed" / str(RESOLUTION) / "test.npy")
+    with Image.open(root / "plots" / "dcgan" / "real_vs_generated.png") as image:
+        pixels = np.asarray(image)
+    top, left = 14 + 2, 2  # below the caption, inside the gutter
+    assert np.array_equal(pixels[top : top + RESOLUTION, left : left + RESOLUTION], test[0])
+
+
+def test_nearest_neighbours_find_the_copied_rows() -> None:
+    generator = np.random.default_rng(0)
+    references = generator.normal(size=(300, 16)).astype(np.float32)
+    order = generator.permutation(300)[:50]
+    queries = references[order] + generator.normal(scale=1e-3, size=(50, 16)).astype(np.float32)
+    indices, distances = nearest_neighbours(
+        queries, references, block=7, device=torch.device("cpu")
+    )
+    assert np.array_equal(indices, order) and distances.max() < 0.01
+
+
+# --- command line ---------------------------------------------------------------------
+
+
+def params_file(root: Path, *extra: str) -> Path:
+    """A params.yaml like DVC's (configs/pipeline.yaml composed), paths under `root`."""
+    path = root / "params.yaml"
+    path.write_text(OmegaConf.to_yaml(compose("pipeline", [*overrides(root), *extra])))
+    return path
+
+
+def test_cli_with_params_reproduces_the_same_numbers(evaluated: dict[str, Any], root: Path) -> None:
+    first = evaluated["dcgan"]
+    evaluate_main(["--params", str(params_file(root)), "--model", "dcgan"])
+    again = json.loads((root / "metrics" / "dcgan.json").read_text())
+    assert again == first  # fixed seed: same samples, same numbers
+
+
+def test_cli_takes_a_checkpoint_and_caps_n(evaluated: dict[str, Any], root: Path) -> None:
+    checkpoint = root / "models" / "vae" / "checkpoints" / "step-00000003.pt"
+    evaluate_main(
+        [
+            "model=vae",
+            f"ckpt={checkpoint}",
+            "eval.num_samples=5",
+            *overrides(
+                root,
+                f"paths.metrics={root / 'metrics-capped'}",
+                f"paths.plots={root / 'plots-capped'}",
+            ),
+        ]
+    )
+    record = json.loads((root / "metrics-capped" / "vae.json").read_text())
+    assert record["step"] == 3 and record["checkpoint"] == str(checkpoint)
+    assert record["n_generated"] == record["n_real"] == 5 and record["split_size"] == TEST_SIZE
+    assert record["metrics"]["fd_effnet"]["n_real"] == 5
+
+
+def test_cli_refuses_a_checkpoint_of_another_family(root: Path) -> None:
+    checkpoint = root / "models" / "dcgan" / "model.pt"
+    with pytest.raises(SystemExit, match="holds a 'dcgan' model, not 'vae'"):
+        evaluate_main(["model=vae", f"ckpt={checkpoint}", *overrides(root)])
+
+
+def test_cli_names_a_missing_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=r"checkpoint .*model.pt does not exist"):
+        evaluate_main(["model=vae", *overrides(tmp_path)])
+
+
+# --- report ---------------------------------------------------------------------------
+
+
+def table(markdown: str, first_header: str) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the markdown table whose first column is `first_header`."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return [cell.strip() for cell in lines[start].strip("|").split("|")], rows
+
+
+def test_report_has_a_row_per_metric_and_a_column_per_model(
+    evaluated: dict[str, Any], root: Path
+) -> None:
+    report_main(["--params", str(params_file(root))])
+    markdown = (root / "plots" / "report.md").read_text()
+    header, rows = table(markdown, "metric")
+    assert header == ["metric", "vae", "dcgan", "network", "N", "data hash"]
+    metrics = {re.sub(r" [↑↓]$", "", row[0]): dict(zip(header, row, strict=True)) for row in rows}
+    assert set(metrics) == set(evaluated["vae"]["metrics"]) | set(evaluated["dcgan"]["metrics"])
+    fd = metrics["fd_effnet"]
+    assert float(fd["vae"]) == pytest.approx(
+        evaluated["vae"]["metrics"]["fd_effnet"]["value"], rel=1e-3
+    )
+    assert float(fd["dcgan"]) == pytest.approx(
+        evaluated["dcgan"]["metrics"]["fd_effnet"]["value"], rel=1e-3
+    )
+    assert fd["network"] == "effnet_lite0-224px-antialias"
+    assert fd["N"] == f"{TEST_SIZE} generated / {TEST_SIZE} real"
+    assert fd["data hash"] == data_hash(root)
+    assert metrics["ssim"]["dcgan"] == "—" and metrics["ssim"]["N"] == f"{TEST_SIZE} pairs"
+    # An unavailable metric points at its footnote, which gives the reason.
+    inception = evaluated["vae"]["metrics"]["fid_inception"]
+    if not inception["available"]:
+        note = re.fullmatch(r"unavailable \[(\d+)\]", metrics["fid_inception"]["vae"])
+        assert note is not None
+        assert f"{note.group(1)}. {inception['reason']}" in markdown
+    with Image.open(root / "plots" / "report.png") as chart:
+        assert chart.size[0] > 200 and chart.size[1] > 200
+
+
+def test_report_marks_a_model_without_metrics(evaluated: dict[str, Any], root: Path) -> None:
+    cfg = compose("pipeline", [*overrides(root), f"paths.plots={root / 'plots-partial'}"])
+    cfg.models = {"vae": cfg.models.vae, "dcgan": cfg.models.dcgan, "other": cfg.models.vae}
+    markdown_path, _ = write_report(cfg)
+    markdown = markdown_path.read_text()
+    header, rows = table(markdown, "metric")
+    assert header[1:4] == ["vae", "dcgan", "other"]
+    assert all(row[3] == "—" for row in rows)
+    assert "`other` (`dvc repro evaluate@other`)" in markdown
+
+
+# --- MLflow ---------------------------------------------------------------------------
+
+
+def tracked(mlflow_server: MlflowServer, tmp_path: Path, name: str) -> list[str]:
+    return [
+        *mlflow_server.overrides,
+        "tracking.enabled=true",
+        f"tracking.experiment=test-{name}",
+        f"tracking.registered_model_prefix=test-{name}",
+        f"tracking.spool_dir={tmp_path / 'spool'}",
+    ]
+
+
+def tracked_config(root: Path, tmp_path: Path, *extra: str) -> DictConfig:
+    return compose(
+        "config",
+        [
+            *overrides(
+                root,
+                f"paths.models={tmp_path / 'models'}",
+                f"paths.metrics={tmp_path / 'metrics'}",
+                f"paths.plots={tmp_path / 'plots'}",
+            ),
+            *extra,
+        ],
+    )
+
+
+def test_the_training_run_receives_the_eval_metrics_and_plots(
+    evaluated: dict[str, Any],
+    root: Path,
+    tmp_path: Path,
+    mlflow_server: MlflowServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cfg = tracked_config(root, tmp_path, "model=vae", *tracked(mlflow_server, tmp_path, "eval"))
+    monkeypatch.setenv("DVC_STAGE", "train@vae")  # as `dvc repro` runs the two stages
+    trained = train(cfg)
+    monkeypatch.setenv("DVC_STAGE", "evaluate@vae")
+    result = evaluate(cfg)
+
+    client = MlflowClient(mlflow_server.uri)
+    run = client.get_run(trained.run_id)
+    assert result.run_id == trained.run_id and run.info.status == "FINISHED"
+    record = result.record
+    for name, entry in record["metrics"].items():
+        if entry["available"]:
+            assert run.data.metrics[f"eval/{name}"] == pytest.approx(entry["value"]), name
+        else:
+            assert run.data.tags[f"eval/{name}_unavailable"] == entry["reason"]
+    assert run.data.metrics["eval/kid_effnet_std"] >= 0
+    assert "train/loss" in run.data.metrics  # the same run as the training curves
+    # The training's provenance tags stay; the evaluation's sit beside them.
+    assert run.data.tags["dvc_stage"] == "train@vae"
+    assert run.data.tags["eval/dvc_stage"] == "evaluate@vae"
+    history = client.get_metric_history(trained.run_id, "eval/fd_effnet")
+    assert [metric.step for metric in history] == [6]  # at the checkpoint's step
+    logged = {artifact.path for artifact in client.list_artifacts(trained.run_id, "eval")}
+    assert "eval/vae.json" in logged
+    plots = {artifact.path for artifact in client.list_artifacts(trained.run_id, "eval/plots")}
+    assert plots == {f"eval/plots/{plot.name}" for plot in result.plots}
+
+
+def test_a_checkpoint_without_a_run_on_the_server_gets_a_new_run(
+    evaluated: dict[str, Any], root: Path, tmp_path: Path, mlflow_server: MlflowServer
+) -> None:
+    checkpoint = root / "models" / "dcgan" / "model.pt"
+    assert load_checkpoint(checkpoint)["run_id"]  # a NullTracker id: trained untracked
+    cfg = tracked_config(
+        root,
+        tmp_path,
+        "model=dcgan",
+        f"ckpt={checkpoint}",
+        *tracked(mlflow_server, tmp_path, "untracked"),
+    )
+    result = evaluate(cfg)
+
+    client = MlflowClient(mlflow_server.uri)
+    experiment = client.get_experiment_by_name("test-untracked")
+    [run] = client.search_runs([experiment.experiment_id])
+    assert run.info.run_id == result.run_id and run.info.run_name == "dcgan-eval"
+    assert run.data.tags["model"] == "dcgan" and run.info.status == "FINISHED"
+    assert run.data.metrics["eval/fd_effnet"] == pytest.approx(
+        result.record["metrics"]["fd_effnet"]["value"]
+    )
