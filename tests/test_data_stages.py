@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from face_generation.data import crop, download, pack, split
+from face_generation.data import crop, download, images, pack, split
 from face_generation.data.download import UTKFACE_NAME
 from face_generation.data.tables import SPLITS, packed_dir
 from tests.conftest import link_images
@@ -232,6 +232,59 @@ def test_bad_inputs_are_skipped_and_counted(make_config, bad_folder: Path) -> No
     assert np.abs(grey[..., 0] - grey[..., 2]).max() <= 2
     cmyk, reference = faces["cmyk.jpg"].astype(float), faces["good_02.jpg"].astype(float)
     assert cmyk.std() > 20 and reference.std() > 20  # decoded to a real picture, not noise
+
+
+def header_or_reason(path: str, prefix_size: int | None) -> images.ImageHeader | str:
+    """The header read from a prefix of the file, or by PIL from all of it (None)."""
+    try:
+        if prefix_size is None:
+            return images.read_header(images.read_bytes(path))
+        return images.read_file_header(path, prefix_size)
+    except images.ImageError as error:
+        return error.reason
+
+
+def test_file_headers_read_from_a_prefix_match_pil(bad_folder: Path, tmp_path: Path) -> None:
+    face = Image.open(bad_folder / "good_00.jpg")
+    # The size of these lies beyond a 1 kB prefix: a long comment before the frame header,
+    # or a file cut short inside it; the first falls back to PIL on the whole file.
+    face.save(bad_folder / "long_comment.jpg", comment=b"x" * 5000)
+    (bad_folder / "cut_in_header.jpg").write_bytes((bad_folder / "good_00.jpg").read_bytes()[:40])
+    face.save(bad_folder / "bitmap.bmp")  # a format read by PIL alone
+    archive = tmp_path / "faces.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.write(bad_folder / "good_01.jpg", "good_01.jpg")
+        zipped.writestr("notes.jpg", "not a picture")
+    paths = [str(path) for path in sorted(bad_folder.iterdir()) if images.is_image_name(path.name)]
+    paths += [f"{archive}{images.ZIP_SEPARATOR}{name}" for name in ("good_01.jpg", "notes.jpg")]
+    found = {}
+    for path in paths:
+        found[Path(path).name] = header_or_reason(path, 1024)
+        assert found[Path(path).name] == header_or_reason(path, None), path
+    long_comment = (bad_folder / "long_comment.jpg").read_bytes()
+    assert images.parse_header(long_comment[:1024]) is None  # so PIL read the whole file
+    assert found["long_comment.jpg"] == images.ImageHeader(89, 109, "JPEG")
+    assert found["cmyk.jpg"] == images.ImageHeader(89, 109, "JPEG")
+    assert found["sixteen_bit.png"] == images.ImageHeader(89, 109, "PNG")
+    assert found["loop.jpg"] == images.UNREADABLE and found["notes.jpg"] == images.NOT_AN_IMAGE
+
+
+def test_threads_pack_the_same_faces_as_one_thread(
+    make_config, celeba_sample: Path, tmp_path: Path
+) -> None:
+    names = [f"{i:06d}.jpg" for i in range(1, 121)]
+    folder = link_images(celeba_sample / "img_align_celeba", tmp_path / "faces", names)
+    settings = ["data=folder", f"data.path={folder}", "data.pack.chunk_size=16"]
+    results = []
+    for workers in (2, 0):
+        cfg = make_config(*settings, f"data.pack.workers={workers}", root=tmp_path / str(workers))
+        run_stages(cfg)
+        arrays, _ = packed(cfg)
+        results.append((arrays, json.loads((packed_dir(cfg) / "meta.json").read_text())))
+    (threaded, threaded_meta), (alone, alone_meta) = results
+    assert threaded_meta == alone_meta
+    for name in SPLITS:
+        np.testing.assert_array_equal(threaded[name], alone[name])
 
 
 def test_folder_without_images_is_a_clear_error(make_config, tmp_path: Path) -> None:

@@ -7,21 +7,20 @@ report of the whole data pipeline (images in, out, skipped by reason in every st
 
 Speed (benchmarks/pack.py): JPEGs are decoded by libjpeg-turbo through torchvision; faces of
 one size are resized together by torch's vectorised uint8 kernel with an antialiasing
-(triangle) filter; chunks of rows go to fork-started worker processes, which write the faces
-straight into an array shared with the stage. Training never decodes a JPEG again.
+(triangle) filter; chunks of rows go to worker threads, which write the faces straight into
+the memory-mapped .npy files and hash them. Training never decodes a JPEG again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import mmap
-import multiprocessing
 import time
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -67,104 +66,109 @@ def load_faces(
     rows: Sequence[Row], resolution: int, antialias: bool
 ) -> tuple[np.ndarray, list[int], Counter[str]]:
     """Decode, crop and resize rows; returns the faces, the indices kept and skip reasons."""
-    crops_by_side: dict[int, list[tuple[int, np.ndarray]]] = {}
     skipped: Counter[str] = Counter()
+    read: list[tuple[int, bytes]] = []
     for index, row in enumerate(rows):
         try:
-            pixels = images.decode_rgb(images.read_bytes(row["path"]))
+            read.append((index, images.read_bytes(row["path"])))
         except images.ImageError as error:
             skipped[error.reason] += 1
+    crops_by_side: dict[int, list[tuple[int, np.ndarray]]] = {}
+    decoded = images.decode_rgb_many([data for _, data in read])
+    for (index, _), pixels in zip(read, decoded, strict=True):
+        if isinstance(pixels, images.ImageError):
+            skipped[pixels.reason] += 1
             continue
-        left, top, right, bottom = (
-            int(row[key]) for key in ("box_left", "box_top", "box_right", "box_bottom")
-        )
+        row = rows[index]
+        top, bottom = int(row["box_top"]), int(row["box_bottom"])
+        left, right = int(row["box_left"]), int(row["box_right"])
         if right > pixels.shape[1] or bottom > pixels.shape[0]:
             skipped[images.CORRUPT] += 1  # the pixels disagree with the header crop read
             continue
-        face = pixels[top:bottom, left:right]
-        crops_by_side.setdefault(face.shape[1], []).append((index, face))
+        crops_by_side.setdefault(right - left, []).append((index, pixels[top:bottom, left:right]))
     kept = sorted(index for group in crops_by_side.values() for index, _ in group)
+    if len(crops_by_side) == 1:  # the usual case: one size, the faces already in row order
+        ((_, group),) = crops_by_side.items()
+        return _resized(group, resolution, antialias), kept, skipped
     faces = np.empty((len(kept), resolution, resolution, 3), np.uint8)
     for group in crops_by_side.values():
-        # N x S x S x 3 viewed as N x 3 x S x S: channels-last, no copy.
-        crops = torch.from_numpy(np.stack([face for _, face in group])).permute(0, 3, 1, 2)
-        faces[np.searchsorted(kept, [index for index, _ in group])] = resize_batch(
-            crops, resolution, antialias
+        faces[np.searchsorted(kept, [index for index, _ in group])] = _resized(
+            group, resolution, antialias
         )
     return faces, kept, skipped
 
 
-@dataclass(frozen=True)
-class SharedJob:
-    """What fork-started workers inherit instead of receiving through pipes: the rows, and
-    the output array in shared memory that they write faces into at their rows' positions."""
-
-    rows: Sequence[Row]
-    faces: np.ndarray  # len(rows) x R x R x 3 uint8, backed by a shared anonymous mapping
-    resolution: int
-    antialias: bool
+def _resized(group: list[tuple[int, np.ndarray]], resolution: int, antialias: bool) -> np.ndarray:
+    # N x S x S x 3 viewed as N x 3 x S x S: channels-last, no copy.
+    crops = torch.from_numpy(np.stack([face for _, face in group])).permute(0, 3, 1, 2)
+    return resize_batch(crops, resolution, antialias)
 
 
-def _pack_chunk(job: SharedJob, start: int, stop: int) -> tuple[list[int], Counter[str]]:
-    """Load rows[start:stop] of the job into its array; return the indices of rows kept."""
-    faces, kept, skipped = load_faces(job.rows[start:stop], job.resolution, job.antialias)
-    kept = [start + index for index in kept]
-    job.faces[kept] = faces
-    return kept, skipped
+class Packed(NamedTuple):
+    """Per group: the indices of the rows kept, and (if asked for) the sha256 of each of their
+    faces; over all groups: how many rows were skipped, by reason."""
+
+    kept: list[list[int]]
+    digests: list[list[bytes]]
+    skipped: Counter[str]
 
 
-_worker_job: SharedJob | None = None  # each worker's copy, set when the worker starts
+def pack_groups(
+    groups: Sequence[Sequence[Row]],
+    outputs: Sequence[np.ndarray],
+    resolution: int,
+    pack_cfg: DictConfig,
+    desc: str,
+    hash_faces: bool = False,
+) -> Packed:
+    """Faces of each group of rows into its output array (len(group) x R x R x 3 uint8, such
+    as a memory-mapped .npy file), in chunks of rows spread over `pack_cfg.workers` threads.
 
+    Threads, not processes: decoding, resizing and hashing, four fifths of the work, release
+    the GIL, so two threads use about 1.7 of two cores; processes would cost a fork of this
+    process (torch loaded) each, and shared memory to write into, about 10% more CPU time.
+    The slots of skipped rows are left unwritten.
+    """
+    antialias = bool(pack_cfg.antialias)
 
-def _start_worker(job: SharedJob) -> None:
-    global _worker_job
-    _worker_job = job
-    torch.set_num_threads(1)  # one process per core already; more threads only contend
+    def pack_chunk(task: tuple[int, int, int]) -> tuple[list[int], list[bytes], Counter[str]]:
+        group, start, stop = task
+        faces, kept, skipped = load_faces(groups[group][start:stop], resolution, antialias)
+        kept = [start + index for index in kept]
+        outputs[group][kept] = faces
+        # Hashed here, in parallel and while the faces are in the cache, not re-read later.
+        digests = [hashlib.sha256(face).digest() for face in faces] if hash_faces else []
+        return kept, digests, skipped
 
-
-def _pack_chunk_in_worker(start: int, stop: int) -> tuple[list[int], Counter[str]]:
-    assert _worker_job is not None, "the pool's initializer sets the job"
-    return _pack_chunk(_worker_job, start, stop)
+    size = int(pack_cfg.chunk_size)
+    tasks = [
+        (group, start, min(start + size, len(rows)))
+        for group, rows in enumerate(groups)
+        for start in range(0, len(rows), size)
+    ]
+    packed = Packed([[] for _ in groups], [[] for _ in groups], Counter())
+    progress = tqdm(total=sum(map(len, groups)), desc=desc, unit="img", mininterval=1.0)
+    with contextlib.ExitStack() as stack:
+        if pack_cfg.workers and len(tasks) > 1:
+            pool = stack.enter_context(ThreadPoolExecutor(int(pack_cfg.workers)))
+            results = pool.map(pack_chunk, tasks)
+        else:
+            results = map(pack_chunk, tasks)
+        for (group, start, stop), (kept, digests, skipped) in zip(tasks, results, strict=True):
+            packed.kept[group].extend(kept)
+            packed.digests[group].extend(digests)
+            packed.skipped.update(skipped)
+            progress.update(stop - start)
+    progress.close()
+    return packed
 
 
 def pack_rows(
     rows: list[Row], resolution: int, pack_cfg: DictConfig, desc: str
 ) -> tuple[np.ndarray, list[Row], Counter[str]]:
-    """Faces of all rows, in row order, using `pack_cfg.workers` processes.
-
-    Workers write straight into one array in memory shared with this process and return only
-    the indices they kept, so no image crosses a pipe.
-    """
-    shape = (len(rows), resolution, resolution, 3)
-    nbytes = len(rows) * resolution * resolution * 3
-    shared = mmap.mmap(-1, max(nbytes, 1))  # anonymous: fork-started workers share it
-    faces = np.frombuffer(shared, np.uint8, nbytes).reshape(shape)
-    job = SharedJob(rows, faces, resolution, bool(pack_cfg.antialias))
-    size = int(pack_cfg.chunk_size)
-    starts = range(0, len(rows), size)
-    stops = [min(start + size, len(rows)) for start in starts]
-    kept: list[int] = []
-    skipped: Counter[str] = Counter()
-    progress = tqdm(total=len(rows), desc=desc, unit="img", mininterval=1.0)
-    if pack_cfg.workers and len(starts) > 1:
-        context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(
-            pack_cfg.workers, mp_context=context, initializer=_start_worker, initargs=(job,)
-        ) as pool:
-            results = pool.map(_pack_chunk_in_worker, starts, stops)
-            for start, stop, (chunk_kept, chunk_skipped) in zip(
-                starts, stops, results, strict=True
-            ):
-                kept.extend(chunk_kept)
-                skipped.update(chunk_skipped)
-                progress.update(stop - start)
-    else:
-        for start, stop in zip(starts, stops, strict=True):
-            chunk_kept, chunk_skipped = _pack_chunk(job, start, stop)
-            kept.extend(chunk_kept)
-            skipped.update(chunk_skipped)
-            progress.update(stop - start)
-    progress.close()
+    """Faces of all rows, in row order, in memory, using `pack_cfg.workers` threads."""
+    faces = np.empty((len(rows), resolution, resolution, 3), np.uint8)
+    (kept,), _, skipped = pack_groups([rows], [faces], resolution, pack_cfg, desc)
     if len(kept) < len(rows):
         faces = faces[kept]
     return faces, [rows[index] for index in kept], skipped
@@ -203,25 +207,42 @@ def run(cfg: DictConfig) -> dict:
     resolution = int(cfg.data.resolution)
     output = packed_dir(cfg)
     output.mkdir(parents=True, exist_ok=True)
-    # One pass over the splits in turn: one pool of workers, one shared array.
     by_split = {split: [row for row in rows if row["split"] == split] for split in SPLITS}
-    faces, kept_rows, skipped = pack_rows(
-        [row for split in SPLITS for row in by_split[split]], resolution, cfg.data.pack, "pack"
+    # Worker threads write the faces straight into the pages of the .npy files: no copy to
+    # save them afterwards.
+    temporaries = {split: output / f"{split}.tmp.npy" for split in SPLITS}
+    arrays = {
+        split: np.lib.format.open_memmap(
+            temporaries[split], "w+", np.uint8, (len(by_split[split]), resolution, resolution, 3)
+        )
+        for split in SPLITS
+    }
+    kept, face_digests, skipped = pack_groups(
+        list(by_split.values()),
+        list(arrays.values()),
+        resolution,
+        cfg.data.pack,
+        "pack",
+        hash_faces=True,
     )
+    # The data hash: over each split's name and the sha256 of each of its faces, in order.
     digest = hashlib.sha256()
     counts: dict[str, int] = {}
     index_rows: list[Row] = []
-    start = 0
-    for split in SPLITS:
-        split_rows = [row for row in kept_rows if row["split"] == split]
-        split_faces = faces[start : start + len(split_rows)]
-        start += len(split_rows)
-        save_array(output / f"{split}.npy", split_faces)
+    for split, split_kept, digests in zip(SPLITS, kept, face_digests, strict=True):
+        faces = arrays[split]
+        if len(split_kept) == len(faces):
+            temporaries[split].replace(output / f"{split}.npy")
+        else:  # rows skipped: their slots hold nothing, so write the kept faces anew
+            save_array(output / f"{split}.npy", faces[split_kept])
+            temporaries[split].unlink()
         digest.update(split.encode())
-        digest.update(split_faces.data)  # the array's own buffer: hashed without a copy
-        counts[split] = len(split_rows)
+        digest.update(b"".join(digests))
+        counts[split] = len(split_kept)
+        split_rows = by_split[split]
         index_rows.extend(
-            {**row, "split": split, "row": str(i)} for i, row in enumerate(split_rows)
+            {**split_rows[index], "split": split, "row": str(row)}
+            for row, index in enumerate(split_kept)
         )
     write_table(output / "index.csv", index_rows, INDEX_COLUMNS)
     meta = {"resolution": resolution, "counts": counts, "data_hash": digest.hexdigest()[:16]}
