@@ -111,7 +111,7 @@ def test_every_metric_has_a_value_network_n_and_data_hash_or_a_reason(
     inception = metrics["fid_inception"]
     assert inception["network"] == "inception_v3"
     if not inception["available"]:
-        assert "weights_path" in inception["reason"] or "torch-fidelity" in inception["reason"]
+        assert "eval.fid_inception.weights_path" in inception["reason"]
 
     near = record["nearest_train"]
     assert near["train_images_searched"] == SPLIT_SIZES["train"]

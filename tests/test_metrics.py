@@ -367,6 +367,29 @@ def test_fid_inception_is_unavailable_offline_with_the_reason(empty_torch_hub: P
     assert isinstance(missing, Unavailable) and "is not a file" in missing.reason
 
 
+def test_fid_inception_runs_with_a_local_weights_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    # Stand-in weights (random, not the FID network's, which cannot be had offline): the
+    # network is built once without loading any, and its initial state saved as the file.
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "load", lambda *args, **kwargs: {})
+        patch.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
+        initial = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], "unused.pth")
+    weights = tmp_path / "inception.pth"
+    torch.save(initial.state_dict(), weights)
+
+    network = load_inception(weights_path=weights)
+    assert not isinstance(network, Unavailable), network
+    faces = torch.from_numpy(lfw_faces(2)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        features = network(faces)
+    assert features.shape == (2, 2048) and torch.isfinite(features).all()
+    assert network.cache_key == "inception_v3-2048-tf1-resize"
+
+
 def test_lpips_is_unavailable_offline_with_the_reason(empty_torch_hub: Path) -> None:
     from face_generation.evaluation.standard_networks import lpips_backbone_url
 
