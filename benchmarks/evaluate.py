@@ -27,10 +27,8 @@ counterpart for them. Prints a table and writes benchmarks/results/evaluate.json
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -46,6 +44,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.machine import machine  # noqa: E402
 from face_generation.data import crop, images, pack  # noqa: E402
 from face_generation.evaluation.frechet import (  # noqa: E402
     feature_statistics,
@@ -202,29 +201,6 @@ def spread(seconds: dict) -> str:
     return f"{seconds['median']:.1f} ({seconds['min']:.1f}-{seconds['max']:.1f})"
 
 
-def machine() -> dict:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu_count": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)),
-        "cpu_model": model,
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "torchmetrics": torchmetrics.__version__,
-        "numpy": np.__version__,
-        "load_average_at_start": os.getloadavg(),
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -250,7 +226,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
-    machine_info = machine()  # before the run: the load average at the start
+    machine_info = machine(
+        timm=timm.__version__,
+        torchmetrics=torchmetrics.__version__,
+        numpy=np.__version__,
+        load_average_at_start=os.getloadavg(),
+    )  # before the run: the load average at the start
     started = time.perf_counter()
     real = packed_faces(args.n, args.resolution)
     fake = generated_from(real, seed=0)

@@ -27,7 +27,6 @@ import contextlib
 import io
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -49,6 +48,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.machine import machine  # noqa: E402
 from face_generation.config import compose  # noqa: E402
 from face_generation.data import crop, download, pack, split  # noqa: E402
 from face_generation.data.tables import (  # noqa: E402
@@ -126,26 +126,6 @@ def prepare(cfg: DictConfig, n: int) -> tuple[list[str], float]:
             write_table(manifest_path(cfg), rows, list(rows[0]))
         split.run(cfg)
     return [row["path"] for row in rows], time.perf_counter() - started
-
-
-def machine() -> dict:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu_count": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)),
-        "cpu_model": model,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "pillow": PIL.__version__,
-        "numpy": np.__version__,
-    }
 
 
 def summary(wall: list[float], cpu: list[float], count: int) -> dict:
@@ -230,7 +210,9 @@ def main() -> None:
                 "ratio_to_naive_max": max(ratios),
             }
         results.append(row)
-    facts = machine() | {
+    facts = machine(
+        torchvision=torchvision.__version__, pillow=PIL.__version__, numpy=np.__version__
+    ) | {
         "load_average_at_start": load_at_start,
         "load_average_at_end": os.getloadavg(),
     }
