@@ -26,6 +26,15 @@ def test_overrides_apply_to_composed_and_loaded_configs() -> None:
     assert cfg.data.resolution == 48 and cfg.data.source == "lfw_subset"
 
 
+@pytest.mark.parametrize("config_name", ["config", "pipeline"])
+def test_experiments_are_named_recipes_over_the_defaults(config_name: str) -> None:
+    full = compose(config_name, ["experiment=celeba64"])
+    assert full.data.source == "celeba" and full.data.resolution == 64
+    assert full.train.batch_size == 128 and full.train.hflip is True  # the rest stays
+    sample = compose(config_name, ["experiment=celeba_sample"])
+    assert sample.data.source == "folder" and sample.data.path.endswith("celeba-sample-10k")
+
+
 def test_missing_params_file_names_the_fix(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="make params"):
         load_params(tmp_path / "params.yaml")
