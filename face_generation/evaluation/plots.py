@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from face_generation.training.images import save_png
+
 CAPTION_COLOUR = (255, 255, 255)
 CAPTION_MARGIN = 2  # pixels left of and above the caption text
 
@@ -64,14 +66,6 @@ def side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     canvas[: left.shape[0], : left.shape[1]] = left
     canvas[: right.shape[0], left.shape[1] :] = right
     return canvas
-
-
-def save_png(pixels: np.ndarray, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    Image.fromarray(pixels).save(temporary, format="PNG")
-    temporary.replace(path)
-    return path
 
 
 def samples_plot(generated: np.ndarray, count: int, columns: int, gutter: int, path: Path) -> Path:

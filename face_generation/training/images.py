@@ -18,7 +18,8 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return pixels.to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def _save_png(pixels: np.ndarray, path: Path) -> Path:
+def save_png(pixels: np.ndarray, path: Path) -> Path:
+    """Write an H×W×3 uint8 array as a PNG atomically (a reader never sees half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
     Image.fromarray(pixels).save(temporary, format="PNG")
@@ -41,13 +42,13 @@ def save_grid(
         top = gutter + (index // columns) * (height + gutter)
         left = gutter + (index % columns) * (width + gutter)
         grid[top : top + height, left : left + width] = image
-    return _save_png(grid, path)
+    return save_png(grid, path)
 
 
 def save_each(images: torch.Tensor, folder: Path, prefix: str = "") -> list[Path]:
     """One PNG per image: folder/<prefix>0000.png, 0001.png, ..."""
     return [
-        _save_png(pixels, folder / f"{prefix}{index:04d}.png")
+        save_png(pixels, folder / f"{prefix}{index:04d}.png")
         for index, pixels in enumerate(to_uint8(images))
     ]
 
