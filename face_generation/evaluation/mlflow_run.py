@@ -45,12 +45,9 @@ def server_tags(tracking_cfg: DictConfig, run_id: str) -> dict[str, str] | None:
     return dict(run.data.tags)
 
 
-def provenance_tags(data_hash: str, training_tags: dict[str, str]) -> dict[str, str]:
-    """This evaluation's git commit, DVC stage, ... as `eval/<tag>`, and the training's own
-    values of those tags kept (resuming the run would otherwise overwrite them)."""
-    current = run_tags(data_hash)
-    kept = {key: training_tags[key] for key in current if key in training_tags}
-    return {**{f"{PREFIX}{key}": value for key, value in current.items()}, **kept}
+def provenance_tags(data_hash: str) -> dict[str, str]:
+    """This evaluation's git commit, DVC stage, ... as `eval/<tag>` (the run keeps its own)."""
+    return {f"{PREFIX}{key}": value for key, value in run_tags(data_hash).items()}
 
 
 def eval_metrics(record: dict) -> dict[str, float]:
@@ -90,8 +87,8 @@ def log_evaluation(cfg: DictConfig, run_id: str | None, result: EvaluationResult
         run = TrackedRun(
             tracking_cfg,
             resume=run_id,
-            data_hash=record["data_hash"],
-            tags=provenance_tags(record["data_hash"], training_tags or {}),
+            tags=provenance_tags(record["data_hash"]),
+            provenance=False,
         )
     try:
         run.log_metrics(eval_metrics(record), step=int(record["step"]))

@@ -480,6 +480,7 @@ class TrackedRun:
         data_hash: str | None = None,
         tags: Mapping[str, str] | None = None,
         experiment: str | None = None,
+        provenance: bool = True,
     ) -> None:
         self.cfg = cfg
         self.uri = tracking_uri(cfg)
@@ -517,7 +518,8 @@ class TrackedRun:
         if resume:
             self.spool.update_meta(closed=False)
             self.spool.append({"kind": "status", "status": "RUNNING", "timestamp": now_ms()})
-        self.set_tags({**run_tags(data_hash), **(tags or {})})
+        # provenance=False: another stage adds to this run; its git/DVC tags stay the run's own.
+        self.set_tags({**(run_tags(data_hash) if provenance else {}), **(tags or {})})
         self.flush()
         if self.run_id is not None:
             tell(f"MLflow run {'resumed' if resume else 'started'}: {self.url}")
