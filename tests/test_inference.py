@@ -99,12 +99,12 @@ def test_broken_checkpoints_are_clear_errors(trained: dict[str, Path], tmp_path:
 def test_pyfunc_model_samples_like_inference(trained: dict[str, Path], tmp_path: Path) -> None:
     import mlflow.pyfunc
 
-    from face_generation.serving.pyfunc import CHECKPOINT_ARTIFACT, GeneratorModel, model_signature
+    from face_generation.serving.pyfunc import CHECKPOINT_ARTIFACT, MODEL_CODE, model_signature
 
     folder = tmp_path / "mlflow-model"
     mlflow.pyfunc.save_model(
         folder,
-        python_model=GeneratorModel(),
+        python_model=str(MODEL_CODE),
         artifacts={CHECKPOINT_ARTIFACT: str(trained["vae"])},
         signature=model_signature(RESOLUTION),
         pip_requirements=["torch"],  # skips inferring requirements in a subprocess

@@ -4,7 +4,7 @@ Logging it (the training run's final model) is done by tracking code, along the 
 
     mlflow.pyfunc.log_model(
         name="model",
-        python_model=GeneratorModel(),
+        python_model=str(MODEL_CODE),  # models from code: nothing pickled
         artifacts={CHECKPOINT_ARTIFACT: "models/vae/model.pt"},
         signature=model_signature(resolution),
     )
@@ -17,6 +17,7 @@ the same images as `python -m face_generation.inference CHECKPOINT --n N --seed 
 from __future__ import annotations
 
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,8 @@ from face_generation.training.families import sample_images
 from face_generation.training.images import to_uint8
 
 CHECKPOINT_ARTIFACT = "checkpoint"
+# What `python_model=` gets when logging: the file that builds a GeneratorModel.
+MODEL_CODE = Path(__file__).with_name("generator_model.py")
 MAX_IMAGES_PER_CALL = 4096  # one request must not exhaust the server's memory
 # What serving the model imports (its code travels with it as code_paths).
 SERVING_PACKAGES = ("torch", "numpy", "pandas", "omegaconf", "mlflow")

@@ -97,14 +97,14 @@ class MlflowTracker:
     def log_generator(self, checkpoint: Path, resolution: int) -> None:
         from face_generation.serving.pyfunc import (
             CHECKPOINT_ARTIFACT,
-            GeneratorModel,
+            MODEL_CODE,
             model_signature,
             requirements,
         )
         from face_generation.tracking.run import registered_model_name
 
         self.run.log_model(
-            GeneratorModel(),
+            str(MODEL_CODE),
             "generator",
             model_signature(resolution),
             registered_model_name=registered_model_name(
