@@ -29,7 +29,7 @@ from face_generation.evaluation.report import write_report
 from face_generation.training.checkpoint import load_checkpoint
 from face_generation.training.loop import train
 from tests.test_training import RESOLUTION, SPLIT_SIZES, write_packed
-from tests.tracking_fixtures import MlflowServer
+from tests.tracking_fixtures import MlflowServer, tracked
 
 MODELS = ("vae", "dcgan")
 TEST_SIZE = SPLIT_SIZES["test"]
@@ -294,16 +294,6 @@ def test_report_marks_a_model_without_metrics(evaluated: dict[str, Any], root: P
 
 
 # --- MLflow ---------------------------------------------------------------------------
-
-
-def tracked(mlflow_server: MlflowServer, tmp_path: Path, name: str) -> list[str]:
-    return [
-        *mlflow_server.overrides,
-        "tracking.enabled=true",
-        f"tracking.experiment=test-{name}",
-        f"tracking.registered_model_prefix=test-{name}",
-        f"tracking.spool_dir={tmp_path / 'spool'}",
-    ]
 
 
 def tracked_config(root: Path, tmp_path: Path, *extra: str) -> DictConfig:

@@ -39,7 +39,7 @@ from face_generation.training.families import sample_images
 from face_generation.training.images import to_uint8
 from face_generation.training.loop import TrainingDiverged, train
 from face_generation.training.tracker import NullTracker
-from tests.tracking_fixtures import MlflowServer
+from tests.tracking_fixtures import MlflowServer, tracked
 
 REPO = Path(__file__).parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -236,17 +236,6 @@ def test_training_writes_checkpoints_samples_and_metrics(
     assert samples.std() > 1e-3  # not a constant image (6 steps: BatchNorm stats barely moved)
     grid = np.asarray(Image.open(output / "samples.png"))
     assert grid.shape == (4 * (RESOLUTION + 2) + 2, 4 * (RESOLUTION + 2) + 2, 3)
-
-
-def tracked(mlflow_server: MlflowServer, tmp_path: Path, name: str) -> list[str]:
-    """Overrides that log to the test server, in this test's own experiment and spool."""
-    return [
-        *mlflow_server.overrides,
-        "tracking.enabled=true",
-        f"tracking.experiment=test-{name}",
-        f"tracking.registered_model_prefix=test-{name}",
-        f"tracking.spool_dir={tmp_path / 'spool'}",
-    ]
 
 
 def test_tracked_run_logs_curves_samples_and_a_registered_generator(

@@ -53,6 +53,17 @@ def server_overrides(root: Path, port: int) -> list[str]:
     ]
 
 
+def tracked(server: MlflowServer, tmp_path: Path, name: str) -> list[str]:
+    """Overrides that log to `server`, in this test's own experiment, registry names and spool."""
+    return [
+        *server.overrides,
+        "tracking.enabled=true",
+        f"tracking.experiment=test-{name}",
+        f"tracking.registered_model_prefix=test-{name}",
+        f"tracking.spool_dir={tmp_path / 'spool'}",
+    ]
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
     root = tmp_path_factory.mktemp("mlflow_server")

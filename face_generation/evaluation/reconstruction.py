@@ -10,6 +10,8 @@ the interior only, a few hundredths higher on 64 x 64 images). Both run in float
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torchmetrics.functional.image import (
     peak_signal_noise_ratio,
@@ -26,6 +28,28 @@ def check_pair(reconstructions: ImageBatch, originals: ImageBatch) -> None:
         )
 
 
+def mean_per_image(
+    metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    reconstructions: ImageBatch,
+    originals: ImageBatch,
+    value_range: ValueRange,
+    batch_size: int,
+) -> float:
+    """Mean over row-aligned pairs of `metric`, which gives one value per image in [0, 1]."""
+    check_pair(reconstructions, originals)
+    total = 0.0
+    for fake, real in zip(
+        batches(reconstructions, batch_size), batches(originals, batch_size), strict=True
+    ):
+        total += float(
+            metric(
+                to_float_nchw(fake, value_range, (0.0, 1.0), dtype=torch.float64),
+                to_float_nchw(real, value_range, (0.0, 1.0), dtype=torch.float64),
+            ).sum()
+        )
+    return total / len(originals)
+
+
 @torch.inference_mode()
 def ssim(
     reconstructions: ImageBatch,
@@ -36,22 +60,15 @@ def ssim(
     batch_size: int = 256,
 ) -> float:
     """Mean SSIM (Gaussian window, as Wang et al. 2004) over row-aligned image pairs."""
-    check_pair(reconstructions, originals)
-    total = 0.0
-    for fake, real in zip(
-        batches(reconstructions, batch_size), batches(originals, batch_size), strict=True
-    ):
+
+    def per_image(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         values = structural_similarity_index_measure(
-            to_float_nchw(fake, value_range, (0.0, 1.0), dtype=torch.float64),
-            to_float_nchw(real, value_range, (0.0, 1.0), dtype=torch.float64),
-            kernel_size=kernel_size,
-            sigma=sigma,
-            data_range=1.0,
-            reduction="none",
+            fake, real, kernel_size=kernel_size, sigma=sigma, data_range=1.0, reduction="none"
         )
         assert isinstance(values, torch.Tensor)  # one value per image (no full-image output)
-        total += float(values.sum())
-    return total / len(originals)
+        return values
+
+    return mean_per_image(per_image, reconstructions, originals, value_range, batch_size)
 
 
 @torch.inference_mode()
@@ -62,17 +79,8 @@ def psnr(
     batch_size: int = 256,
 ) -> float:
     """Mean over image pairs of the per-image PSNR in dB (data range 1)."""
-    check_pair(reconstructions, originals)
-    total = 0.0
-    for fake, real in zip(
-        batches(reconstructions, batch_size), batches(originals, batch_size), strict=True
-    ):
-        values = peak_signal_noise_ratio(
-            to_float_nchw(fake, value_range, (0.0, 1.0), dtype=torch.float64),
-            to_float_nchw(real, value_range, (0.0, 1.0), dtype=torch.float64),
-            data_range=1.0,
-            reduction="none",
-            dim=(1, 2, 3),
-        )
-        total += float(values.sum())
-    return total / len(originals)
+
+    def per_image(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        return peak_signal_noise_ratio(fake, real, data_range=1.0, reduction="none", dim=(1, 2, 3))
+
+    return mean_per_image(per_image, reconstructions, originals, value_range, batch_size)
