@@ -13,7 +13,7 @@ On the first N images of ../shared/data/celeba-sample-10k (skipped with a messag
             of training/device.py (on CUDA: bf16 autocast, channels_last, TF32; --compile adds
             torch.compile). On the CPU both run float32: the difference is the data path.
 Both run the same networks (configs/model/*.yaml at 64x64) through the same
-training/families.py step. Each measurement runs --warmup untimed steps, then --steps timed
+family's train_step (face_generation/families/). Each measurement runs --warmup untimed steps, then --steps timed
 ones. Other processes may compete for the cores, so textbook and ours run interleaved, in
 alternating order, --repeats times; the table gives the median (with the range), and the
 ratio is the median of the per-repeat ratios ours/textbook.
@@ -45,9 +45,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from face_generation.config import compose  # noqa: E402
-from face_generation.training.data import Batch, PackedBatches  # noqa: E402
+from face_generation.runtime.family import Batch, StepContext  # noqa: E402
+from face_generation.runtime.registry import family_class  # noqa: E402
+from face_generation.training.data import PackedBatches  # noqa: E402
 from face_generation.training.device import step_context  # noqa: E402
-from face_generation.training.families import StepContext, build_family  # noqa: E402
 
 SAMPLE = REPO.parent / "shared" / "data" / "celeba-sample-10k"
 RESULTS = REPO / "benchmarks" / "results" / "train_step.json"
@@ -128,16 +129,16 @@ def measure(
     """Images per second over `steps` full training steps, after `warmup` untimed ones."""
     torch.manual_seed(0)
     cfg = compose("config", [f"model={model}", f"data.resolution={RESOLUTION}"])
-    family = build_family(cfg.model, RESOLUTION, context)
+    family = family_class(model)(cfg.model, RESOLUTION, context)
     if compile_networks:
         for network in family.networks.values():
             network.compile()
-    for _ in range(warmup):
-        family.train_step(next(batches))
+    for step in range(warmup):
+        family.train_step(next(batches), step)
     synchronize(context.device)
     started = time.perf_counter()
-    for _ in range(steps):
-        family.train_step(next(batches))
+    for step in range(warmup, warmup + steps):
+        family.train_step(next(batches), step)
     synchronize(context.device)
     return steps * batch_size / (time.perf_counter() - started)
 

@@ -20,10 +20,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from face_generation.config import model_config_from_args, model_stage_parser
+from face_generation.data.packed import DataError
 from face_generation.evaluation.evaluate_model import evaluate
 from face_generation.features.weights import WeightsUnavailableError
-from face_generation.training.checkpoint import CheckpointError
-from face_generation.training.data import DataError
+from face_generation.runtime.checkpoint import CheckpointError
 
 
 def main(argv: Sequence[str] | None = None) -> None:

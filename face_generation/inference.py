@@ -6,12 +6,15 @@ models:/<name>/<version>, or a local MLflow model folder); MLflow URIs are resol
 MLFLOW_TRACKING_URI.
 
 Writes OUT/samples.png (a grid of all samples) and OUT/samples/0000.png, 0001.png, ... (one
-per sample). The same --seed gives the same images. For the VAE, --input FILE... reconstructs
-those images instead: OUT/reconstructions.png (each input beside its reconstruction) and
+per sample). The same --seed (and options) gives the same images. --option NAME=VALUE sets one
+of the family's sampling options (VAE and DCGAN: temperature); an unknown name lists the
+model's options. For models that reconstruct (the VAE), --input FILE... reconstructs those
+images instead: OUT/reconstructions.png (each input beside its reconstruction) and
 OUT/reconstructions/0000.png, ...
 
 Examples:
   python -m face_generation.inference models/dcgan/model.pt --n 64 --seed 1
+  python -m face_generation.inference models/dcgan/model.pt --option temperature=0.7
   python -m face_generation.inference models/vae/model.pt --input face1.jpg face2.jpg
   python -m face_generation.inference models:/face_generation-vae/1 --out plots/registered
 """
@@ -22,15 +25,15 @@ import argparse
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
-from torch import nn
 
-from face_generation.training.checkpoint import CheckpointError, load_generator
-from face_generation.training.device import pick_device
-from face_generation.training.families import sample_images
-from face_generation.training.images import load_faces, save_each, save_grid
+from face_generation.runtime.checkpoint import CheckpointError
+from face_generation.runtime.device import pick_device
+from face_generation.runtime.family import RECONSTRUCT
+from face_generation.runtime.generator import TrainedGenerator, load_generator, sampling_options
+from face_generation.runtime.images import load_faces, save_each, save_grid
 
 
 def is_mlflow_uri(model: str) -> bool:
@@ -42,41 +45,51 @@ def is_mlflow_uri(model: str) -> bool:
     ) is not None
 
 
-def load_model(model: str, device: torch.device, use_ema: bool = True) -> tuple[nn.Module, int]:
-    """The generator network and its resolution, from a checkpoint or an MLflow model URI."""
+def load_model(model: str, device: torch.device, use_ema: bool = True) -> TrainedGenerator:
+    """The trained generator of a checkpoint or an MLflow model URI."""
     if is_mlflow_uri(model):
         import mlflow.pyfunc  # imported only when needed: it takes seconds
 
-        from face_generation.serving.pyfunc import GeneratorModel
+        from face_generation.runtime.mlflow_model import GeneratorModel
 
         python_model = mlflow.pyfunc.load_model(model).unwrap_python_model()
-        if not isinstance(python_model, GeneratorModel) or python_model.config is None:
+        if not isinstance(python_model, GeneratorModel) or python_model.generator is None:
             raise SystemExit(f"{model} is not a face_generation generator model")
-        assert python_model.network is not None
-        return python_model.network.to(device), int(python_model.config.data.resolution)
-    network, cfg = load_generator(model, device, use_ema=use_ema)
-    return network, int(cfg.data.resolution)
+        python_model.generator.network.to(device)
+        return python_model.generator
+    return load_generator(model, device, use_ema=use_ema)
 
 
-def generate(network: nn.Module, n: int, seed: int) -> torch.Tensor:
+def parse_options(pairs: Sequence[str], trained: TrainedGenerator) -> dict[str, Any]:
+    """`--option NAME=VALUE` pairs, each VALUE read as the type of the option's default."""
+    known = sampling_options(trained.family)
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        name, equals, value = pair.partition("=")
+        if not equals or name not in known:
+            raise ValueError(
+                f"--option {pair}: expected NAME=VALUE with NAME one of the {trained.name} "
+                f"family's sampling options {sorted(known) or '(none)'}"
+            )
+        options[name] = type(known[name])(value)
+    return options
+
+
+def generate(trained: TrainedGenerator, n: int, seed: int, **options: Any) -> torch.Tensor:
     """n samples in [-1, 1]; the noise comes from a CPU generator seeded with `seed`."""
-    return sample_images(network, n, generator=torch.Generator().manual_seed(seed))
+    return trained.sample(n, generator=torch.Generator().manual_seed(seed), **options).cpu()
 
 
 def reconstruct(
-    network: nn.Module, paths: Sequence[Path], resolution: int
+    trained: TrainedGenerator, paths: Sequence[Path]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, reconstructions), both N×3×R×R in [-1, 1]."""
-    if not hasattr(network, "reconstruct"):
-        raise SystemExit(
-            f"--input needs a model that reconstructs (the VAE); this one is a {type(network).__name__}"
+    if RECONSTRUCT not in trained.family.capabilities:
+        raise ValueError(
+            f"--input needs a model that reconstructs; the {trained.name} family does not"
         )
-    inputs = load_faces(paths, resolution)
-    device = next(network.parameters()).device
-    network.eval()
-    with torch.no_grad():
-        outputs = cast(Any, network).reconstruct(inputs.to(device))
-    return inputs, outputs.cpu()
+    inputs = load_faces(paths, trained.resolution)
+    return inputs, trained.reconstruct(inputs).cpu()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -89,10 +102,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=16, help="number of samples (default 16)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a sampling option of the model's family, e.g. temperature=0.8 (repeatable)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path("plots"), help="output folder (default plots)"
     )
     parser.add_argument(
-        "--input", type=Path, nargs="+", metavar="IMAGE", help="VAE only: images to reconstruct"
+        "--input",
+        type=Path,
+        nargs="+",
+        metavar="IMAGE",
+        help="models that reconstruct (the VAE): images to reconstruct",
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda")
     parser.add_argument(
@@ -103,19 +127,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("--n must be at least 1")
 
     try:
-        network, resolution = load_model(
-            args.model, pick_device(args.device), use_ema=not args.no_ema
-        )
+        trained = load_model(args.model, pick_device(args.device), use_ema=not args.no_ema)
         if args.input:
-            inputs, outputs = reconstruct(network, args.input, resolution)
-            pairs = torch.stack([inputs, outputs], dim=1).flatten(
-                0, 1
-            )  # input, its reconstruction, ...
+            inputs, outputs = reconstruct(trained, args.input)
+            pairs = torch.stack([inputs, outputs], dim=1).flatten(0, 1)  # input, its output, ...
             columns = 2 * max(1, round(len(inputs) ** 0.5))
             grid = save_grid(pairs, args.out / "reconstructions.png", columns=columns)
             files = save_each(outputs, args.out / "reconstructions")
         else:
-            images = generate(network, args.n, args.seed)
+            images = generate(trained, args.n, args.seed, **parse_options(args.option, trained))
             grid = save_grid(images, args.out / "samples.png")
             files = save_each(images, args.out / "samples")
     except (CheckpointError, ValueError) as error:

@@ -17,8 +17,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from face_generation.config import model_config_from_args, model_stage_parser
-from face_generation.training.checkpoint import CheckpointError
-from face_generation.training.data import DataError
+from face_generation.data.packed import DataError
+from face_generation.runtime.checkpoint import CheckpointError
+from face_generation.runtime.registry import UnknownFamilyError
 from face_generation.training.loop import TrainingDiverged, train
 
 
@@ -28,7 +29,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg = model_config_from_args(args, "train")
     try:
         result = train(cfg)
-    except (CheckpointError, TrainingDiverged, DataError, FileNotFoundError) as error:
+    except (
+        CheckpointError,
+        TrainingDiverged,
+        DataError,
+        UnknownFamilyError,
+        FileNotFoundError,
+    ) as error:
         raise SystemExit(f"[train] error: {error}") from None
     if result.stopped_by is not None:
         raise SystemExit(128 + {"SIGINT": 2, "SIGTERM": 15}[result.stopped_by])

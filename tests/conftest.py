@@ -1,15 +1,22 @@
-"""Fixtures shared by the test suite: real data locations and configs that write into tmp."""
+"""Fixtures shared by the test suite: real data locations, configs that write into tmp, and the
+one copy of each family trained for a few steps that every test reading a trained model uses."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from omegaconf import DictConfig
 
 from face_generation.config import compose
+from face_generation.runtime.registry import family_names
+from face_generation.training.loop import train
+from face_generation.training.tracker import NullTracker
+from tests import tiny_family
+from tests.faces import RESOLUTION, SPLIT_SIZES, config, write_packed
 from tests.tracking_fixtures import mlflow_server, tracking_cfg  # noqa: F401  (fixtures)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -54,3 +61,27 @@ def link_images(source: Path, destination: Path, names: Sequence[str]) -> Path:
     for name in names:
         (destination / name).symlink_to(source / name)
     return destination
+
+
+@dataclass
+class TrainedModels:
+    """Every registered family trained for train=smoke's 6 steps on the same packed faces."""
+
+    root: Path  # root/data (packed faces and feature arrays), root/models/<family>/
+    checkpoints: dict[str, Path]  # family → root/models/<family>/model.pt
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedModels:
+    root = tmp_path_factory.mktemp("trained")
+    write_packed(root / "data")
+    tiny_family.write_features(root / "data", RESOLUTION, SPLIT_SIZES)
+    checkpoints = {
+        name: train(config(name, root / "data", root / "models"), NullTracker()).checkpoint
+        for name in family_names()
+    }
+    return TrainedModels(root, checkpoints)

@@ -26,9 +26,10 @@ from face_generation.evaluation.evaluate_model import evaluate, nearest_neighbou
 from face_generation.evaluation.real_stats import cache_path
 from face_generation.evaluation.report import main as report_main
 from face_generation.evaluation.report import write_report
-from face_generation.training.checkpoint import load_checkpoint
+from face_generation.runtime.checkpoint import load_checkpoint
 from face_generation.training.loop import train
-from tests.test_training import RESOLUTION, SPLIT_SIZES, write_packed
+from tests.conftest import TrainedModels
+from tests.faces import RESOLUTION, SPLIT_SIZES
 from tests.tracking_fixtures import MlflowServer, tracked
 
 MODELS = ("vae", "dcgan")
@@ -51,13 +52,10 @@ def overrides(root: Path, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Packed faces, and a VAE and a DCGAN trained on them for 6 steps."""
-    root = tmp_path_factory.mktemp("evaluate")
-    write_packed(root / "data")
-    for model in MODELS:
-        train(compose("config", [f"model={model}", *overrides(root)]))
-    return root
+def root(trained: TrainedModels) -> Path:
+    """The session's packed faces and models trained on them for 6 steps (tests/conftest.py);
+    evaluation writes metrics/ and plots/ beside them."""
+    return trained.root
 
 
 @pytest.fixture(scope="module")

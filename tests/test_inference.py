@@ -12,26 +12,18 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from face_generation.families.vae import VAEFamily
 from face_generation.inference import generate, main
-from face_generation.training.checkpoint import load_generator
-from face_generation.training.images import to_uint8
-from face_generation.training.loop import train
-from face_generation.training.tracker import NullTracker
-from tests.test_training import REPO, config, write_packed
-
-RESOLUTION = 32
+from face_generation.runtime.generator import load_generator
+from face_generation.runtime.images import to_uint8
+from tests.conftest import TrainedModels
+from tests.faces import REPO, RESOLUTION
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """model.pt of a VAE and a DCGAN trained for a few steps, and the packed data dir."""
-    root = tmp_path_factory.mktemp("inference")
-    data_dir = write_packed(root / "data")
-    checkpoints = {
-        model: train(config(model, data_dir, root / "models"), NullTracker()).checkpoint
-        for model in ("vae", "dcgan")
-    }
-    return {**checkpoints, "data": data_dir}
+@pytest.fixture
+def trained_models(trained: TrainedModels) -> dict[str, Path]:
+    """model.pt of the session's VAE and DCGAN, and the packed data dir."""
+    return {**trained.checkpoints, "data": trained.data}
 
 
 def read_pngs(folder: Path) -> list[np.ndarray]:
@@ -39,9 +31,19 @@ def read_pngs(folder: Path) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("model", ["vae", "dcgan"])
-def test_same_seed_same_images(model: str, trained: dict[str, Path], tmp_path: Path) -> None:
+def test_same_seed_same_images(model: str, trained_models: dict[str, Path], tmp_path: Path) -> None:
     for name, seed in (("first", 3), ("again", 3), ("other", 4)):
-        main([str(trained[model]), "--n", "6", "--seed", str(seed), "--out", str(tmp_path / name)])
+        main(
+            [
+                str(trained_models[model]),
+                "--n",
+                "6",
+                "--seed",
+                str(seed),
+                "--out",
+                str(tmp_path / name),
+            ]
+        )
     first, again, other = (
         read_pngs(tmp_path / name / "samples") for name in ("first", "again", "other")
     )
@@ -53,23 +55,24 @@ def test_same_seed_same_images(model: str, trained: dict[str, Path], tmp_path: P
     assert np.array_equal(grid[2 : 2 + RESOLUTION, 2 : 2 + RESOLUTION], first[0])
 
 
-def test_samples_match_the_loaded_generator(trained: dict[str, Path], tmp_path: Path) -> None:
-    main([str(trained["dcgan"]), "--n", "4", "--seed", "9", "--out", str(tmp_path)])
-    network, _ = load_generator(trained["dcgan"])
-    expected = to_uint8(generate(network, 4, seed=9))
+def test_samples_match_the_loaded_generator(
+    trained_models: dict[str, Path], tmp_path: Path
+) -> None:
+    main([str(trained_models["dcgan"]), "--n", "4", "--seed", "9", "--out", str(tmp_path)])
+    expected = to_uint8(generate(load_generator(trained_models["dcgan"]), 4, seed=9))
     assert all(
         np.array_equal(a, b) for a, b in zip(read_pngs(tmp_path / "samples"), expected, strict=True)
     )
 
 
-def test_vae_reconstructs_given_images(trained: dict[str, Path], tmp_path: Path) -> None:
-    faces = np.load(trained["data"] / "packed" / str(RESOLUTION) / "test.npy")[:3]
+def test_vae_reconstructs_given_images(trained_models: dict[str, Path], tmp_path: Path) -> None:
+    faces = np.load(trained_models["data"] / "packed" / str(RESOLUTION) / "test.npy")[:3]
     inputs = []
     for index, face in enumerate(faces):  # larger than the model's resolution: resized on load
         path = tmp_path / f"face{index}.jpg"
         Image.fromarray(face).resize((3 * RESOLUTION, 3 * RESOLUTION)).save(path)
         inputs.append(str(path))
-    main([str(trained["vae"]), "--input", *inputs, "--out", str(tmp_path / "out")])
+    main([str(trained_models["vae"]), "--input", *inputs, "--out", str(tmp_path / "out")])
     reconstructions = read_pngs(tmp_path / "out" / "reconstructions")
     assert len(reconstructions) == 3 and reconstructions[0].shape == (RESOLUTION, RESOLUTION, 3)
     assert not np.array_equal(reconstructions[0], reconstructions[1])  # depends on the input
@@ -80,41 +83,49 @@ def test_vae_reconstructs_given_images(trained: dict[str, Path], tmp_path: Path)
     )
 
 
-def test_dcgan_refuses_input_images(trained: dict[str, Path], tmp_path: Path) -> None:
+def test_dcgan_refuses_input_images(trained_models: dict[str, Path], tmp_path: Path) -> None:
     image = tmp_path / "face.png"
     Image.new("RGB", (RESOLUTION, RESOLUTION)).save(image)
     with pytest.raises(SystemExit, match="--input needs a model that reconstructs"):
-        main([str(trained["dcgan"]), "--input", str(image), "--out", str(tmp_path)])
+        main([str(trained_models["dcgan"]), "--input", str(image), "--out", str(tmp_path)])
 
 
-def test_broken_checkpoints_are_clear_errors(trained: dict[str, Path], tmp_path: Path) -> None:
+def test_broken_checkpoints_are_clear_errors(
+    trained_models: dict[str, Path], tmp_path: Path
+) -> None:
     truncated = tmp_path / "model.pt"
-    truncated.write_bytes(trained["vae"].read_bytes()[:1000])
+    truncated.write_bytes(trained_models["vae"].read_bytes()[:1000])
     with pytest.raises(SystemExit, match=rf"{truncated} cannot be read.*truncated or corrupt"):
         main([str(truncated), "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match=rf"{tmp_path / 'missing.pt'} does not exist"):
         main([str(tmp_path / "missing.pt"), "--out", str(tmp_path)])
 
 
-def test_pyfunc_model_samples_like_inference(trained: dict[str, Path], tmp_path: Path) -> None:
+def test_pyfunc_model_samples_like_inference(
+    trained_models: dict[str, Path], tmp_path: Path
+) -> None:
     import mlflow.pyfunc
 
-    from face_generation.serving.pyfunc import CHECKPOINT_ARTIFACT, MODEL_CODE, model_signature
+    from face_generation.runtime.mlflow_model import (
+        CHECKPOINT_ARTIFACT,
+        MODEL_CODE,
+        model_signature,
+    )
 
     folder = tmp_path / "mlflow-model"
     mlflow.pyfunc.save_model(
         folder,
         python_model=str(MODEL_CODE),
-        artifacts={CHECKPOINT_ARTIFACT: str(trained["vae"])},
-        signature=model_signature(RESOLUTION),
+        artifacts={CHECKPOINT_ARTIFACT: str(trained_models["vae"])},
+        signature=model_signature(VAEFamily, RESOLUTION),
         pip_requirements=["torch"],  # skips inferring requirements in a subprocess
     )
     loaded = mlflow.pyfunc.load_model(str(folder))
     images = loaded.predict(pd.DataFrame({"n": [2, 3], "seed": [5, 6]}))
     assert images.shape == (5, RESOLUTION, RESOLUTION, 3) and images.dtype == np.uint8
-    network, _ = load_generator(trained["vae"])
-    assert np.array_equal(images[:2], to_uint8(generate(network, 2, seed=5)))
-    assert np.array_equal(images[2:], to_uint8(generate(network, 3, seed=6)))
+    generator = load_generator(trained_models["vae"])
+    assert np.array_equal(images[:2], to_uint8(generate(generator, 2, seed=5)))
+    assert np.array_equal(images[2:], to_uint8(generate(generator, 3, seed=6)))
     with pytest.raises(Exception, match="n"):
         loaded.predict(pd.DataFrame({"seed": [1]}))
 

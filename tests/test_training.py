@@ -1,13 +1,8 @@
-"""Training: real networks trained for a few steps on the CPU on real faces.
-
-The faces are packed into the documented format (data/packed/<res>/{train,val,test}.npy,
-uint8 N×H×W×3, plus meta.json) in a temporary folder: the first CelebA-sample images
-centre-cropped, or scikit-image's embedded LFW faces where ../shared/data is absent.
-"""
+"""Training: real networks trained for a few steps on the CPU on real faces (tests/faces.py
+packs them in the documented format in a temporary folder)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -20,89 +15,30 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from PIL import Image
 
 from face_generation.config import compose, model_config_from_args, model_stage_parser
+from face_generation.families.dcgan import DCGANFamily
+from face_generation.families.vae import VAEFamily
 from face_generation.models.dcgan import Discriminator, Generator
 from face_generation.models.vae import VAE
+from face_generation.runtime.checkpoint import CheckpointError, load_checkpoint
+from face_generation.runtime.generator import load_generator
+from face_generation.runtime.images import to_uint8
 from face_generation.tracking.run import registered_model_name
 from face_generation.train import main as train_main
-from face_generation.training.checkpoint import (
-    CheckpointError,
-    list_checkpoints,
-    load_checkpoint,
-    load_generator,
-)
+from face_generation.training.checkpoint import list_checkpoints
 from face_generation.training.data import PackedBatches, batch_rows
-from face_generation.training.families import sample_images
-from face_generation.training.images import to_uint8
 from face_generation.training.loop import TrainingDiverged, train
 from face_generation.training.tracker import NullTracker
+from tests.faces import REPO, RESOLUTION, config, overrides, write_packed
 from tests.tracking_fixtures import MlflowServer, tracked
-
-REPO = Path(__file__).parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-CELEBA_IMAGES = SHARED_DATA / "celeba-sample-10k" / "img_align_celeba"
-RESOLUTION = 32
-SPLIT_SIZES = {"train": 48, "val": 8, "test": 8}
-
-
-def real_faces(count: int, resolution: int) -> np.ndarray:
-    """count real faces, uint8 N×R×R×3: CelebA-sample centre crops, else scikit-image's LFW."""
-    if CELEBA_IMAGES.is_dir():
-        faces = []
-        for path in sorted(CELEBA_IMAGES.glob("*.jpg"))[:count]:
-            with Image.open(path) as image:  # 89×109: the 89×89 square around the face
-                top = (image.height - image.width) // 2
-                square = image.convert("RGB").crop((0, top, image.width, top + image.width))
-                faces.append(
-                    np.asarray(square.resize((resolution, resolution), Image.Resampling.LANCZOS))
-                )
-        return np.stack(faces)
-    from skimage.data import lfw_subset
-
-    gray = (lfw_subset()[:count] * 255).round().astype(np.uint8)
-    resized = [
-        np.asarray(Image.fromarray(face).resize((resolution, resolution), Image.Resampling.LANCZOS))
-        for face in gray
-    ]
-    return np.repeat(np.stack(resized)[..., None], 3, axis=3)
-
-
-def write_packed(data_dir: Path, resolution: int = RESOLUTION) -> Path:
-    """data_dir/packed/<res>/{train,val,test}.npy and meta.json, as the pack stage writes them."""
-    faces = real_faces(sum(SPLIT_SIZES.values()), resolution)
-    packed = data_dir / "packed" / str(resolution)
-    packed.mkdir(parents=True)
-    start = 0
-    for split, size in SPLIT_SIZES.items():
-        np.save(packed / f"{split}.npy", faces[start : start + size])
-        start += size
-    meta = {"resolution": resolution, "counts": SPLIT_SIZES, "data_hash": "test"}
-    (packed / "meta.json").write_text(json.dumps(meta))
-    return data_dir
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_packed(tmp_path_factory.mktemp("faces") / "data")
-
-
-def overrides(model: str, data_dir: Path, models_dir: Path, *extra: str) -> list[str]:
-    return [
-        f"model={model}",
-        "train=smoke",
-        "train.device=cpu",
-        f"paths.data={data_dir}",
-        f"paths.models={models_dir}",
-        "tracking.enabled=false",
-        *extra,
-    ]
-
-
-def config(model: str, data_dir: Path, models_dir: Path, *extra: str) -> DictConfig:
-    return compose("config", overrides(model, data_dir, models_dir, *extra))
 
 
 class RecordingTracker(NullTracker):
@@ -144,8 +80,8 @@ def test_networks_follow_the_resolution(resolution: int) -> None:
     reconstruction, mean, log_variance = vae(images)
     assert reconstruction.shape == images.shape and mean.shape == log_variance.shape == (2, 8)
     assert vae.reconstruct(images).shape == images.shape
-    for network in (vae, generator):
-        samples = network.sample(3, generator=torch.Generator().manual_seed(0))
+    for family, network in ((VAEFamily, vae), (DCGANFamily, generator)):
+        samples = family.sample(network, 3, generator=torch.Generator().manual_seed(0))
         assert samples.shape == (3, 3, resolution, resolution)
         assert samples.min() >= -1 and samples.max() <= 1
     assert discriminator(images).shape == (2,)
@@ -229,9 +165,9 @@ def test_training_writes_checkpoints_samples_and_metrics(
     assert state["config"]["train"]["steps"] == 6 and state["ema"] is not None
     assert set(state["optimizers"]) == set(state["networks"])
 
-    network, saved_cfg = load_generator(result.checkpoint)
-    samples = sample_images(network, 5, generator=torch.Generator().manual_seed(0))
-    assert samples.shape == (5, 3, RESOLUTION, RESOLUTION) and saved_cfg.model.name == model
+    trained = load_generator(result.checkpoint)
+    samples = trained.sample(5, generator=torch.Generator().manual_seed(0))
+    assert samples.shape == (5, 3, RESOLUTION, RESOLUTION) and trained.config.model.name == model
     assert torch.isfinite(samples).all() and samples.min() >= -1 and samples.max() <= 1
     assert samples.std() > 1e-3  # not a constant image (6 steps: BatchNorm stats barely moved)
     grid = np.asarray(Image.open(output / "samples.png"))
@@ -273,8 +209,9 @@ def test_tracked_run_logs_curves_samples_and_a_registered_generator(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
     model = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
     served = model.predict(pd.DataFrame({"n": [3], "seed": [5]}))
-    network, _ = load_generator(result.checkpoint)
-    expected = to_uint8(sample_images(network, 3, generator=torch.Generator().manual_seed(5)))
+    expected = to_uint8(
+        load_generator(result.checkpoint).sample(3, generator=torch.Generator().manual_seed(5))
+    )
     assert served.shape == (3, RESOLUTION, RESOLUTION, 3) and np.array_equal(served, expected)
 
 

@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
+from face_generation.data.packed import DataError, load_split
 from face_generation.data.tables import packed_dir
 from face_generation.evaluation.frechet import feature_statistics, frechet_distance_between
 from face_generation.evaluation.identity import identity_similarity
@@ -49,10 +50,10 @@ from face_generation.features.effnet import build_feature_extractor, embed_image
 from face_generation.features.identity import FaceIdentityEncoder
 from face_generation.features.pixels import batches, resolve_device, to_float_nchw
 from face_generation.features.weights import WeightsUnavailableError
-from face_generation.training.checkpoint import load_checkpoint, load_generator
-from face_generation.training.data import DataError, load_split
-from face_generation.training.families import sample_images
-from face_generation.training.images import to_uint8
+from face_generation.runtime.checkpoint import load_checkpoint
+from face_generation.runtime.family import RECONSTRUCT
+from face_generation.runtime.generator import TrainedGenerator, load_generator
+from face_generation.runtime.images import to_uint8
 
 METRICS_FORMAT = 1  # bumped when the layout of metrics/<model>.json changes
 PIXELS = "pixels"  # the "network" of SSIM and PSNR
@@ -85,14 +86,19 @@ def metric_prefix(cfg: DictConfig) -> str:
 
 
 def generate(
-    network: nn.Module, count: int, seed: int, batch_size: int, progress: str | None = None
+    trained: TrainedGenerator,
+    count: int,
+    seed: int,
+    batch_size: int,
+    options: dict[str, Any],
+    progress: str | None = None,
 ) -> np.ndarray:
     """`count` samples as uint8 N x H x W x 3 (quantised as saved images are), noise from `seed`."""
     generator = torch.Generator().manual_seed(seed)
     chunks = []
     with tqdm(total=count, desc=progress, unit="img", disable=progress is None) as bar:
         for start in range(0, count, batch_size):
-            images = sample_images(network, min(batch_size, count - start), generator=generator)
+            images = trained.sample(min(batch_size, count - start), generator=generator, **options)
             chunks.append(to_uint8(images))
             bar.update(len(chunks[-1]))
     return np.concatenate(chunks)
@@ -100,14 +106,13 @@ def generate(
 
 @torch.no_grad()
 def reconstruct(
-    network: nn.Module, images: np.ndarray, batch_size: int, device: torch.device
+    trained: TrainedGenerator, images: np.ndarray, batch_size: int, device: torch.device
 ) -> torch.Tensor:
     """Reconstructions of uint8 N x H x W x 3 images: float N x 3 x H x W in [-1, 1] on the CPU."""
-    network.eval()
     outputs = []
     for batch in batches(images, batch_size):
         pixels = to_float_nchw(batch, None, (-1.0, 1.0), device=device)
-        outputs.append(cast(Any, network).reconstruct(pixels).float().cpu())
+        outputs.append(trained.reconstruct(pixels).float().cpu())
     return torch.cat(outputs)
 
 
@@ -257,7 +262,7 @@ def inception_metric(
 
 def reconstruction_metrics(
     cfg: DictConfig,
-    network: nn.Module,
+    network: TrainedGenerator,
     test: np.ndarray,
     data_hash: str,
     device: torch.device,
@@ -449,7 +454,8 @@ def evaluate(cfg: DictConfig, checkpoint: Path | None = None) -> EvaluationResul
     step, run_id = int(state["step"]), state.get("run_id")
     del state
     device = resolve_device(str(cfg.eval.device))
-    network, trained_cfg = load_generator(checkpoint, device)
+    trained = load_generator(checkpoint, device)
+    trained_cfg = trained.config
 
     # The data at the resolution the model was trained at.
     resolution = int(trained_cfg.data.resolution)
@@ -479,12 +485,13 @@ def evaluate(cfg: DictConfig, checkpoint: Path | None = None) -> EvaluationResul
 
     # Samples and metrics.
     seed = int(cfg.eval.seed)
-    generated = generate(network, count, seed, int(cfg.eval.sample_batch_size), "sampling")
+    options = {str(key): value for key, value in cfg.eval.sampling.items()}
+    generated = generate(trained, count, seed, int(cfg.eval.sample_batch_size), options, "sampling")
     metrics, features, backbone = distribution_metrics(cfg, real, generated, data_hash, device)
     reconstructions = None
-    if hasattr(network, "reconstruct"):
+    if RECONSTRUCT in trained.family.capabilities:
         recon_metrics, originals, outputs = reconstruction_metrics(
-            cfg, network, test, data_hash, device
+            cfg, trained, test, data_hash, device
         )
         metrics.update(recon_metrics)
         reconstructions = (originals, outputs)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from face_generation.training.images import save_png
+from face_generation.runtime.images import save_png
 
 CAPTION_COLOUR = (255, 255, 255)
 CAPTION_MARGIN = 2  # pixels left of and above the caption text

@@ -63,21 +63,6 @@ class Generator(nn.Module):
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         return self.net(latents[:, :, None, None])
 
-    @torch.no_grad()
-    def sample(
-        self,
-        n: int,
-        cond: torch.Tensor | None = None,
-        *,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """n images in [-1, 1] from latents N(0, I); noise drawn on the CPU so that one seed
-        gives the same latents on every device."""
-        if cond is not None:
-            raise ValueError("DCGAN is unconditional: call sample(n) without cond")
-        device = next(self.parameters()).device
-        return self(torch.randn(n, self.latent_dim, generator=generator).to(device))
-
 
 class Discriminator(nn.Module):
     def __init__(

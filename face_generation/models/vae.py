@@ -117,19 +117,3 @@ class VAE(nn.Module):
         """The decoded posterior mean: the model's deterministic reconstruction of `images`."""
         mean, _ = self.encode(images)
         return self.decode(mean)
-
-    @torch.no_grad()
-    def sample(
-        self,
-        n: int,
-        cond: torch.Tensor | None = None,
-        *,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """n images in [-1, 1] decoded from the prior N(0, I); noise drawn on the CPU so that
-        one seed gives the same latents on every device."""
-        if cond is not None:
-            raise ValueError("the VAE is unconditional: call sample(n) without cond")
-        device = next(self.parameters()).device
-        latents = torch.randn(n, self.latent_dim, generator=generator).to(device)
-        return self.decode(latents)

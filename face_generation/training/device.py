@@ -1,4 +1,4 @@
-"""Where training runs: the device, and how steps compute on it."""
+"""How training steps compute: precision and memory layout on the device, and this process's rank."""
 
 from __future__ import annotations
 
@@ -9,21 +9,17 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from omegaconf import DictConfig
 
-from face_generation.training.families import StepContext
+from face_generation.runtime.family import StepContext
 
 
-def pick_device(requested: str) -> torch.device:
-    """`auto`: CUDA when present, else the CPU; anything else as torch.device reads it."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"train.device={requested} but CUDA is not available; use train.device=auto"
-        )
-    return device
+def rank_and_world_size() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group (torchrun); (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def step_context(device: torch.device, train_cfg: DictConfig) -> StepContext:
@@ -38,4 +34,15 @@ def step_context(device: torch.device, train_cfg: DictConfig) -> StepContext:
             autocast = functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16)
         memory_format = torch.channels_last
     grad_clip = float(train_cfg.grad_clip) if train_cfg.grad_clip else None
-    return StepContext(device, autocast, grad_clip, memory_format)
+    rank, world_size = rank_and_world_size()
+    return StepContext(device, autocast, grad_clip, memory_format, rank, world_size)
+
+
+def reduce_mean(values: dict[str, torch.Tensor], context: StepContext) -> dict[str, torch.Tensor]:
+    """Average each metric over the ranks (one collective for all of them); as is on one rank."""
+    if context.world_size == 1 or not values:
+        return values
+    names = sorted(values)
+    stacked = torch.stack([values[name].float() for name in names])
+    dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
+    return dict(zip(names, stacked / context.world_size, strict=True))

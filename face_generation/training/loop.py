@@ -3,6 +3,12 @@
 Read top to bottom: device → data → networks and optimisers → resume → tracking → steps
 (each: a batch, the family's train_step, the EMA update; every so often: logging, sample
 grids and checkpoints) → final checkpoint. Numbers all come from `cfg` (configs/train/).
+
+Every family goes through the contract in runtime/family.py, so a new family changes nothing
+here. The loop is rank-aware for data-parallel training: initial weights come from the same
+seed on every rank, noise from a per-rank seed, batches from per-rank slices of one global
+order; metrics are averaged over the ranks, and only rank 0 writes checkpoints, grids and
+tracking records. With one process all of that is the plain single-process loop.
 """
 
 from __future__ import annotations
@@ -21,12 +27,19 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from face_generation.data.packed import features_dir, load_feature_split, load_split, read_meta
 from face_generation.data.tables import packed_dir
-from face_generation.training.checkpoint import (
+from face_generation.runtime.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
     load_checkpoint,
     load_weights,
+)
+from face_generation.runtime.device import pick_device
+from face_generation.runtime.family import Family, StepContext
+from face_generation.runtime.images import save_grid
+from face_generation.runtime.registry import family_class
+from face_generation.training.checkpoint import (
     newest_checkpoint,
     prune_checkpoints,
     restore_rng_state,
@@ -34,13 +47,11 @@ from face_generation.training.checkpoint import (
     save_checkpoint,
     step_path,
 )
-from face_generation.training.data import PackedBatches, load_split, read_meta
-from face_generation.training.device import pick_device, step_context
+from face_generation.training.data import PackedBatches
+from face_generation.training.device import reduce_mean, step_context
 from face_generation.training.ema import EMA
-from face_generation.training.families import ModelFamily, build_family, sample_images
-from face_generation.training.images import save_grid
 from face_generation.training.loss_log import LossLog
-from face_generation.training.tracker import Tracker, create_tracker, flatten_config
+from face_generation.training.tracker import NullTracker, Tracker, create_tracker, flatten_config
 
 
 class TrainingDiverged(RuntimeError):
@@ -65,6 +76,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def seed_rank(seed: int, context: StepContext, step: int) -> None:
+    """Give ranks other than 0 their own noise from here on (latents, dropout, diffusion
+    noise); rank 0 keeps the stream a single-process run has, so one process is unchanged."""
+    if context.rank:
+        seed_everything(
+            int(np.random.SeedSequence([seed, context.rank, step]).generate_state(1)[0])
+        )
 
 
 class SignalStop:
@@ -114,7 +134,7 @@ def check_same_model(state: dict[str, Any], cfg: DictConfig, path: Path) -> None
     assert isinstance(current, dict)
     saved = state["config"]
     pairs = {f"model.{key}": (saved["model"].get(key), current["model"].get(key))
-             for key in {*saved["model"], *current["model"]}}  # fmt: skip
+             for key in {*saved["model"], *current["model"]} - {"sampling"}}  # fmt: skip
     pairs["data.resolution"] = (saved["data"]["resolution"], current["data"]["resolution"])
     differences = [
         f"{key}: {before} in the checkpoint, {after} now"
@@ -130,9 +150,10 @@ def check_same_model(state: dict[str, Any], cfg: DictConfig, path: Path) -> None
 
 
 def training_state(
-    cfg: DictConfig, family: ModelFamily, ema: EMA | None, step: int, run_id: str
+    cfg: DictConfig, family: Family, ema: EMA | None, step: int, run_id: str
 ) -> dict[str, Any]:
-    """Everything a checkpoint holds (the layout is documented in training/checkpoint.py)."""
+    """Everything a checkpoint holds (the layout is documented in runtime/checkpoint.py);
+    frozen networks are not in it: they are rebuilt from their own weights."""
     return {
         "format": CHECKPOINT_FORMAT,
         "model": str(cfg.model.name),
@@ -144,6 +165,7 @@ def training_state(
         },
         "ema": ema.state_dict() if ema else None,
         "generator": family.generator_key,
+        "family_state": family.state_dict(),
         "rng": rng_state(),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "run_id": run_id,
@@ -151,7 +173,7 @@ def training_state(
 
 
 def restore_training_state(
-    state: dict[str, Any], family: ModelFamily, ema: EMA | None, path: Path
+    state: dict[str, Any], family: Family, ema: EMA | None, path: Path
 ) -> None:
     for name, network in family.networks.items():
         if name not in state["networks"]:
@@ -170,6 +192,12 @@ def restore_training_state(
             state["ema"] if state["ema"] is not None else state["networks"][family.generator_key]
         )
         load_weights(ema.module, weights, path, "EMA")
+    try:
+        family.load_state_dict(state["family_state"])
+    except (KeyError, ValueError) as error:
+        raise CheckpointError(
+            f"checkpoint {path}: the family's state does not fit ({error})"
+        ) from error
     restore_rng_state(state["rng"])
 
 
@@ -201,23 +229,49 @@ def train(cfg: DictConfig, tracker: Tracker | None = None) -> TrainResult:
         return _train(cfg, tracker, stop)
 
 
+def training_arrays(
+    cfg: DictConfig, family: type[Family], split: str, rows: int | None = None
+) -> dict[str, np.ndarray]:
+    """The packed images of `split` and every feature array the family declares, row-aligned
+    and memory-mapped; the first `rows` rows only when given."""
+    resolution = int(cfg.data.resolution)
+    arrays = {"images": load_split(packed_dir(cfg), split, resolution)}
+    features = features_dir(Path(cfg.paths.data), resolution)
+    for row_input in family.inputs:
+        if row_input.name != "images":
+            arrays[row_input.name] = load_feature_split(
+                features, row_input.name, split, len(arrays["images"])
+            )
+    return {name: array[:rows] if rows is not None else array for name, array in arrays.items()}
+
+
+def preview_condition(cfg: DictConfig, family: type[Family], n: int) -> torch.Tensor | None:
+    """Fixed conditions for a conditional family's grids: its condition rows of the first n
+    val images (tiled when the split is smaller); None for unconditional families."""
+    if family.condition is None:
+        return None
+    rows = training_arrays(cfg, family, "val")[family.condition]
+    return torch.from_numpy(np.asarray(rows[np.arange(n) % len(rows)])).float()
+
+
 def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainResult:
     train_cfg = cfg.train
     started = time.perf_counter()
 
-    # Device and seeds.
+    # Device and seeds: the same initial weights on every rank.
     device = pick_device(str(train_cfg.device))
     context = step_context(device, train_cfg)
     seed = int(train_cfg.seed)
     seed_everything(seed)
+    family_type = family_class(str(cfg.model.name))
 
-    # Data: the packed uint8 train split, never a JPEG.
+    # Data: the packed uint8 train split and the family's feature arrays, never a JPEG.
     resolution = int(cfg.data.resolution)
     packed = packed_dir(cfg)
-    images = load_split(packed, "train", resolution)
+    arrays = training_arrays(cfg, family_type, "train")
     batch_size = int(train_cfg.batch_size)
     batches = PackedBatches(
-        {"images": images},
+        arrays,
         batch_size=batch_size,
         seed=seed,
         hflip=bool(train_cfg.hflip),
@@ -225,12 +279,16 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
         on_device=device.type == "cuda",  # the whole split lives in GPU memory
         num_workers=int(train_cfg.num_workers),
         memory_format=context.memory_format,
+        inputs=family_type.inputs,
+        rank=context.rank,
+        world_size=context.world_size,
     )
 
     # Networks, optimisers, EMA.
-    family = build_family(cfg.model, resolution, context)
+    family = family_type(cfg.model, resolution, context)
     generator = family.networks[family.generator_key]
     ema = EMA(generator, float(train_cfg.ema.decay)) if train_cfg.ema.enabled else None
+    seed_rank(seed, context, 0)
 
     # Resume, or start afresh.
     output = model_dir(cfg)
@@ -243,9 +301,10 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
         check_same_model(state, cfg, resume_path)
         restore_training_state(state, family, ema, resume_path)
         start_step, run_id = int(state["step"]), state.get("run_id")
+        seed_rank(seed, context, start_step)
         print(f"[train] resumed from {resume_path} at step {start_step} (run {run_id})")
         del state
-    elif checkpoints.exists() or (output / "model.pt").exists():
+    elif context.is_main and (checkpoints.exists() or (output / "model.pt").exists()):
         print(
             f"[train] fresh start (train.resume=null): removing the earlier run's files in {output}"
         )
@@ -255,10 +314,12 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
             file.unlink(missing_ok=True)
     losses = LossLog(output / "losses.csv", start_step if resume_path else None)
     if train_cfg.compile:
-        for network in family.networks.values():
+        for network in family.networks.values():  # frozen networks stay as they are
             network.compile()
 
-    # Tracking.
+    # Tracking, on rank 0 only.
+    if not context.is_main:
+        tracker = NullTracker(run_id)
     tracker = tracker or create_tracker(cfg, run_id)
     if resume_path is None:
         tracker.log_params(flatten_config(cfg))
@@ -269,30 +330,43 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
             "data_hash": meta.get("data_hash", "unknown"),
             "device": str(device),
             "seed": seed,
-            "train_images": len(images),
+            "train_images": len(arrays["images"]),
         }
     )
     steps = int(train_cfg.steps)
     print(
-        f"[train] {cfg.model.name} on {len(images)} {resolution}×{resolution} faces from {packed}, "
-        f"{device}, steps {start_step}→{steps}, batch {batch_size}, run {tracker.run_id}"
+        f"[train] {cfg.model.name} on {len(arrays['images'])} {resolution}×{resolution} faces "
+        f"from {packed}, {device}, steps {start_step}→{steps}, batch {batch_size}, "
+        f"run {tracker.run_id}"
     )
 
     def save(step: int, *also: Path) -> Path:
-        state = training_state(cfg, family, ema, step, tracker.run_id)
         path = step_path(checkpoints, step)
+        if not context.is_main:
+            return path
+        state = training_state(cfg, family, ema, step, tracker.run_id)
         for target in (path, *also):
             save_checkpoint(state, target)
         prune_checkpoints(checkpoints, int(train_cfg.keep_checkpoints))
         return path
 
+    grid_size = int(train_cfg.sample_grid)
+    grid_condition = preview_condition(cfg, family_type, grid_size)
+
     def save_samples(step: int) -> None:
+        if not context.is_main:
+            return
         sampler = ema.module if ema else generator
-        grid = sample_images(
-            sampler, int(train_cfg.sample_grid), generator=torch.Generator().manual_seed(seed)
-        )
-        path = save_grid(grid, samples / f"step-{step:08d}.png")
-        tracker.log_artifact(path, "samples")
+        was_training = sampler.training
+        sampler.eval()  # BatchNorm uses its running statistics
+        with torch.no_grad():
+            grid = family.preview(
+                sampler, grid_size, torch.Generator().manual_seed(seed), grid_condition
+            )
+        sampler.train(was_training)
+        if grid is not None:
+            path = save_grid(grid, samples / f"step-{step:08d}.png")
+            tracker.log_artifact(path, "samples")
 
     # The steps.
     sums: dict[str, torch.Tensor] = {}
@@ -306,12 +380,15 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
         desc=f"train {cfg.model.name}",
         unit="step",
         mininterval=1.0,
+        disable=not context.is_main,
     )
     try:
         for network in family.networks.values():
             network.train()
+        for network in family.frozen.values():
+            network.eval().requires_grad_(False)
         for batch in batches.iterate(start_step, steps):
-            step_metrics = family.train_step(batch)
+            step_metrics = family.train_step(batch, step)
             step += 1
             if ema is not None:
                 ema.update(generator, step)
@@ -322,7 +399,7 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
 
             checkpoint_now = step % int(train_cfg.ckpt_every) == 0 or stop.received is not None
             if step % int(train_cfg.log_every) == 0 or checkpoint_now or step == steps:
-                metrics = window_means(sums, window_steps, step, last_good)
+                metrics = window_means(reduce_mean(sums, context), window_steps, step, last_good)
                 images_per_sec = window_steps * batch_size / (time.perf_counter() - window_start)
                 tracker.log_metrics(
                     {
@@ -331,7 +408,8 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
                     },
                     step=step,
                 )
-                losses.append(step, {**metrics, "images_per_sec": images_per_sec})
+                if context.is_main:
+                    losses.append(step, {**metrics, "images_per_sec": images_per_sec})
                 progress.set_postfix_str(
                     f"{images_per_sec:.0f} img/s "
                     + " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "grad" not in k)
@@ -352,12 +430,15 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
 
         # The end: final checkpoint, model.pt beside it, final sample grid.
         if window_steps:
-            metrics = window_means(sums, window_steps, step, last_good)
+            metrics = window_means(reduce_mean(sums, context), window_steps, step, last_good)
         final = save(step, output / "model.pt")
         save_samples(step)
-        shutil.copyfile(samples / f"step-{step:08d}.png", output / "samples.png")
-        tracker.log_artifact(output / "losses.csv")
-        tracker.log_generator(output / "model.pt", resolution)
+        if context.is_main:
+            grid_file = samples / f"step-{step:08d}.png"
+            if grid_file.is_file():
+                shutil.copyfile(grid_file, output / "samples.png")
+            tracker.log_artifact(output / "losses.csv")
+            tracker.log_generator(output / "model.pt", family_type, resolution)
     except KeyboardInterrupt:
         progress.close()
         tracker.close("KILLED")

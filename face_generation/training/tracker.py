@@ -14,6 +14,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from omegaconf import DictConfig, OmegaConf
 
+from face_generation.runtime.family import Family
+
 
 @runtime_checkable
 class Tracker(Protocol):
@@ -30,7 +32,7 @@ class Tracker(Protocol):
 
     def set_tags(self, tags: Mapping[str, Any]) -> None: ...
 
-    def log_generator(self, checkpoint: Path, resolution: int) -> None:
+    def log_generator(self, checkpoint: Path, family: type[Family], resolution: int) -> None:
         """Log the final generator as an MLflow model (and register it)."""
         ...
 
@@ -58,7 +60,7 @@ class NullTracker:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         pass
 
-    def log_generator(self, checkpoint: Path, resolution: int) -> None:
+    def log_generator(self, checkpoint: Path, family: type[Family], resolution: int) -> None:
         pass
 
     def close(self, status: str) -> None:
@@ -94,8 +96,8 @@ class MlflowTracker:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self.run.set_tags(tags)
 
-    def log_generator(self, checkpoint: Path, resolution: int) -> None:
-        from face_generation.serving.pyfunc import (
+    def log_generator(self, checkpoint: Path, family: type[Family], resolution: int) -> None:
+        from face_generation.runtime.mlflow_model import (
             CHECKPOINT_ARTIFACT,
             MODEL_CODE,
             model_signature,
@@ -106,7 +108,7 @@ class MlflowTracker:
         self.run.log_model(
             str(MODEL_CODE),
             "generator",
-            model_signature(resolution),
+            model_signature(family, resolution),
             registered_model_name=registered_model_name(
                 self.cfg.tracking, str(self.cfg.model.name)
             ),

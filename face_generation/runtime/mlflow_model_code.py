@@ -3,6 +3,6 @@ to build the model, so no pickled Python object is stored with it."""
 
 from mlflow.models import set_model
 
-from face_generation.serving.pyfunc import GeneratorModel
+from face_generation.runtime.mlflow_model import GeneratorModel
 
 set_model(GeneratorModel())

@@ -1,0 +1,158 @@
+"""The family contract (v2): how the loop, evaluation, inference and serving drive every family.
+
+A family is one file, `face_generation/families/<name>.py`, whose `FAMILY` is a subclass of
+`Family`; its networks live in `face_generation/models/`, its numbers in
+`configs/model/<name>.yaml` (`name: <name>`). The loop, evaluation, inference and the MLflow
+model use only what is declared here, so a new family adds files and edits none of them.
+
+Declared on the class, read before anything is built:
+    name           `cfg.model.name`
+    inputs         the per-row arrays a training batch carries, as `RowInput`s: "images" (the
+                   packed uint8 faces) plus named feature arrays, each with a flip policy (how
+                   a mirrored row changes it) and a placement (the step's device or the CPU)
+    generator_key  the trained network the EMA follows and the runtime loads for inference
+    capabilities   what a loaded generator does: SAMPLE, RECONSTRUCT, EMBED (an encoder)
+    condition      the input whose rows condition sampling; None for unconditional families
+
+Built per run, `Family(model_cfg, resolution, context)`:
+    networks       {name: module} that are trained: checkpointed, compiled, in train mode
+    frozen         {name: module} that are used but never trained: kept out of checkpoints,
+                   compile and train mode (a perceptual network, a feature backbone)
+    optimizers     {name: optimizer}, checkpointed
+    train_step(batch, step)   one optimisation step; `step` is the number of steps done
+                   before it (warm-ups, lazy regularisation, progressive schedules read it);
+                   returns {metric: detached scalar tensor}
+    state_dict() / load_state_dict(state)   the family's own state beyond networks,
+                   optimisers, EMA and RNG (a schedule's phase), checkpointed; {} by default
+    preview(network, n, generator, cond)    the images of the grids the loop logs; by default
+                   samples of the EMA generator with a fixed seed and, for conditional
+                   families, fixed conditions from the val split
+
+Class methods, usable without a training run (the runtime calls them on loaded weights):
+    build_generator(model_cfg, resolution)  the `generator_key` network with initial weights
+    sample(network, n, *, cond=None, generator=None, **options)  n images in [-1, 1]; the
+                   keyword-only options are the family's documented sampling settings
+                   (temperature, steps, sampler, guidance...), their defaults in the signature
+                   and overridable per model under `model.sampling` in its config
+    reconstruct(network, images)  the network's reconstruction of images (RECONSTRUCT only)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+SAMPLE = "sample"  # draws faces from noise (and a condition, for conditional families)
+RECONSTRUCT = "reconstruct"  # maps a face to its reconstruction
+EMBED = "embed"  # maps a face to an embedding (an encoder family)
+
+FlipPolicy = Literal["image", "map", "none"]
+Placement = Literal["device", "cpu"]
+
+
+@dataclass(frozen=True)
+class RowInput:
+    """One per-row array a family trains on.
+
+    flip: "image" mirrors an N×H×W×3 image, "map" mirrors an N×C×H×W feature map along its
+    width, "none" leaves the row as it is (an embedding of the whole face, a label).
+    placement: "device" moves the rows to the step's device (on CUDA the whole array is
+    uploaded once), "cpu" keeps them on the CPU.
+    """
+
+    name: str
+    flip: FlipPolicy = "none"
+    placement: Placement = "device"
+
+
+IMAGES = RowInput("images", flip="image")
+
+
+@dataclass
+class Batch:
+    """One training batch: images in [-1, 1], N×3×H×W (channels_last on CUDA), the rows they
+    came from, and each declared feature input's rows, flipped by its policy."""
+
+    images: torch.Tensor
+    rows: torch.Tensor
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class StepContext:
+    """What the loop hands every family: where and how to compute a step, and on which rank."""
+
+    device: torch.device
+    autocast: Callable[[], AbstractContextManager[Any]]  # bf16 autocast on CUDA, no-op on CPU
+    grad_clip: float | None  # max global gradient norm per network; None = no clipping
+    memory_format: torch.memory_format
+    rank: int = 0  # this process's rank in data-parallel training
+    world_size: int = 1  # processes training together; 1 without torchrun
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes checkpoints, logs to tracking and draws grids."""
+        return self.rank == 0
+
+
+class Family:
+    """Base of every family: the defaults of the contract above."""
+
+    name: ClassVar[str]
+    inputs: ClassVar[tuple[RowInput, ...]] = (IMAGES,)
+    generator_key: ClassVar[str]
+    capabilities: ClassVar[frozenset[str]] = frozenset({SAMPLE})
+    condition: ClassVar[str | None] = None
+
+    networks: dict[str, nn.Module]
+    frozen: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+
+    def __init__(self, model_cfg: DictConfig, resolution: int, context: StepContext) -> None:
+        self.context = context
+        self.frozen = {}
+
+    # --- training -------------------------------------------------------------------
+    def train_step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(
+                f"the {self.name} family keeps no state of its own; got {sorted(state)}"
+            )
+
+    def preview(
+        self,
+        network: nn.Module,
+        n: int,
+        generator: torch.Generator,
+        cond: torch.Tensor | None = None,
+    ) -> torch.Tensor | None:
+        """The images of the loop's sample grids; None for a family that does not sample."""
+        if SAMPLE not in self.capabilities:
+            return None
+        return self.sample(network, n, cond=cond, generator=generator)
+
+    # --- a trained generator ----------------------------------------------------------
+    @classmethod
+    def build_generator(cls, model_cfg: DictConfig, resolution: int) -> nn.Module:
+        raise NotImplementedError
+
+    # sample(network, n, *, cond=None, generator=None, <option>=<default>, ...) -> images:
+    # each family spells out its own keyword-only options, which is how they are documented
+    # and how an unknown option is refused; the runtime reads them from the signature.
+    sample: ClassVar[Callable[..., torch.Tensor]]
+
+    @classmethod
+    def reconstruct(cls, network: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"the {cls.name} family does not reconstruct")

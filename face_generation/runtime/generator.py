@@ -1,0 +1,121 @@
+"""A trained generator: its family, its network (EMA weights by default) and its config.
+
+Evaluation, inference, the MLflow model and the web service all load a checkpoint through
+`load_generator` and draw from it through `TrainedGenerator.sample`, which passes the family's
+sampling options through, so none of them knows any family.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from face_generation.runtime.checkpoint import load_checkpoint, load_weights
+from face_generation.runtime.family import RECONSTRUCT, SAMPLE, Family
+from face_generation.runtime.registry import family_class
+
+
+def sampling_options(family: type[Family]) -> dict[str, Any]:
+    """The family's documented sampling options and their defaults (sample's keyword-only
+    parameters other than cond and generator)."""
+    if not hasattr(family, "sample"):
+        return {}
+    parameters = inspect.signature(family.sample).parameters.values()
+    return {
+        p.name: p.default
+        for p in parameters
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("cond", "generator")
+    }
+
+
+@dataclass
+class TrainedGenerator:
+    family: type[Family]
+    network: nn.Module  # in eval mode
+    config: DictConfig  # the config it was trained with
+    step: int = 0
+    run_id: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.family.name
+
+    @property
+    def resolution(self) -> int:
+        return int(self.config.data.resolution)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    def options(self, **overrides: Any) -> dict[str, Any]:
+        """The sampling options a call uses: the family's defaults, then `model.sampling` of
+        the training config, then `overrides`; an unknown name is a ValueError listing the
+        known ones."""
+        known = sampling_options(self.family)
+        configured = self.config.model.get("sampling") or {}
+        chosen = {**known, **OmegaConf.to_container(configured), **overrides}  # type: ignore[dict-item]
+        unknown = sorted(set(chosen) - set(known))
+        if unknown:
+            raise ValueError(
+                f"unknown sampling option(s) {unknown} for the {self.name} family; "
+                f"its options are {sorted(known) or 'none'}"
+            )
+        return chosen
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        *,
+        cond: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        **options: Any,
+    ) -> torch.Tensor:
+        """n images in [-1, 1] (N×3×H×W, on the network's device)."""
+        if SAMPLE not in self.family.capabilities:
+            raise ValueError(f"the {self.name} family does not generate images")
+        if n < 1:
+            raise ValueError(f"the number of samples must be at least 1, got {n}")
+        self.network.eval()
+        return self.family.sample(
+            self.network, n, cond=cond, generator=generator, **self.options(**options)
+        )
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        """Reconstructions of N×3×H×W images in [-1, 1], for families that reconstruct."""
+        if RECONSTRUCT not in self.family.capabilities:
+            raise ValueError(f"the {self.name} family does not reconstruct images")
+        self.network.eval()
+        return self.family.reconstruct(self.network, images.to(self.device))
+
+
+def build_generator(model_cfg: DictConfig, resolution: int) -> nn.Module:
+    """The sampling network of `model_cfg`'s family, on the CPU with initial weights."""
+    return family_class(str(model_cfg.name)).build_generator(model_cfg, resolution)
+
+
+def load_generator(
+    path: str | Path, device: torch.device | str = "cpu", use_ema: bool = True
+) -> TrainedGenerator:
+    """The generator of a checkpoint (EMA weights when it has them and `use_ema`), in eval mode."""
+    path = Path(path)
+    state = load_checkpoint(path)
+    cfg = OmegaConf.create(state["config"])
+    assert isinstance(cfg, DictConfig)
+    family = family_class(str(state["model"]))
+    network = family.build_generator(cfg.model, int(cfg.data.resolution))
+    weights = state["ema"] if use_ema and state["ema"] is not None else None
+    if weights is None:
+        weights = state["networks"][state["generator"]]
+    load_weights(network, weights, path, "generator")
+    return TrainedGenerator(
+        family, network.to(device).eval(), cfg, int(state["step"]), state.get("run_id")
+    )

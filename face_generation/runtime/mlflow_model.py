@@ -1,0 +1,112 @@
+"""A trained generator as an MLflow pyfunc model: rows of (n, seed[, options]) in, uint8 faces out.
+
+Training logs it (tracking code), along the lines of
+
+    mlflow.pyfunc.log_model(
+        name="generator",
+        python_model=str(MODEL_CODE),  # models from code: nothing pickled
+        artifacts={CHECKPOINT_ARTIFACT: "models/vae/model.pt"},
+        signature=model_signature(family, resolution),
+    )
+
+`predict` takes a DataFrame with integer columns `n` and `seed`, plus optional columns named
+after the family's sampling options (e.g. `temperature`; missing or empty: the model's
+default), and returns one uint8 array of shape (sum of n, H, W, 3): the images of each row in
+row order. The same (n, seed, options) give the same images as
+`python -m face_generation.inference CHECKPOINT --n N --seed SEED --option NAME=VALUE`.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.models import ModelSignature
+from mlflow.pyfunc import PythonModel, PythonModelContext
+from mlflow.types import ColSpec, Schema, TensorSpec
+
+from face_generation.runtime.device import pick_device
+from face_generation.runtime.family import Family
+from face_generation.runtime.generator import TrainedGenerator, load_generator, sampling_options
+from face_generation.runtime.images import to_uint8
+
+CHECKPOINT_ARTIFACT = "checkpoint"
+# What `python_model=` gets when logging: the file that builds a GeneratorModel.
+MODEL_CODE = Path(__file__).with_name("mlflow_model_code.py")
+MAX_IMAGES_PER_CALL = 4096  # one request must not exhaust the server's memory
+# What serving the model imports (its code travels with it as code_paths).
+SERVING_PACKAGES = ("torch", "numpy", "pandas", "omegaconf", "mlflow")
+COLUMN_TYPES = {bool: "boolean", int: "long", float: "double", str: "string"}
+
+
+def requirements() -> list[str]:
+    """The model's pip requirements, pinned to the versions installed here.
+
+    Given explicitly: without them MLflow infers them by loading the model in a subprocess.
+    """
+    return [f"{name}=={version(name)}" for name in SERVING_PACKAGES]
+
+
+def model_signature(family: type[Family], resolution: int) -> ModelSignature:
+    """Input: columns n, seed (long) and the family's sampling options (optional);
+    output: uint8 images N×resolution×resolution×3."""
+    options = [
+        ColSpec(COLUMN_TYPES[type(default)], name, required=False)
+        for name, default in sampling_options(family).items()
+    ]
+    return ModelSignature(
+        inputs=Schema([ColSpec("long", "n"), ColSpec("long", "seed"), *options]),
+        outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, resolution, resolution, 3))]),
+    )
+
+
+def row_options(row: pd.Series, generator: TrainedGenerator) -> dict[str, Any]:
+    """The sampling options a request row sets (its non-empty option columns)."""
+    known = sampling_options(generator.family)
+    return {
+        name: type(known[name])(row[name])
+        for name in known
+        if name in row.index and not pd.isna(row[name])
+    }
+
+
+class GeneratorModel(PythonModel):
+    """Samples faces from the face_generation checkpoint logged as its `checkpoint` artifact."""
+
+    def __init__(self) -> None:
+        self.generator: TrainedGenerator | None = None
+
+    def load_context(self, context: PythonModelContext) -> None:
+        self.generator = load_generator(context.artifacts[CHECKPOINT_ARTIFACT], pick_device())
+
+    def predict(
+        self,
+        context: PythonModelContext | None,
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,
+    ) -> np.ndarray:
+        if self.generator is None:
+            raise RuntimeError("the model has no weights: load it with mlflow.pyfunc.load_model")
+        missing = {"n", "seed"} - set(model_input.columns)
+        if missing:
+            raise ValueError(f"input needs integer columns n and seed; missing {sorted(missing)}")
+        counts = [int(n) for n in model_input["n"]]
+        if any(n < 1 for n in counts) or sum(counts) > MAX_IMAGES_PER_CALL:
+            raise ValueError(
+                f"each n must be at least 1 and all n at most {MAX_IMAGES_PER_CALL} in total"
+            )
+        batches = [
+            to_uint8(
+                self.generator.sample(
+                    n,
+                    generator=torch.Generator().manual_seed(int(row["seed"])),
+                    **row_options(row, self.generator),
+                )
+            )
+            for n, (_, row) in zip(counts, model_input.iterrows(), strict=True)
+        ]
+        return np.concatenate(batches)

@@ -1,0 +1,75 @@
+"""Real faces packed as the pack stage writes them, and configs that train on them (not a test
+module: the fixtures in conftest.py and the tests import from here).
+
+The faces are the first CelebA-sample images centre-cropped, or scikit-image's embedded LFW
+faces where ../shared/data is absent.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+from PIL import Image
+
+from face_generation.config import compose
+
+REPO = Path(__file__).parents[1]
+CELEBA_IMAGES = REPO.parent / "shared" / "data" / "celeba-sample-10k" / "img_align_celeba"
+RESOLUTION = 32
+SPLIT_SIZES = {"train": 48, "val": 8, "test": 8}
+
+
+def real_faces(count: int, resolution: int) -> np.ndarray:
+    """count real faces, uint8 N×R×R×3: CelebA-sample centre crops, else scikit-image's LFW."""
+    if CELEBA_IMAGES.is_dir():
+        faces = []
+        for path in sorted(CELEBA_IMAGES.glob("*.jpg"))[:count]:
+            with Image.open(path) as image:  # 89×109: the 89×89 square around the face
+                top = (image.height - image.width) // 2
+                square = image.convert("RGB").crop((0, top, image.width, top + image.width))
+                faces.append(
+                    np.asarray(square.resize((resolution, resolution), Image.Resampling.LANCZOS))
+                )
+        return np.stack(faces)
+    from skimage.data import lfw_subset
+
+    gray = (lfw_subset()[:count] * 255).round().astype(np.uint8)
+    resized = [
+        np.asarray(Image.fromarray(face).resize((resolution, resolution), Image.Resampling.LANCZOS))
+        for face in gray
+    ]
+    return np.repeat(np.stack(resized)[..., None], 3, axis=3)
+
+
+def write_packed(data_dir: Path, resolution: int = RESOLUTION) -> Path:
+    """data_dir/packed/<res>/{train,val,test}.npy and meta.json, as the pack stage writes them."""
+    faces = real_faces(sum(SPLIT_SIZES.values()), resolution)
+    packed = data_dir / "packed" / str(resolution)
+    packed.mkdir(parents=True)
+    start = 0
+    for split, size in SPLIT_SIZES.items():
+        np.save(packed / f"{split}.npy", faces[start : start + size])
+        start += size
+    meta = {"resolution": resolution, "counts": SPLIT_SIZES, "data_hash": "test"}
+    (packed / "meta.json").write_text(json.dumps(meta))
+    return data_dir
+
+
+def overrides(model: str, data_dir: Path, models_dir: Path, *extra: str) -> list[str]:
+    """Train `model` for a few steps on the CPU (train=smoke), untracked, on `data_dir`."""
+    return [
+        f"model={model}",
+        "train=smoke",
+        "train.device=cpu",
+        f"paths.data={data_dir}",
+        f"paths.models={models_dir}",
+        "tracking.enabled=false",
+        *extra,
+    ]
+
+
+def config(model: str, data_dir: Path, models_dir: Path, *extra: str) -> DictConfig:
+    return compose("config", overrides(model, data_dir, models_dir, *extra))

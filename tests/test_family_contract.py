@@ -1,0 +1,200 @@
+"""The family contract (runtime/family.py), checked for every registered family.
+
+Parametrised over the registry, so a new family is tested by adding it; `tiny` is a family
+that exists only in the tests (tests/tiny_family.py) and uses every part of the contract.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from face_generation.evaluation.evaluate_model import evaluate
+from face_generation.inference import main as inference_main
+from face_generation.runtime.checkpoint import CheckpointError, load_checkpoint
+from face_generation.runtime.device import pick_device
+from face_generation.runtime.family import SAMPLE, Batch
+from face_generation.runtime.generator import load_generator, sampling_options
+from face_generation.runtime.registry import UnknownFamilyError, family_class, family_names
+from face_generation.training.data import PackedBatches
+from face_generation.training.device import step_context
+from face_generation.training.loop import train, training_arrays
+from face_generation.training.tracker import NullTracker
+from tests.conftest import TrainedModels
+from tests.faces import RESOLUTION, config
+
+FAMILIES = family_names()
+SAMPLING = [name for name in FAMILIES if SAMPLE in family_class(name).capabilities]
+
+
+def first_batch(name: str, trained: TrainedModels) -> tuple[Any, Batch]:
+    """The family built on the CPU, and its first training batch."""
+    cfg = config(name, trained.data, trained.root / "unused")
+    family_type = family_class(name)
+    context = step_context(torch.device("cpu"), cfg.train)
+    batches = PackedBatches(
+        training_arrays(cfg, family_type, "train"),
+        batch_size=int(cfg.train.batch_size),
+        seed=0,
+        hflip=True,
+        device=context.device,
+        on_device=False,
+        inputs=family_type.inputs,
+    )
+    torch.manual_seed(0)
+    return family_type(cfg.model, RESOLUTION, context), next(batches.iterate(0, 1))
+
+
+def test_the_registry_knows_the_project_families_and_the_test_one() -> None:
+    assert {"vae", "dcgan", "tiny"} <= set(FAMILIES)
+    with pytest.raises(UnknownFamilyError, match=r"model.name='nope'.*known families.*vae"):
+        family_class("nope")
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_step_trains_the_trained_networks_only(name: str, trained: TrainedModels) -> None:
+    family, batch = first_batch(name, trained)
+    for declared in family.inputs:
+        if declared.name != "images":
+            assert len(batch.features[declared.name]) == len(batch.images)
+    before = {
+        key: [p.detach().clone() for p in network.parameters()]
+        for key, network in {**family.networks, **family.frozen}.items()
+    }
+    metrics = family.train_step(batch, 0)
+    assert metrics and all(v.ndim == 0 and torch.isfinite(v) for v in metrics.values())
+    for key, network in family.networks.items():
+        changed = [
+            not torch.equal(a, b) for a, b in zip(before[key], network.parameters(), strict=True)
+        ]
+        assert any(changed), f"trained network {key} did not change"
+    for key, network in family.frozen.items():
+        assert all(
+            torch.equal(a, b) for a, b in zip(before[key], network.parameters(), strict=True)
+        )
+    assert set(family.optimizers) <= set(family.networks)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_checkpoints_hold_trained_networks_and_family_state(
+    name: str, trained: TrainedModels
+) -> None:
+    state = load_checkpoint(trained.checkpoints[name], expected_model=name)
+    family_type = family_class(name)
+    assert state["step"] == 6 and state["generator"] == family_type.generator_key
+    family, _ = first_batch(name, trained)
+    assert set(state["networks"]) == set(family.networks)  # frozen networks are never saved
+    assert set(state["family_state"]) == set(family.state_dict())
+    if name == "tiny":
+        assert state["family_state"] == {"steps_seen": 6}
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_resumed_run_equals_an_uninterrupted_one(
+    name: str, trained: TrainedModels, tmp_path: Path
+) -> None:
+    first = train(config(name, trained.data, tmp_path, "train.steps=3"), NullTracker())
+    resumed = train(
+        config(name, trained.data, tmp_path, "train.resume=auto"), NullTracker(first.run_id)
+    )
+    assert resumed.step == 6 and resumed.run_id == first.run_id
+    expected = load_checkpoint(trained.checkpoints[name])
+    actual = load_checkpoint(resumed.checkpoint)
+    assert actual["family_state"] == expected["family_state"]
+    for key, weights in expected["networks"].items():
+        for tensor_name, tensor in weights.items():
+            assert torch.equal(tensor, actual["networks"][key][tensor_name]), (key, tensor_name)
+    for tensor_name, tensor in (expected["ema"] or {}).items():
+        assert torch.equal(tensor, actual["ema"][tensor_name]), f"ema {tensor_name}"
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_the_ema_generator_moved_from_its_initial_weights(
+    name: str, trained: TrainedModels
+) -> None:
+    state = load_checkpoint(trained.checkpoints[name])
+    family, _ = first_batch(name, trained)  # initial weights: the same seed as training
+    initial = family.networks[family.generator_key].state_dict()
+    ema, weights = state["ema"], state["networks"][family.generator_key]
+    floats = [key for key, tensor in initial.items() if tensor.is_floating_point()]
+    assert any(not torch.equal(ema[key], initial[key]) for key in floats)
+    assert any(not torch.equal(ema[key], weights[key]) for key in floats)
+
+
+@pytest.mark.parametrize("name", SAMPLING)
+def test_sampling_is_seeded_takes_options_and_refuses_unknown_ones(
+    name: str, trained: TrainedModels
+) -> None:
+    generator = load_generator(trained.checkpoints[name])
+    options = sampling_options(generator.family)
+    assert options, "every sampling family documents at least one option"
+
+    def draw(seed: int, **chosen: Any) -> torch.Tensor:
+        return generator.sample(4, generator=torch.Generator().manual_seed(seed), **chosen)
+
+    images = draw(1)
+    assert images.shape == (4, 3, RESOLUTION, RESOLUTION)
+    assert images.min() >= -1 and images.max() <= 1
+    assert torch.equal(images, draw(1)) and not torch.equal(images, draw(2))
+    option, default = next(iter(options.items()))
+    assert not torch.equal(images, draw(1, **{option: type(default)(default * 0.5)}))
+    with pytest.raises(ValueError, match=rf"unknown sampling option.*{option}"):
+        draw(1, no_such_option=1)
+    if generator.family.condition is not None:
+        cond = torch.randn(4, 4)
+        conditioned = generator.sample(4, cond=cond, generator=torch.Generator().manual_seed(1))
+        assert not torch.equal(images, conditioned)
+
+
+@pytest.mark.parametrize("name", SAMPLING)
+def test_training_logs_a_preview_grid(name: str, trained: TrainedModels) -> None:
+    grid = np.asarray(Image.open(trained.root / "models" / name / "samples.png"))
+    columns = 4  # train=smoke's 16 images: a 4×4 grid with 2-pixel gutters
+    assert grid.shape == (columns * (RESOLUTION + 2) + 2, columns * (RESOLUTION + 2) + 2, 3)
+
+
+class RunsCode:
+    """Unpickling this calls Path.touch on `marker`: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_checkpoint_that_would_run_code_is_refused_everywhere(
+    name: str, trained: TrainedModels, tmp_path: Path
+) -> None:
+    marker = tmp_path / "code-ran"
+    state = load_checkpoint(trained.checkpoints[name])
+    state["payload"] = RunsCode(marker)
+    models = tmp_path / "models"
+    malicious = models / name / "checkpoints" / "step-00000003.pt"
+    malicious.parent.mkdir(parents=True)
+    with malicious.open("wb") as file:
+        torch.save(state, file)
+
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_generator(malicious)
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        train(config(name, trained.data, models, "train.resume=auto"), NullTracker())
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        evaluate(config(name, trained.data, models, "eval.device=cpu"), malicious)
+    with pytest.raises(SystemExit, match="cannot be read"):
+        inference_main([str(malicious), "--n", "1", "--out", str(tmp_path / "out")])
+    assert not marker.exists(), "loading a checkpoint ran code"
+    pickle.loads(pickle.dumps(RunsCode(marker)))  # the payload is real: unpickling runs it
+    assert marker.exists()
+
+
+def test_rank_zero_of_one_is_the_plain_loop() -> None:
+    context = step_context(pick_device("cpu"), config("vae", Path("."), Path(".")).train)
+    assert (context.rank, context.world_size, context.is_main) == (0, 1, True)
