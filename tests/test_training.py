@@ -26,7 +26,7 @@ from PIL import Image
 from face_generation.config import compose, model_config_from_args, model_stage_parser
 from face_generation.models.dcgan import Discriminator, Generator
 from face_generation.models.vae import VAE
-from face_generation.tracking.run import registered_model_name
+from face_generation.tracking.provenance import registered_model_name
 from face_generation.train import main as train_main
 from face_generation.training.checkpoint import (
     CheckpointError,
@@ -216,7 +216,7 @@ def test_training_writes_checkpoints_samples_and_metrics(
     assert tracker.status == "FINISHED"
     assert [step for step, _ in tracker.metrics] == [2, 3, 4, 6]
     assert all(np.isfinite(value) for _, logged in tracker.metrics for value in logged.values())
-    assert tracker.params["model.name"] == model and tracker.params["train.steps"] == 6
+    assert tracker.params["model.name"] == model and tracker.params["train.steps"] == "6"
     assert tracker.tags["data_hash"] == "test"
     assert {path.name for path in tracker.artifacts} == {
         "step-00000003.png",

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from face_generation.data.tables import packed_dir
+from face_generation.tracking.provenance import flatten_config
 from face_generation.training.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -40,7 +41,7 @@ from face_generation.training.ema import EMA
 from face_generation.training.families import ModelFamily, build_family, sample_images
 from face_generation.training.images import save_grid
 from face_generation.training.loss_log import LossLog
-from face_generation.training.tracker import Tracker, create_tracker, flatten_config
+from face_generation.training.tracker import Tracker, create_tracker
 
 
 class TrainingDiverged(RuntimeError):
