@@ -23,20 +23,16 @@ from omegaconf import DictConfig, OmegaConf
 from face_generation.config import compose
 from face_generation.tracking import server as server_cli
 from face_generation.tracking import sync as sync_cli
-from face_generation.tracking.run import (
-    SYNC_COMMAND,
-    Spool,
-    TrackedRun,
-    deliver_spool,
-    flatten_config,
-    registered_model_name,
-)
+from face_generation.tracking.delivery import deliver_spool
+from face_generation.tracking.provenance import flatten_config, registered_model_name
+from face_generation.tracking.run import SYNC_COMMAND, TrackedRun
 from face_generation.tracking.server import (
     ServerError,
     server_status,
     start_server,
     stop_server,
 )
+from face_generation.tracking.spool import Spool
 from tests.tracking_fixtures import MlflowServer, free_port, server_overrides
 
 IMAGE_SHAPE = (3, 8, 8)

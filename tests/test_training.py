@@ -26,7 +26,7 @@ from face_generation.models.vae import VAE
 from face_generation.runtime.checkpoint import CheckpointError, load_checkpoint
 from face_generation.runtime.generator import load_generator
 from face_generation.runtime.images import to_uint8
-from face_generation.tracking.run import registered_model_name
+from face_generation.tracking.provenance import registered_model_name
 from face_generation.train import main as train_main
 from face_generation.training.checkpoint import list_checkpoints
 from face_generation.training.data import PackedBatches, batch_rows
@@ -152,7 +152,7 @@ def test_training_writes_checkpoints_samples_and_metrics(
     assert tracker.status == "FINISHED"
     assert [step for step, _ in tracker.metrics] == [2, 3, 4, 6]
     assert all(np.isfinite(value) for _, logged in tracker.metrics for value in logged.values())
-    assert tracker.params["model.name"] == model and tracker.params["train.steps"] == 6
+    assert tracker.params["model.name"] == model and tracker.params["train.steps"] == "6"
     assert tracker.tags["data_hash"] == "test"
     assert {path.name for path in tracker.artifacts} == {
         "step-00000003.png",

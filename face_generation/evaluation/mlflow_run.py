@@ -15,14 +15,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from face_generation.tracking.run import (
-    LOCAL_KEY_PATTERN,
-    TrackedRun,
-    http_settings,
-    run_tags,
-    tell,
-)
+from face_generation.tracking.delivery import http_settings
+from face_generation.tracking.provenance import run_tags
+from face_generation.tracking.run import TrackedRun, tell
 from face_generation.tracking.server import tracking_uri
+from face_generation.tracking.spool import LOCAL_KEY_PATTERN
 
 if TYPE_CHECKING:
     from face_generation.evaluation.evaluate_model import EvaluationResult

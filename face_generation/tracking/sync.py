@@ -15,7 +15,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from face_generation.tracking.run import Spool, SpoolBusyError, deliver_spool
+from face_generation.tracking.delivery import deliver_spool
+from face_generation.tracking.spool import Spool, SpoolBusyError
 
 
 @dataclass

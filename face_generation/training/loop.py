@@ -39,6 +39,7 @@ from face_generation.runtime.device import pick_device
 from face_generation.runtime.family import Family, StepContext
 from face_generation.runtime.images import save_grid
 from face_generation.runtime.registry import family_class
+from face_generation.tracking.provenance import flatten_config
 from face_generation.training.checkpoint import (
     newest_checkpoint,
     prune_checkpoints,
@@ -51,7 +52,7 @@ from face_generation.training.data import PackedBatches
 from face_generation.training.device import reduce_mean, step_context
 from face_generation.training.ema import EMA
 from face_generation.training.loss_log import LossLog
-from face_generation.training.tracker import NullTracker, Tracker, create_tracker, flatten_config
+from face_generation.training.tracker import NullTracker, Tracker, create_tracker
 
 
 class TrainingDiverged(RuntimeError):

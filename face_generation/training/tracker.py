@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from face_generation.runtime.family import Family
 
@@ -103,7 +103,7 @@ class MlflowTracker:
             model_signature,
             requirements,
         )
-        from face_generation.tracking.run import registered_model_name
+        from face_generation.tracking.provenance import registered_model_name
 
         self.run.log_model(
             str(MODEL_CODE),
@@ -130,18 +130,3 @@ def create_tracker(cfg: DictConfig, run_id: str | None = None) -> Tracker:
     if not cfg.tracking.enabled:
         return NullTracker(run_id)
     return MlflowTracker(cfg, run_id)
-
-
-def flatten_config(cfg: DictConfig) -> dict[str, Any]:
-    """`{"train.lr": 0.0002, ...}`: a config as flat dotted keys, the form run params take."""
-    flat: dict[str, Any] = {}
-
-    def visit(node: Any, prefix: str) -> None:
-        if isinstance(node, Mapping):
-            for key, value in node.items():
-                visit(value, f"{prefix}{key}.")
-        else:
-            flat[prefix[:-1]] = node
-
-    visit(OmegaConf.to_container(cfg, resolve=True), "")
-    return flat

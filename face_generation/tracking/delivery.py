@@ -1,0 +1,252 @@
+"""Delivery of a spool's records to the MLflow server.
+
+Pending records are sent in order with MLflow's batch API: consecutive metrics, params and tags
+share a request; an artifact, a model or a status change goes alone. The spool's cursor
+advances after each acknowledged request. Replays never double-log: the cursor records what was
+acknowledged, and the server drops a metric identical to one it holds (same key, value, step
+and timestamp), which covers a reply lost in transit. The MLflow run (and experiment) is
+created on first delivery, found again by its local key tag when that reply was lost.
+
+A record the server refuses as invalid (HTTP 400) is kept in the spool's rejected.jsonl and
+does not block the rest; any other failure stops delivery, leaving the records pending.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from http import HTTPStatus
+
+import requests
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import MAX_ENTITIES_PER_BATCH
+from omegaconf import DictConfig
+
+from face_generation.tracking.spool import Event, Spool
+
+LOCAL_KEY_TAG = "face_generation.local_key"  # ties an MLflow run (or model) to its spool
+END_STATUSES = ("FINISHED", "FAILED", "KILLED")
+BATCHED_KINDS = ("metrics", "params", "tags")  # records that go to MLflow by log_batch
+
+
+def deliver(spool: Spool, client: MlflowClient, upload_timeout_s: float) -> list[Event]:
+    """Send every pending record, in order; return the records the server rejected.
+
+    Raises whatever the client raised when the server is unreachable or failing; the
+    records not yet acknowledged stay pending.
+    """
+    rejected: list[Event] = []
+    while spool.pending:
+        run_id = ensure_run(spool, client)
+        group = _next_group(spool.pending)
+        try:
+            _send(spool, client, run_id, group, upload_timeout_s)
+        except Exception as error:
+            if not is_rejection(error):
+                raise
+            # One invalid record (say a changed param value on resume) must not block the
+            # rest: send the group record by record and keep the refused ones aside.
+            for event in group:
+                try:
+                    _send(spool, client, run_id, [event], upload_timeout_s)
+                except Exception as single_error:
+                    if not is_rejection(single_error):
+                        raise
+                    spool.reject(event, single_error)
+                    rejected.append(event)
+                spool.acknowledge(event["seq"])
+        spool.acknowledge(group[-1]["seq"])
+    return rejected
+
+
+def deliver_spool(spool: Spool, cfg: DictConfig, uri: str | None = None) -> list[Event]:
+    """Deliver one spool now (what `tracking.sync` does); raises when the server fails."""
+    if uri is not None and uri != spool.meta["tracking_uri"]:
+        spool.update_meta(tracking_uri=uri)
+    with http_settings(cfg.request_timeout_s, cfg.request_max_retries):
+        return deliver(spool, MlflowClient(spool.meta["tracking_uri"]), cfg.upload_timeout_s)
+
+
+def ensure_run(spool: Spool, client: MlflowClient) -> str:
+    """The MLflow run id, creating the run (or finding one made before) on first use."""
+    if spool.run_id is not None:
+        if not spool.meta.get("experiment_id"):  # known from a checkpoint only
+            run = client.get_run(spool.run_id)  # also checks the run exists on this server
+            spool.update_meta(experiment_id=run.info.experiment_id)
+        return spool.run_id
+    experiment_id = ensure_experiment(spool, client)
+    # A reply lost after the run was created would otherwise make a second run.
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{LOCAL_KEY_TAG}` = '{spool.key}'",
+        max_results=1,
+    )
+    if found:
+        run_id = found[0].info.run_id
+    else:
+        run = client.create_run(
+            experiment_id,
+            start_time=spool.meta["start_time"],
+            tags={LOCAL_KEY_TAG: spool.key},
+            run_name=spool.meta.get("run_name"),
+        )
+        run_id = run.info.run_id
+    spool.update_meta(run_id=run_id, experiment_id=experiment_id)
+    return run_id
+
+
+def ensure_experiment(spool: Spool, client: MlflowClient) -> str:
+    """The id of the spool's experiment, creating the experiment when the server has none."""
+    if spool.meta.get("experiment_id"):
+        return str(spool.meta["experiment_id"])
+    name = spool.meta["experiment"]
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name)
+        except MlflowException:  # created meanwhile by another process
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage != "active":
+        raise MlflowException(
+            f"MLflow experiment {name!r} is deleted; restore it in the UI "
+            "or choose another with tracking.experiment=NAME"
+        )
+    return str(experiment.experiment_id)
+
+
+@contextlib.contextmanager
+def http_settings(timeout_s: float, max_retries: int | None) -> Iterator[None]:
+    """Set MLflow's HTTP timeout and retries for the calls inside (MLflow reads them per call)."""
+    values = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(timeout_s))}
+    if max_retries is not None:
+        values["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(int(max_retries))
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def is_rejection(error: Exception) -> bool:
+    """The server answered that the record is invalid: retrying will not help."""
+    if isinstance(error, MlflowException):
+        return error.get_http_status_code() == HTTPStatus.BAD_REQUEST
+    if isinstance(error, requests.HTTPError) and error.response is not None:
+        return error.response.status_code == HTTPStatus.BAD_REQUEST
+    return False
+
+
+def _next_group(pending: list[Event]) -> list[Event]:
+    """The next request's records: consecutive metrics/params/tags up to MLflow's batch limit,
+    or one artifact, model or status record."""
+    first = pending[0]
+    if first["kind"] not in BATCHED_KINDS:
+        return [first]
+    group: list[Event] = []
+    entities = 0
+    for event in pending:
+        if event["kind"] not in BATCHED_KINDS:
+            break
+        size = len(event.get("metrics") or event.get("params") or event.get("tags") or {})
+        if group and entities + size > MAX_ENTITIES_PER_BATCH:
+            break
+        group.append(event)
+        entities += size
+    return group
+
+
+def _send(
+    spool: Spool, client: MlflowClient, run_id: str, group: list[Event], upload_timeout_s: float
+) -> None:
+    """One request: a batch of metrics/params/tags, or one artifact, model or status record."""
+    kind = group[0]["kind"]
+    if kind in BATCHED_KINDS:
+        metrics, params, tags = [], [], []
+        for event in group:
+            if event["kind"] == "metrics":
+                metrics += [
+                    Metric(key, float(value), event["timestamp"], event["step"])
+                    for key, value in event["metrics"].items()
+                ]
+            elif event["kind"] == "params":
+                params += [Param(key, value) for key, value in event["params"].items()]
+            else:
+                tags += [RunTag(key, value) for key, value in event["tags"].items()]
+        client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+    elif kind == "artifact":
+        with http_settings(upload_timeout_s, None):
+            client.log_artifact(run_id, str(spool.files_of(group[0])), group[0]["to"])
+    elif kind == "model":
+        _send_model(spool, client, run_id, group[0], upload_timeout_s)
+    elif kind == "status":
+        event = group[0]
+        if event["status"] in END_STATUSES:
+            client.set_terminated(run_id, event["status"], event["timestamp"])
+        else:
+            client.update_run(run_id, status=event["status"])
+    else:
+        raise ValueError(f"unknown record kind {kind!r} in {spool.events_path}")
+
+
+def _send_model(
+    spool: Spool, client: MlflowClient, run_id: str, event: Event, upload_timeout_s: float
+) -> None:
+    """Upload a locally saved MLflow model as a LoggedModel of the run, then register it.
+
+    Each step is recorded in models.json so that a retry resumes where delivery stopped.
+    """
+    from mlflow.models import Model
+
+    seq = event["seq"]
+    state = spool.model_state(seq)
+    local_dir = spool.files_of(event)
+    if "model_id" not in state:
+        logged = client.create_logged_model(
+            ensure_experiment(spool, client),
+            name=event["name"],
+            source_run_id=run_id,
+            tags={LOCAL_KEY_TAG: f"{spool.key}/{seq}"},
+        )
+        client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, event["step"])])
+        state = spool.update_model_state(
+            seq, model_id=logged.model_id, artifact_location=logged.artifact_location
+        )
+    model_id = state["model_id"]
+    if not state.get("uploaded"):
+        mlmodel = Model.load(str(local_dir))
+        mlmodel.run_id, mlmodel.model_id, mlmodel.model_uuid = run_id, model_id, model_id
+        mlmodel.artifact_path = state["artifact_location"]
+        mlmodel.save(str(local_dir / "MLmodel"))
+        with http_settings(upload_timeout_s, None):
+            client.log_model_artifacts(model_id, str(local_dir))
+        client.finalize_logged_model(model_id, LoggedModelStatus.READY)
+        state = spool.update_model_state(seq, uploaded=True)
+    name = event.get("registered_model_name")
+    if name and "version" not in state:
+        try:
+            client.create_registered_model(name)
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        source = f"models:/{model_id}"
+        # A version made before a lost reply (the OSS registry reports the source, not
+        # always the model id).
+        existing = [
+            version
+            for version in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+            if model_id in (version.model_id, (version.source or "").removeprefix("models:/"))
+        ]
+        version = existing[0] if existing else None
+        if version is None:
+            version = client.create_model_version(name, source, run_id=run_id, model_id=model_id)
+        spool.update_model_state(seq, version=str(version.version))
