@@ -22,7 +22,8 @@ from PIL import Image
 
 from face_generation.config import compose
 from face_generation.evaluate import main as evaluate_main
-from face_generation.evaluation.evaluate_model import evaluate, nearest_neighbours
+from face_generation.evaluation.evaluate_model import evaluate
+from face_generation.evaluation.neighbours import nearest_neighbours
 from face_generation.evaluation.real_stats import cache_path
 from face_generation.evaluation.report import main as report_main
 from face_generation.evaluation.report import write_report

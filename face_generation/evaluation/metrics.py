@@ -1,58 +1,232 @@
-"""The evaluation metrics in one import: small functions on feature or image arrays.
+"""The metrics of an evaluation, as objects: each declares what it needs and computes entries.
 
-Distribution metrics, on N x D features of real and generated images (`features/effnet.py`
-embeds images; `real_stats.py` caches the real side):
-    frechet_distance(mu1, sigma1, mu2, sigma2), feature_statistics(features)   -> fd_<network>
-    kid(features_a, features_b, subsets, subset_size)                          -> kid_<network>
-    precision_recall(real, fake, k)                                            -> precision/recall
-Reconstruction metrics, on row-aligned image batches:
-    ssim(reconstructions, originals, value_range), psnr(...)
-Identity, on row-aligned embeddings (`features/identity.py`):
-    identity_similarity(embeddings_a, embeddings_b, threshold)
-Standard networks that need downloaded weights, `Unavailable` (with the reason) without them:
-    load_inception(weights_path) -> fid_inception, load_lpips(net, weights_path) -> lpips
+A metric is configured once from `cfg.eval` and asked for its entries with the evaluation's
+shared inputs (evaluation/inputs.py). `needs` says what the family must provide: SAMPLES
+(it generates), RECONSTRUCTIONS (it reconstructs), CONDITIONS (it is conditional). The
+orchestration (evaluation/evaluate_model.py) runs the metrics of `METRICS` whose needs the
+family's declared capabilities meet, so adding a metric is adding a class here and listing it.
+
+The maths are small functions in their own modules: frechet.py, kid.py, precision_recall.py,
+reconstruction.py (SSIM, PSNR), identity.py; the networks live in face_generation/features/.
 """
 
 from __future__ import annotations
 
-from face_generation.evaluation.frechet import (
-    FeatureStatistics,
-    feature_statistics,
-    frechet_distance,
-    frechet_distance_between,
-)
-from face_generation.evaluation.identity import IdentitySimilarity, identity_similarity
-from face_generation.evaluation.kid import KernelDistance, kid
-from face_generation.evaluation.precision_recall import PrecisionRecall, precision_recall
-from face_generation.evaluation.real_stats import RealFeatures, packed_data_hash, real_features
+from typing import ClassVar
+
+from omegaconf import DictConfig
+
+from face_generation.evaluation.frechet import feature_statistics, frechet_distance_between
+from face_generation.evaluation.identity import identity_similarity
+from face_generation.evaluation.inputs import EvaluationInputs
+from face_generation.evaluation.kid import kid
+from face_generation.evaluation.precision_recall import precision_recall
 from face_generation.evaluation.reconstruction import psnr, ssim
+from face_generation.evaluation.record import PIXELS, measured, unavailable
 from face_generation.evaluation.standard_networks import (
-    InceptionV3Features,
     Unavailable,
     load_inception,
     load_lpips,
     lpips_distance,
 )
+from face_generation.features.identity import FaceIdentityEncoder
+from face_generation.features.weights import WeightsUnavailableError
+from face_generation.runtime.family import RECONSTRUCT, SAMPLE, Family
 
-__all__ = [
-    "FeatureStatistics",
-    "IdentitySimilarity",
-    "InceptionV3Features",
-    "KernelDistance",
-    "PrecisionRecall",
-    "RealFeatures",
-    "Unavailable",
-    "feature_statistics",
-    "frechet_distance",
-    "frechet_distance_between",
-    "identity_similarity",
-    "kid",
-    "load_inception",
-    "load_lpips",
-    "lpips_distance",
-    "packed_data_hash",
-    "precision_recall",
-    "psnr",
-    "real_features",
-    "ssim",
-]
+SAMPLES = "samples"
+RECONSTRUCTIONS = "reconstructions"
+CONDITIONS = "conditions"
+
+Entries = dict[str, dict]
+
+
+def provided(family: type[Family]) -> frozenset[str]:
+    """What a family's declared capabilities let the metrics ask for."""
+    offers = {SAMPLES: SAMPLE in family.capabilities}
+    offers[RECONSTRUCTIONS] = RECONSTRUCT in family.capabilities
+    offers[CONDITIONS] = family.condition is not None
+    return frozenset(need for need, offered in offers.items() if offered)
+
+
+class Metric:
+    """Base: `needs`, and `compute(inputs)` → {metric name: entry} (evaluation/record.py)."""
+
+    needs: ClassVar[frozenset[str]]
+
+    def __init__(self, eval_cfg: DictConfig) -> None:
+        self.eval_cfg = eval_cfg
+
+    def compute(self, inputs: EvaluationInputs) -> Entries:
+        raise NotImplementedError
+
+
+class BackboneDistribution(Metric):
+    """fd_/kid_/precision_/recall_<backbone>: samples against real test images in the feature
+    space of eval.backbone (EfficientNet-Lite0 by default)."""
+
+    needs = frozenset({SAMPLES})
+
+    def compute(self, inputs: EvaluationInputs) -> Entries:
+        prefix, network = inputs.prefix, str(inputs.backbone.cache_key)
+        real, fake = inputs.real_backbone_features, inputs.generated_backbone_features
+        counts = {"n_generated": len(fake), "n_real": len(real.features)}
+        distance = frechet_distance_between(real.statistics, feature_statistics(fake))
+        settings = self.eval_cfg.kid
+        kernel = kid(
+            real.features,
+            fake,
+            subsets=int(settings.subsets),
+            subset_size=int(settings.subset_size),
+            degree=int(settings.degree),
+            gamma=settings.gamma,
+            coef0=float(settings.coef0),
+            seed=int(self.eval_cfg.seed),
+        )
+        entries = {
+            f"fd_{prefix}": measured(distance, network, inputs.data_hash, **counts),
+            f"kid_{prefix}": measured(
+                kernel.mean,
+                network,
+                inputs.data_hash,
+                **counts,
+                std=kernel.std,
+                subsets=kernel.subsets,
+                subset_size=kernel.subset_size,
+            ),
+        }
+        k = int(self.eval_cfg.precision_recall.k)
+        if min(len(real.features), len(fake)) <= k:
+            reason = f"k={k} nearest neighbours need more than {k} images on each side"
+            for metric in ("precision", "recall"):
+                entries[f"{metric}_{prefix}"] = unavailable(reason, network, inputs.data_hash)
+            return entries
+        pr = precision_recall(
+            real.features,
+            fake,
+            k=k,
+            block=int(self.eval_cfg.precision_recall.block),
+            device=inputs.device,
+        )
+        for metric, value in (("precision", pr.precision), ("recall", pr.recall)):
+            entries[f"{metric}_{prefix}"] = measured(
+                value, network, inputs.data_hash, **counts, k=k
+            )
+        return entries
+
+
+class InceptionFID(Metric):
+    """fid_inception: the standard FID, when Inception-v3's weights can be had."""
+
+    needs = frozenset({SAMPLES})
+
+    def compute(self, inputs: EvaluationInputs) -> Entries:
+        settings = self.eval_cfg.fid_inception
+        if not settings.enabled:
+            reason = "disabled by eval.fid_inception.enabled=false"
+            return {"fid_inception": unavailable(reason, "inception_v3", inputs.data_hash)}
+        network = load_inception(
+            settings.weights_path, bool(settings.antialias), float(self.eval_cfg.network_timeout_s)
+        )
+        if isinstance(network, Unavailable):
+            return {"fid_inception": unavailable(network.reason, "inception_v3", inputs.data_hash)}
+        real = inputs.real_features(network, inputs.real, str(self.eval_cfg.split))
+        fake = inputs.embed(network, inputs.generated, "generated Inception features")
+        distance = frechet_distance_between(real.statistics, feature_statistics(fake))
+        counts = {"n_generated": len(fake), "n_real": len(real.features)}
+        return {"fid_inception": measured(distance, network.cache_key, inputs.data_hash, **counts)}
+
+
+class PixelReconstruction(Metric):
+    """ssim and psnr of reconstructions of test images."""
+
+    needs = frozenset({RECONSTRUCTIONS})
+
+    def compute(self, inputs: EvaluationInputs) -> Entries:
+        originals, outputs = inputs.reconstructions
+        settings = self.eval_cfg.reconstruction
+        structural = ssim(
+            outputs,
+            originals,
+            (-1.0, 1.0),
+            kernel_size=int(settings.ssim_kernel_size),
+            sigma=float(settings.ssim_sigma),
+        )
+        count = len(originals)
+        return {
+            "ssim": measured(structural, PIXELS, inputs.data_hash, n=count),
+            "psnr": measured(
+                psnr(outputs, originals, (-1.0, 1.0)), PIXELS, inputs.data_hash, n=count
+            ),
+        }
+
+
+class LpipsReconstruction(Metric):
+    """lpips of reconstructions, when the LPIPS backbone's weights can be had."""
+
+    needs = frozenset({RECONSTRUCTIONS})
+
+    def compute(self, inputs: EvaluationInputs) -> Entries:
+        settings = self.eval_cfg.lpips
+        network = f"lpips_{settings.net}"
+        if not settings.enabled:
+            reason = "disabled by eval.lpips.enabled=false"
+            return {"lpips": unavailable(reason, network, inputs.data_hash)}
+        model = load_lpips(
+            str(settings.net), settings.weights_path, float(self.eval_cfg.network_timeout_s)
+        )
+        if isinstance(model, Unavailable):
+            return {"lpips": unavailable(model.reason, network, inputs.data_hash)}
+        originals, outputs = inputs.reconstructions
+        value = lpips_distance(
+            model, outputs, originals, (-1.0, 1.0), int(self.eval_cfg.batch_size), inputs.device
+        )
+        return {"lpips": measured(value, network, inputs.data_hash, n=len(originals))}
+
+
+class ReconstructionIdentity(Metric):
+    """identity_cosine, identity_distance, identity_same_person: each test face against its
+    reconstruction, judged by eval.identity.encoder (dlib by default)."""
+
+    needs = frozenset({RECONSTRUCTIONS})
+    names = ("identity_cosine", "identity_distance", "identity_same_person")
+
+    def compute(self, inputs: EvaluationInputs) -> Entries:
+        settings = self.eval_cfg.identity
+        try:
+            encoder = FaceIdentityEncoder.from_config(
+                settings, float(self.eval_cfg.network_timeout_s), str(inputs.device)
+            )
+        except WeightsUnavailableError as error:
+            name = str(settings.encoder)
+            return {
+                metric: unavailable(str(error), name, inputs.data_hash) for metric in self.names
+            }
+        originals, outputs = inputs.reconstructions
+        count = min(int(settings.num_images), len(originals))
+        first = encoder.embed(originals[:count], progress="identity: originals")
+        second = encoder.embed(outputs[:count], (-1.0, 1.0), progress="identity: reconstructions")
+        similarity = identity_similarity(first, second, encoder.threshold)
+        details = {"n": count, "faces_detected": encoder.faces_detected}
+        values = (similarity.cosine_mean, similarity.distance_mean, similarity.same_person_share)
+        entries = {
+            metric: measured(value, encoder.name, inputs.data_hash, **details)
+            for metric, value in zip(self.names, values, strict=True)
+        }
+        entries["identity_same_person"]["threshold"] = similarity.threshold
+        return entries
+
+
+# Every metric an evaluation may compute, in the order of the metrics file and the report.
+METRICS: tuple[type[Metric], ...] = (
+    BackboneDistribution,
+    InceptionFID,
+    PixelReconstruction,
+    LpipsReconstruction,
+    ReconstructionIdentity,
+)
+
+
+def applicable_metrics(family: type[Family], eval_cfg: DictConfig) -> list[Metric]:
+    """The metrics whose needs `family`'s declared capabilities meet, configured from eval_cfg."""
+    available = provided(family)
+    return [metric(eval_cfg) for metric in METRICS if metric.needs <= available]

@@ -9,20 +9,16 @@ through `TrackedRun`'s spool: with the server away nothing is lost, it is delive
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
+from face_generation.evaluation.record import EvaluationResult
 from face_generation.tracking.delivery import http_settings
 from face_generation.tracking.provenance import run_tags
 from face_generation.tracking.run import TrackedRun, tell
 from face_generation.tracking.server import tracking_uri
 from face_generation.tracking.spool import LOCAL_KEY_PATTERN
-
-if TYPE_CHECKING:
-    from face_generation.evaluation.evaluate_model import EvaluationResult
 
 PREFIX = "eval/"
 

@@ -17,9 +17,11 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch
+from omegaconf import DictConfig
 from PIL import Image, ImageDraw
 
-from face_generation.runtime.images import save_png
+from face_generation.runtime.images import save_png, to_uint8
 
 CAPTION_COLOUR = (255, 255, 255)
 CAPTION_MARGIN = 2  # pixels left of and above the caption text
@@ -103,3 +105,56 @@ def pairs_plot(
     return save_png(
         captioned(grid(pairs(first, second), columns, gutter), caption, label_height), path
     )
+
+
+def evaluation_plots(
+    eval_cfg: DictConfig,
+    folder: Path,
+    test: np.ndarray,
+    generated: np.ndarray,
+    train: np.ndarray,
+    nearest: np.ndarray,
+    feature_network: str,
+    reconstructions: tuple[np.ndarray, torch.Tensor] | None,
+) -> list[Path]:
+    """plots/<model>/: samples, real vs generated, nearest training images, and (for models that
+    reconstruct) test images beside their reconstructions."""
+    settings = eval_cfg.plots
+    columns, gutter, label = int(settings.columns), int(settings.gutter), int(settings.label_height)
+    shown = min(int(eval_cfg.neighbours.samples), len(generated))
+    plots = [
+        samples_plot(generated, int(settings.samples), columns, gutter, folder / "samples.png"),
+        real_vs_generated_plot(
+            np.asarray(test),
+            generated,
+            int(settings.real_vs_generated),
+            columns,
+            gutter,
+            label,
+            folder / "real_vs_generated.png",
+        ),
+        pairs_plot(
+            generated[:shown],
+            train[nearest[:shown]],
+            f"generated | nearest training image ({feature_network} features)",
+            columns,
+            gutter,
+            label,
+            folder / "nearest_train.png",
+        ),
+    ]
+    if reconstructions is not None:
+        originals, outputs = reconstructions
+        count = min(int(settings.reconstructions), len(originals))
+        plots.append(
+            pairs_plot(
+                originals[:count],
+                to_uint8(outputs[:count]),
+                "test image | reconstruction",
+                columns,
+                gutter,
+                label,
+                folder / "reconstructions.png",
+            )
+        )
+    return plots

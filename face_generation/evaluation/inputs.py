@@ -1,0 +1,143 @@
+"""What the metrics of one evaluation read, each computed once and only when a metric asks.
+
+`EvaluationInputs` holds the trained generator, the real images it is compared with, and
+lazily: its samples, their features in the backbone's space (the real side from the cache in
+evaluation/real_stats.py), and its reconstructions of test images. Two metrics that need the
+same thing (fd_ and kid_ both need backbone features of the samples) share one computation.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from tqdm import tqdm
+
+from face_generation.evaluation.real_stats import RealFeatures, real_features
+from face_generation.features.effnet import build_feature_extractor, embed_images
+from face_generation.features.pixels import batches, to_float_nchw
+from face_generation.runtime.generator import TrainedGenerator
+from face_generation.runtime.images import to_uint8
+
+
+def metric_prefix(eval_cfg: DictConfig) -> str:
+    """The backbone's short name that distribution metrics carry: fd_<it>, kid_<it>, ..."""
+    settings = eval_cfg.backbones.get(eval_cfg.backbone)
+    if settings is None:
+        raise ValueError(
+            f"unknown eval.backbone={eval_cfg.backbone!r}; configured: {sorted(eval_cfg.backbones)}"
+        )
+    return str(settings.get("short_name") or eval_cfg.backbone)
+
+
+def generate(
+    trained: TrainedGenerator,
+    count: int,
+    seed: int,
+    batch_size: int,
+    options: dict[str, Any],
+    progress: str | None = None,
+) -> np.ndarray:
+    """`count` samples as uint8 N x H x W x 3 (quantised as saved images are), noise from `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    chunks = []
+    with tqdm(total=count, desc=progress, unit="img", disable=progress is None) as bar:
+        for start in range(0, count, batch_size):
+            images = trained.sample(min(batch_size, count - start), generator=generator, **options)
+            chunks.append(to_uint8(images))
+            bar.update(len(chunks[-1]))
+    return np.concatenate(chunks)
+
+
+@torch.no_grad()
+def reconstruct(
+    trained: TrainedGenerator, images: np.ndarray, batch_size: int, device: torch.device
+) -> torch.Tensor:
+    """Reconstructions of uint8 N x H x W x 3 images: float N x 3 x H x W in [-1, 1] on the CPU."""
+    outputs = []
+    for batch in batches(images, batch_size):
+        pixels = to_float_nchw(batch, None, (-1.0, 1.0), device=device)
+        outputs.append(trained.reconstruct(pixels).float().cpu())
+    return torch.cat(outputs)
+
+
+class EvaluationInputs:
+    """One evaluation's shared material. `test` is the packed eval split; the first `count`
+    of its images are the real side of every distribution metric."""
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        trained: TrainedGenerator,
+        test: np.ndarray,
+        count: int,
+        data_hash: str,
+        device: torch.device,
+    ) -> None:
+        self.cfg, self.eval_cfg = cfg, cfg.eval
+        self.trained, self.test, self.count = trained, test, count
+        self.data_hash, self.device = data_hash, device
+        self.real = np.asarray(test[:count])
+
+    @cached_property
+    def generated(self) -> np.ndarray:
+        """`count` samples of the generator, uint8, from the fixed eval seed and sampling options."""
+        options = {str(key): value for key, value in self.eval_cfg.sampling.items()}
+        return generate(
+            self.trained,
+            self.count,
+            int(self.eval_cfg.seed),
+            int(self.eval_cfg.sample_batch_size),
+            options,
+            "sampling",
+        )
+
+    @cached_property
+    def backbone(self) -> nn.Module:
+        """The feature network of the distribution metrics (eval.backbone)."""
+        return build_feature_extractor(self.eval_cfg)
+
+    @property
+    def prefix(self) -> str:
+        return metric_prefix(self.eval_cfg)
+
+    @cached_property
+    def real_backbone_features(self) -> RealFeatures:
+        return self.real_features(self.backbone, self.real, str(self.eval_cfg.split))
+
+    @cached_property
+    def generated_backbone_features(self) -> np.ndarray:
+        return self.embed(self.backbone, self.generated, "generated features")
+
+    @cached_property
+    def reconstructions(self) -> tuple[np.ndarray, torch.Tensor]:
+        """(originals, reconstructions) of the first eval.reconstruction.num_images test images."""
+        count = min(int(self.eval_cfg.reconstruction.num_images), len(self.test))
+        originals = np.asarray(self.test[:count])
+        batch_size = int(self.eval_cfg.sample_batch_size)
+        return originals, reconstruct(self.trained, originals, batch_size, self.device)
+
+    def embed(self, network: nn.Module, images: np.ndarray, progress: str) -> np.ndarray:
+        return embed_images(
+            network,
+            images,
+            batch_size=int(self.eval_cfg.batch_size),
+            device=self.device,
+            progress=progress,
+        )
+
+    def real_features(self, network: nn.Module, images: np.ndarray, split: str) -> RealFeatures:
+        """Features of real `images` (the first rows of `split`), from the cache or embedded now."""
+        return real_features(
+            Path(self.eval_cfg.cache_dir),
+            str(getattr(network, "cache_key", type(network).__name__)),
+            self.data_hash,
+            split,
+            len(images),
+            lambda: self.embed(network, images, f"real {split} features"),
+        )
