@@ -22,6 +22,13 @@ RESOLUTION = 32
 SPLIT_SIZES = {"train": 48, "val": 8, "test": 8}
 
 
+def lfw_faces(count: int, offset: int = 0) -> np.ndarray:
+    """count of the 100 real 25×25 grey faces scikit-image ships (its wheel: always here), uint8."""
+    from skimage.data import lfw_subset
+
+    return (lfw_subset()[offset : offset + count] * 255).round().astype(np.uint8)
+
+
 def real_faces(count: int, resolution: int) -> np.ndarray:
     """count real faces, uint8 N×R×R×3: CelebA-sample centre crops, else scikit-image's LFW."""
     if CELEBA_IMAGES.is_dir():
@@ -34,9 +41,7 @@ def real_faces(count: int, resolution: int) -> np.ndarray:
                     np.asarray(square.resize((resolution, resolution), Image.Resampling.LANCZOS))
                 )
         return np.stack(faces)
-    from skimage.data import lfw_subset
-
-    gray = (lfw_subset()[:count] * 255).round().astype(np.uint8)
+    gray = lfw_faces(count)
     resized = [
         np.asarray(Image.fromarray(face).resize((resolution, resolution), Image.Resampling.LANCZOS))
         for face in gray
