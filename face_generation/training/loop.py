@@ -32,7 +32,6 @@ from face_generation.data.tables import packed_dir
 from face_generation.runtime.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
-    load_checkpoint,
     load_weights,
 )
 from face_generation.runtime.device import pick_device
@@ -52,6 +51,14 @@ from face_generation.training.data import PackedBatches
 from face_generation.training.device import reduce_mean, step_context
 from face_generation.training.ema import EMA
 from face_generation.training.loss_log import LossLog
+from face_generation.training.output import (
+    discard_previous_run,
+    exclusive_writer,
+    restore_previous_run,
+    set_aside_previous_run,
+)
+from face_generation.training.resume import check_same_model, plan_resume
+from face_generation.training.settings import check_train_settings
 from face_generation.training.tracker import NullTracker, Tracker, create_tracker
 
 
@@ -117,41 +124,8 @@ class SignalStop:
             signal.signal(signum, handler)
 
 
-def resume_checkpoint(resume: str | None, checkpoints: Path) -> Path | None:
-    """The checkpoint `train.resume` points at: null → none, auto → newest, else a path."""
-    if resume in (None, "", "null"):
-        return None
-    if resume == "auto":
-        return newest_checkpoint(checkpoints)
-    path = Path(str(resume))
-    if not path.is_file():
-        raise CheckpointError(f"train.resume={resume}: checkpoint {path} does not exist")
-    return path
-
-
-def check_same_model(state: dict[str, Any], cfg: DictConfig, path: Path) -> None:
-    """A resumed run must rebuild the same networks on the same data resolution."""
-    current = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(current, dict)
-    saved = state["config"]
-    pairs = {f"model.{key}": (saved["model"].get(key), current["model"].get(key))
-             for key in {*saved["model"], *current["model"]} - {"sampling"}}  # fmt: skip
-    pairs["data.resolution"] = (saved["data"]["resolution"], current["data"]["resolution"])
-    differences = [
-        f"{key}: {before} in the checkpoint, {after} now"
-        for key, (before, after) in sorted(pairs.items())
-        if before != after
-    ]
-    if differences:
-        raise CheckpointError(
-            f"checkpoint {path} was trained with a different config and cannot be resumed:\n  "
-            + "\n  ".join(differences)
-            + "\nresume with the checkpoint's settings, or start afresh (train.resume=null)"
-        )
-
-
 def training_state(
-    cfg: DictConfig, family: Family, ema: EMA | None, step: int, run_id: str
+    cfg: DictConfig, family: Family, ema: EMA | None, step: int, run_id: str, data_hash: str
 ) -> dict[str, Any]:
     """Everything a checkpoint holds (the layout is documented in runtime/checkpoint.py);
     frozen networks are not in it: they are rebuilt from their own weights."""
@@ -170,6 +144,7 @@ def training_state(
         "rng": rng_state(),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "run_id": run_id,
+        "data_hash": data_hash,  # `train.resume=matching` resumes only on the same data
     }
 
 
@@ -224,9 +199,13 @@ def window_means(
 def train(cfg: DictConfig, tracker: Tracker | None = None) -> TrainResult:
     """Train `cfg.model` on the packed train split; returns where the result was written.
 
-    SIGINT/SIGTERM (from here on) make it checkpoint after the current step and return.
+    Every setting is checked before anything is touched; the model's folder has one writer
+    at a time. SIGINT/SIGTERM (from here on) make it checkpoint after the current step and
+    return.
     """
-    with SignalStop() as stop:
+    check_train_settings(cfg.train)
+    family_class(str(cfg.model.name))  # an unknown family fails before any file is touched
+    with SignalStop() as stop, exclusive_writer(model_dir(cfg)):
         return _train(cfg, tracker, stop)
 
 
@@ -291,29 +270,39 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
     ema = EMA(generator, float(train_cfg.ema.decay)) if train_cfg.ema.enabled else None
     seed_rank(seed, context, 0)
 
-    # Resume, or start afresh.
+    # Resume, or start afresh (the earlier run's files set aside until the first checkpoint).
     output = model_dir(cfg)
     checkpoints = output / "checkpoints"
     samples = output / "samples"
-    start_step, run_id = 0, None
-    resume_path = resume_checkpoint(train_cfg.resume, checkpoints)
-    if resume_path is not None:
-        state = load_checkpoint(resume_path, expected_model=str(cfg.model.name))
-        check_same_model(state, cfg, resume_path)
-        restore_training_state(state, family, ema, resume_path)
-        start_step, run_id = int(state["step"]), state.get("run_id")
-        seed_rank(seed, context, start_step)
-        print(f"[train] resumed from {resume_path} at step {start_step} (run {run_id})")
-        del state
-    elif context.is_main and (checkpoints.exists() or (output / "model.pt").exists()):
+    data_hash = str(read_meta(packed).get("data_hash", "unknown"))
+    if context.is_main and restore_previous_run(output):
         print(
-            f"[train] fresh start (train.resume=null): removing the earlier run's files in {output}"
+            f"[train] restored the files of the run before an interrupted fresh start in {output}"
         )
-        for folder in (checkpoints, samples):
-            shutil.rmtree(folder, ignore_errors=True)
-        for file in (output / "model.pt", output / "samples.png", output / "losses.csv"):
-            file.unlink(missing_ok=True)
-    losses = LossLog(output / "losses.csv", start_step if resume_path else None)
+    plan = plan_resume(cfg, checkpoints, data_hash)
+    if plan.note:
+        print(f"[train] {plan.note}")
+    start_step, run_id = 0, None
+    if plan.finished:
+        assert plan.checkpoint is not None and plan.state is not None
+        if context.is_main and not (output / "model.pt").exists():
+            shutil.copyfile(plan.checkpoint, output / "model.pt")
+        return TrainResult(int(plan.state["step"]), output / "model.pt", plan.state["run_id"])
+    if plan.checkpoint is not None:
+        assert plan.state is not None
+        check_same_model(plan.state, cfg, plan.checkpoint)
+        restore_training_state(plan.state, family, ema, plan.checkpoint)
+        start_step, run_id = int(plan.state["step"]), plan.state.get("run_id")
+        seed_rank(seed, context, start_step)
+        print(f"[train] resumed from {plan.checkpoint} at step {start_step} (run {run_id})")
+        plan.state = None
+    elif context.is_main and set_aside_previous_run(output):
+        print(
+            f"[train] fresh start: the earlier run's files in {output} are kept in "
+            f"{output / '.previous'} until this run writes its first checkpoint"
+        )
+    previous_kept = (output / ".previous").is_dir()
+    losses = LossLog(output / "losses.csv", start_step if plan.checkpoint else None)
     if train_cfg.compile:
         for network in family.networks.values():  # frozen networks stay as they are
             network.compile()
@@ -322,13 +311,12 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
     if not context.is_main:
         tracker = NullTracker(run_id)
     tracker = tracker or create_tracker(cfg, run_id)
-    if resume_path is None:
+    if plan.checkpoint is None:
         tracker.log_params(flatten_config(cfg))
-    meta = read_meta(packed)
     tracker.set_tags(
         {
             "model": str(cfg.model.name),
-            "data_hash": meta.get("data_hash", "unknown"),
+            "data_hash": data_hash,
             "device": str(device),
             "seed": seed,
             "train_images": len(arrays["images"]),
@@ -342,13 +330,17 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
     )
 
     def save(step: int, *also: Path) -> Path:
+        nonlocal previous_kept
         path = step_path(checkpoints, step)
         if not context.is_main:
             return path
-        state = training_state(cfg, family, ema, step, tracker.run_id)
+        state = training_state(cfg, family, ema, step, tracker.run_id, data_hash)
         for target in (path, *also):
             save_checkpoint(state, target)
         prune_checkpoints(checkpoints, int(train_cfg.keep_checkpoints))
+        if previous_kept:  # this run has a checkpoint of its own now
+            discard_previous_run(output)
+            previous_kept = False
         return path
 
     grid_size = int(train_cfg.sample_grid)
@@ -424,7 +416,8 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
                 progress.close()
                 tracker.close("KILLED")
                 print(f"[train] stopped by {stop.received} at step {step}; checkpoint {last_good}; "
-                      "continue with train.resume=auto")  # fmt: skip
+                      "continue with train.resume=auto (under `dvc repro` or `make run`, "
+                      "rerunning resumes by itself)")  # fmt: skip
                 assert last_good is not None
                 return TrainResult(step, last_good, tracker.run_id, metrics, stop.received)
         progress.close()
@@ -440,13 +433,12 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
                 shutil.copyfile(grid_file, output / "samples.png")
             tracker.log_artifact(output / "losses.csv")
             tracker.log_generator(output / "model.pt", family_type, resolution)
-    except KeyboardInterrupt:
+    except BaseException as error:
         progress.close()
-        tracker.close("KILLED")
-        raise
-    except BaseException:
-        progress.close()
-        tracker.close("FAILED")
+        tracker.close("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        if previous_kept and context.is_main:
+            restore_previous_run(output)
+            print(f"[train] the earlier run's files in {output} are restored")
         raise
     tracker.close("FINISHED")
     print(f"[train] done: step {step} in {time.perf_counter() - started:.0f} s; {output / 'model.pt'} "

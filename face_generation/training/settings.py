@@ -1,0 +1,77 @@
+"""The `train` settings (configs/train/), typed and checked before training touches anything.
+
+A wrong type (`train.steps=abc`), an unknown key (`train.stepz=5`) or a value out of range
+(`train.batch_size=0`) is a `SettingsError` with one line naming the setting and what it
+accepts, raised before any file is moved or any MLflow run is created.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+PRECISIONS = ("bf16", "fp32")
+RESUME_MODES = ("auto", "matching")
+
+
+class SettingsError(ValueError):
+    """A setting the run cannot use; the message names it and what it accepts."""
+
+
+@dataclass
+class EmaSettings:
+    enabled: bool = True
+    decay: float = 0.999
+
+
+@dataclass
+class TrainSettings:
+    """The schema of configs/train/*.yaml (the defaults there are the documented ones)."""
+
+    steps: int = 1000
+    batch_size: int = 64
+    device: str = "auto"
+    precision: str = "bf16"
+    compile: bool = False
+    num_workers: int = 0
+    hflip: bool = True
+    grad_clip: float | None = None
+    ema: EmaSettings = field(default_factory=EmaSettings)
+    log_every: int = 25
+    sample_every: int = 250
+    sample_grid: int = 64
+    ckpt_every: int = 250
+    keep_checkpoints: int = 2
+    resume: str | None = None
+    seed: int = 0
+
+
+def check_train_settings(train_cfg: DictConfig) -> TrainSettings:
+    """`cfg.train` as TrainSettings, or a SettingsError naming the first bad setting."""
+    try:
+        values = OmegaConf.to_container(train_cfg, resolve=True)  # ${seed} points outside `train`
+        merged = OmegaConf.merge(OmegaConf.structured(TrainSettings), values)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or "train"
+        reason = str(error.msg).splitlines()[0]
+        raise SettingsError(f"train.{key.removeprefix('train.')}: {reason}") from None
+    settings = OmegaConf.to_object(merged)
+    assert isinstance(settings, TrainSettings)
+    counts = ("steps", "batch_size", "log_every", "sample_every", "sample_grid", "ckpt_every",
+              "keep_checkpoints")  # fmt: skip
+    problems = [(name, getattr(settings, name), "at least 1") for name in counts
+                if getattr(settings, name) < 1]  # fmt: skip
+    if settings.num_workers < 0:
+        problems.append(("num_workers", settings.num_workers, "0 or more"))
+    if settings.precision not in PRECISIONS:
+        problems.append(("precision", settings.precision, " or ".join(PRECISIONS)))
+    if settings.grad_clip is not None and settings.grad_clip <= 0:
+        problems.append(("grad_clip", settings.grad_clip, "null (off) or a positive norm"))
+    if not 0.0 <= settings.ema.decay < 1.0:
+        problems.append(("ema.decay", settings.ema.decay, "in [0, 1)"))
+    if problems:
+        name, value, accepted = problems[0]
+        raise SettingsError(f"train.{name}={value} is not allowed: it must be {accepted}")
+    return settings
