@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -54,3 +55,15 @@ def link_images(source: Path, destination: Path, names: Sequence[str]) -> Path:
     for name in names:
         (destination / name).symlink_to(source / name)
     return destination
+
+
+@pytest.fixture
+def closed_port_url() -> str:
+    """An http URL on this machine whose port refuses connections: a weights host that is down.
+
+    (A port the OS just handed out and that was closed again; nothing listens on it.)
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"

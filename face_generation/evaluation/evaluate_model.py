@@ -39,14 +39,11 @@ from face_generation.evaluation.plots import (
 from face_generation.evaluation.precision_recall import precision_recall
 from face_generation.evaluation.real_stats import RealFeatures, packed_data_hash, real_features
 from face_generation.evaluation.reconstruction import psnr, ssim
-from face_generation.evaluation.standard_networks import (
-    Unavailable,
-    load_inception,
-    load_lpips,
-    lpips_distance,
-)
-from face_generation.features.effnet import build_feature_extractor, embed_images
+from face_generation.features.backbone import build_feature_extractor
 from face_generation.features.identity import FaceIdentityEncoder
+from face_generation.features.inception import load_inception
+from face_generation.features.lpips import load_lpips, lpips_distance
+from face_generation.features.network import EmbeddingNetwork, embed_images
 from face_generation.features.pixels import batches, resolve_device, to_float_nchw
 from face_generation.features.weights import WeightsUnavailableError
 from face_generation.training.checkpoint import load_checkpoint, load_generator
@@ -130,7 +127,7 @@ def unavailable(reason: str, network: str, data_hash: str) -> dict:
 
 def cached_real(
     cfg: DictConfig,
-    network: nn.Module,
+    network: EmbeddingNetwork,
     images: np.ndarray,
     data_hash: str,
     split: str,
@@ -159,7 +156,7 @@ def distribution_metrics(
     generated: np.ndarray,
     data_hash: str,
     device: torch.device,
-) -> tuple[dict[str, dict], dict[str, np.ndarray], nn.Module]:
+) -> tuple[dict[str, dict], dict[str, np.ndarray], EmbeddingNetwork]:
     """fd_/kid_/precision_/recall_<backbone> and fid_inception; also the backbone features."""
     eval_cfg = cfg.eval
     prefix = metric_prefix(cfg)
@@ -236,11 +233,10 @@ def inception_metric(
         return unavailable(
             "disabled by eval.fid_inception.enabled=false", "inception_v3", data_hash
         )
-    network = load_inception(
-        settings.weights_path, bool(settings.antialias), float(cfg.eval.network_timeout_s)
-    )
-    if isinstance(network, Unavailable):
-        return unavailable(network.reason, "inception_v3", data_hash)
+    try:
+        network = load_inception(settings, float(cfg.eval.network_timeout_s))
+    except WeightsUnavailableError as error:
+        return unavailable(str(error), "inception_v3", data_hash)
     reference = cached_real(cfg, network, real, data_hash, str(cfg.eval.split), device)
     fake = embed_images(
         network,
@@ -289,11 +285,10 @@ def reconstruction_metrics(
             "disabled by eval.lpips.enabled=false", lpips_name, data_hash
         )
     else:
-        model = load_lpips(
-            str(lpips_cfg.net), lpips_cfg.weights_path, float(eval_cfg.network_timeout_s)
-        )
-        if isinstance(model, Unavailable):
-            metrics["lpips"] = unavailable(model.reason, lpips_name, data_hash)
+        try:
+            model = load_lpips(lpips_cfg, float(eval_cfg.network_timeout_s))
+        except WeightsUnavailableError as error:
+            metrics["lpips"] = unavailable(str(error), lpips_name, data_hash)
         else:
             value = lpips_distance(
                 model, outputs, originals, (-1.0, 1.0), int(eval_cfg.batch_size), device
@@ -351,7 +346,7 @@ def nearest_neighbours(
 
 def nearest_train(
     cfg: DictConfig,
-    backbone: nn.Module,
+    backbone: EmbeddingNetwork,
     packed: Path,
     resolution: int,
     data_hash: str,

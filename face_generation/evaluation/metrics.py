@@ -1,6 +1,6 @@
 """The evaluation metrics in one import: small functions on feature or image arrays.
 
-Distribution metrics, on N x D features of real and generated images (`features/effnet.py`
+Distribution metrics, on N x D features of real and generated images (`features/network.py`
 embeds images; `real_stats.py` caches the real side):
     frechet_distance(mu1, sigma1, mu2, sigma2), feature_statistics(features)   -> fd_<network>
     kid(features_a, features_b, subsets, subset_size)                          -> kid_<network>
@@ -9,8 +9,8 @@ Reconstruction metrics, on row-aligned image batches:
     ssim(reconstructions, originals, value_range), psnr(...)
 Identity, on row-aligned embeddings (`features/identity.py`):
     identity_similarity(embeddings_a, embeddings_b, threshold)
-Standard networks that need downloaded weights, `Unavailable` (with the reason) without them:
-    load_inception(weights_path) -> fid_inception, load_lpips(net, weights_path) -> lpips
+The networks behind them (EfficientNet-Lite0, DINOv2, Inception-v3 for fid_inception, LPIPS,
+dlib, FaceNet) live in `features/`, one file each.
 """
 
 from __future__ import annotations
@@ -26,30 +26,18 @@ from face_generation.evaluation.kid import KernelDistance, kid
 from face_generation.evaluation.precision_recall import PrecisionRecall, precision_recall
 from face_generation.evaluation.real_stats import RealFeatures, packed_data_hash, real_features
 from face_generation.evaluation.reconstruction import psnr, ssim
-from face_generation.evaluation.standard_networks import (
-    InceptionV3Features,
-    Unavailable,
-    load_inception,
-    load_lpips,
-    lpips_distance,
-)
 
 __all__ = [
     "FeatureStatistics",
     "IdentitySimilarity",
-    "InceptionV3Features",
     "KernelDistance",
     "PrecisionRecall",
     "RealFeatures",
-    "Unavailable",
     "feature_statistics",
     "frechet_distance",
     "frechet_distance_between",
     "identity_similarity",
     "kid",
-    "load_inception",
-    "load_lpips",
-    "lpips_distance",
     "packed_data_hash",
     "precision_recall",
     "psnr",

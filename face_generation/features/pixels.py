@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 ImageBatch = np.ndarray | torch.Tensor
 ValueRange = tuple[float, float] | Sequence[float] | None
@@ -91,6 +92,15 @@ def to_uint8_nhwc(images: ImageBatch, value_range: ValueRange) -> np.ndarray:
         )
     unit = to_float_nchw(images, value_range, (0.0, 255.0), device="cpu")
     return unit.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def resize(images: torch.Tensor, size: int, antialias: bool) -> torch.Tensor:
+    """Bilinear resize of N x C x H x W to size x size; with `antialias`, shrinking averages every source pixel."""
+    if images.shape[-2:] == (size, size):
+        return images
+    return nn.functional.interpolate(
+        images, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias
+    )
 
 
 def batches(images: ImageBatch, batch_size: int) -> Iterator[ImageBatch]:
