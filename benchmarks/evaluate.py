@@ -39,12 +39,14 @@ import numpy as np
 import timm
 import torch
 import torchmetrics
+from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.machine import machine  # noqa: E402
+from face_generation.config import compose  # noqa: E402
 from face_generation.data import crop, images, pack  # noqa: E402
 from face_generation.evaluation.frechet import (  # noqa: E402
     feature_statistics,
@@ -53,8 +55,9 @@ from face_generation.evaluation.frechet import (  # noqa: E402
 from face_generation.evaluation.kid import kid  # noqa: E402
 from face_generation.evaluation.precision_recall import precision_recall  # noqa: E402
 from face_generation.evaluation.real_stats import real_features  # noqa: E402
-from face_generation.features.effnet import EfficientNetLite0, embed_images  # noqa: E402
-from face_generation.features.pixels import batches, to_float_nchw  # noqa: E402
+from face_generation.features.effnet import EfficientNetLite0, load_effnet  # noqa: E402
+from face_generation.features.network import embed_images  # noqa: E402
+from face_generation.runtime.pixels import batches, to_float_nchw  # noqa: E402
 
 SAMPLE = REPO.parent / "shared" / "data" / "celeba-sample-10k"
 RESULTS = REPO / "benchmarks" / "results" / "evaluate.json"
@@ -88,6 +91,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class PooledFeatures(nn.Module):
+    """What torchmetrics' FID calls on each batch: [-1, 1] images -> the N x D embedding tensor."""
+
+    def __init__(self, network: EfficientNetLite0) -> None:
+        super().__init__()
+        self.network = network
+        self.num_features = network.num_features  # torchmetrics reads it
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network.forward(self.network.preprocess(images, (-1.0, 1.0))).embedding
+
+
 def run_torchmetrics(
     network: EfficientNetLite0,
     real: np.ndarray,
@@ -95,7 +110,7 @@ def run_torchmetrics(
     batch_size: int,
     device: torch.device,
 ) -> tuple[float, float]:
-    metric = FrechetInceptionDistance(feature=network).to(device)
+    metric = FrechetInceptionDistance(feature=PooledFeatures(network)).to(device)
     started = time.perf_counter()
     for is_real, faces in ((True, real), (False, fake)):
         for batch in batches(faces, batch_size):
@@ -240,7 +255,7 @@ def main() -> None:
         f"(packed on the fly, untimed: {time.perf_counter() - started:.1f} s)",
         flush=True,
     )
-    network = EfficientNetLite0()
+    network = load_effnet(compose("config").eval.backbones.effnet_lite0)
     results = []
     for name in devices:
         device = torch.device(name)

@@ -4,6 +4,7 @@ one copy of each family trained for a few steps that every test reading a traine
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,3 +86,15 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedModels:
         for name in family_names()
     }
     return TrainedModels(root, checkpoints)
+
+
+@pytest.fixture
+def closed_port_url() -> str:
+    """An http URL on this machine whose port refuses connections: a weights host that is down.
+
+    (A port the OS just handed out and that was closed again; nothing listens on it.)
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import time
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +11,10 @@ import pytest
 import scipy.linalg
 import skimage.data
 import torch
+from omegaconf import DictConfig, OmegaConf
 from scipy import ndimage
 
+from face_generation.config import compose
 from face_generation.evaluation.frechet import (
     FeatureStatistics,
     feature_statistics,
@@ -25,13 +26,11 @@ from face_generation.evaluation.kid import kid
 from face_generation.evaluation.precision_recall import precision_recall
 from face_generation.evaluation.real_stats import real_features
 from face_generation.evaluation.reconstruction import psnr, ssim
-from face_generation.evaluation.standard_networks import (
-    Unavailable,
-    load_inception,
-    load_lpips,
-    lpips_distance,
-)
-from face_generation.features.weights import unreachable
+from face_generation.features.effnet import EfficientNetLite0, packaged_effnet_weights
+from face_generation.features.inception import load_inception
+from face_generation.features.lpips import load_lpips, lpips_distance
+from face_generation.features.network import embed_images
+from face_generation.features.weights import WeightsUnavailableError
 
 
 def gaussian_features(count: int, dim: int, seed: int, shift: float = 0.0) -> np.ndarray:
@@ -218,9 +217,8 @@ def all_ranges(faces: np.ndarray) -> list[tuple[Any, tuple[float, float] | None]
 
 
 def test_effnet_metrics_are_the_same_for_uint8_unit_and_signed_inputs() -> None:
-    from face_generation.features.effnet import EfficientNetLite0, embed_images
-
-    network = EfficientNetLite0(image_size=128)  # smaller than 224 only to keep the test fast
+    # 128 px rather than the configured 224 only to keep the test fast.
+    network = EfficientNetLite0(packaged_effnet_weights(), image_size=128, antialias=True)
     real_faces, fake_faces = lfw_faces(10), lfw_faces(10, offset=40)
     real = embed_images(network, real_faces, batch_size=10, device="cpu")
     real_statistics = feature_statistics(real)
@@ -244,10 +242,9 @@ def test_effnet_metrics_are_the_same_for_uint8_unit_and_signed_inputs() -> None:
 
 
 def test_float_images_without_a_value_range_are_refused() -> None:
-    from face_generation.features.effnet import EfficientNetLite0, embed_images
-
+    network = EfficientNetLite0(packaged_effnet_weights(), image_size=32, antialias=True)
     with pytest.raises(ValueError, match="value_range"):
-        embed_images(EfficientNetLite0(), torch.rand(2, 3, 16, 16), device="cpu")
+        embed_images(network, torch.rand(2, 3, 16, 16), device="cpu")
     with pytest.raises(ValueError, match="N x H x W x 3"):
         ssim(np.zeros((2, 3, 8, 8), np.uint8), np.zeros((2, 3, 8, 8), np.uint8))
 
@@ -339,69 +336,66 @@ def test_identity_similarity_of_embeddings_with_themselves_and_others() -> None:
 # --- standard networks, unavailable offline ---
 
 
-@pytest.fixture
-def empty_torch_hub(tmp_path: Path):
-    previous = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    yield tmp_path / "hub"
-    torch.hub.set_dir(previous)
+@pytest.fixture(scope="module")
+def eval_cfg() -> DictConfig:
+    return compose("config").eval
 
 
-def require_offline(url: str) -> None:
-    if unreachable(url, timeout_s=3.0) is None:
-        pytest.skip(f"{url} is reachable here: the offline path cannot be exercised")
-
-
-def test_fid_inception_is_unavailable_offline_with_the_reason(empty_torch_hub: Path) -> None:
-    pytest.importorskip("torch_fidelity")
-    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
-
-    require_offline(URL_INCEPTION_V3)
-    started = time.monotonic()
-    result = load_inception(timeout_s=5.0)
-    assert isinstance(result, Unavailable) and result.metric == "fid_inception"
-    assert "not cached" in result.reason and "eval.fid_inception.weights_path" in result.reason
-    assert time.monotonic() - started < 10
-    assert result.as_dict() == {"available": False, "reason": result.reason}
-    missing = load_inception(weights_path=empty_torch_hub / "absent.pth")
-    assert isinstance(missing, Unavailable) and "is not a file" in missing.reason
-
-
-def test_fid_inception_runs_with_a_local_weights_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_fid_inception_is_unavailable_offline_with_the_reason(
+    eval_cfg: DictConfig, closed_port_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    pytest.importorskip("torch_fidelity")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache
+    url = f"{closed_port_url}/weights-inception-2015-12-05-6726825d.pth"  # a host that is down
+    with pytest.raises(WeightsUnavailableError) as raised:
+        load_inception(eval_cfg.fid_inception, timeout_s=5.0, url=url)
+    reason = str(raised.value)
+    assert "not cached" in reason and "eval.fid_inception.weights_path" in reason
+    assert "eval.fid_inception.enabled=false" in reason
+    missing = OmegaConf.merge(eval_cfg.fid_inception, {"weights_path": str(tmp_path / "absent")})
+    with pytest.raises(WeightsUnavailableError, match="is not a file"):
+        load_inception(missing, timeout_s=5.0, url=url)
+
+
+def test_fid_inception_runs_with_a_local_weights_file(eval_cfg: DictConfig, tmp_path: Path) -> None:
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    # Stand-in weights (random, not the FID network's, which cannot be had offline): the
-    # network is built once without loading any, and its initial state saved as the file.
-    with monkeypatch.context() as patch:
-        patch.setattr(torch, "load", lambda *args, **kwargs: {})
-        patch.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
-        initial = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], "unused.pth")
+    class RandomInception(FeatureExtractorInceptionV3):
+        """Keeps its random initial weights: it reads an empty file and loads nothing."""
+
+        def load_state_dict(
+            self, state_dict: Any, strict: bool = True, assign: bool = False
+        ) -> Any:
+            return None
+
+    # Stand-in weights (random, not the FID network's, which cannot be had offline).
+    torch.save({}, tmp_path / "empty.pth")
+    initial = RandomInception("inception-v3-compat", ["2048"], str(tmp_path / "empty.pth"))
     weights = tmp_path / "inception.pth"
     torch.save(initial.state_dict(), weights)
 
-    network = load_inception(weights_path=weights)
-    assert not isinstance(network, Unavailable), network
-    faces = torch.from_numpy(lfw_faces(2)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    with torch.no_grad():
-        features = network(faces)
-    assert features.shape == (2, 2048) and torch.isfinite(features).all()
+    network = load_inception(
+        OmegaConf.merge(eval_cfg.fid_inception, {"weights_path": str(weights)}), timeout_s=5.0
+    )
+    features = embed_images(network, lfw_faces(2), device="cpu")
+    assert features.shape == (2, 2048) and np.isfinite(features).all()
     assert network.cache_key == "inception_v3-2048-tf1-resize"
 
 
-def test_lpips_is_unavailable_offline_with_the_reason(empty_torch_hub: Path) -> None:
-    from face_generation.evaluation.standard_networks import lpips_backbone_url
+def test_lpips_is_unavailable_offline_with_the_reason(
+    eval_cfg: DictConfig, closed_port_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache
+    with pytest.raises(WeightsUnavailableError) as raised:
+        load_lpips(eval_cfg.lpips, timeout_s=5.0, url=f"{closed_port_url}/alexnet.pth")
+    assert "not cached" in str(raised.value)
+    assert "eval.lpips.weights_path" in str(raised.value)
+    assert "eval.lpips.enabled=false" in str(raised.value)
 
-    require_offline(lpips_backbone_url("alex"))
-    started = time.monotonic()
-    result = load_lpips("alex", timeout_s=5.0)
-    assert isinstance(result, Unavailable) and result.metric == "lpips"
-    assert "eval.lpips.weights_path" in result.reason
-    assert time.monotonic() - started < 10
 
-
-def test_lpips_runs_with_a_local_backbone_weights_file(tmp_path: Path) -> None:
+def test_lpips_runs_with_a_local_backbone_weights_file(
+    eval_cfg: DictConfig, tmp_path: Path
+) -> None:
     from torchvision.models import alexnet
 
     # Stand-in weights (random, not ImageNet's): checks the loading path, not LPIPS' values.
@@ -410,16 +404,26 @@ def test_lpips_runs_with_a_local_backbone_weights_file(tmp_path: Path) -> None:
     }
     weights = tmp_path / "alexnet.pth"
     torch.save(backbone, weights)
-    model: Any = load_lpips("alex", weights_path=weights)
-    assert not isinstance(model, Unavailable), model
+    model = load_lpips(OmegaConf.merge(eval_cfg.lpips, {"weights_path": str(weights)}), 5.0)
     # torchvision's features.3 is the first layer of lpips' second slice.
-    assert torch.equal(model.net.slice2.get_submodule("3").weight, backbone["features.3.weight"])
+    assert torch.equal(
+        model.model.net.slice2.get_submodule("3").weight, backbone["features.3.weight"]
+    )
     faces = np.stack(
         [skimage.data.astronaut()[::4, ::4][:64, :64], skimage.data.chelsea()[:64, :64]]
     )
     noisy = np.clip(faces.astype(int) + 40, 0, 255).astype(np.uint8)
     assert lpips_distance(model, faces, faces, device="cpu") == pytest.approx(0.0, abs=1e-6)
     assert lpips_distance(model, faces, noisy, device="cpu") > 1e-3
+    # Preprocess, forward and distance are lpips' own forward, split: the very same numbers.
+    first = torch.from_numpy(faces).permute(0, 3, 1, 2).float() / 127.5 - 1
+    second = torch.from_numpy(noisy).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.inference_mode():
+        ours = model.distance(
+            model.forward(model.preprocess(first, (-1.0, 1.0))),
+            model.forward(model.preprocess(second, (-1.0, 1.0))),
+        )
+        assert torch.equal(ours, model.model(first, second))
 
 
 # --- the cache of real statistics ---

@@ -36,8 +36,8 @@ from face_generation.evaluation.record import (
     EvaluationResult,
     write_json,
 )
-from face_generation.features.pixels import resolve_device
 from face_generation.runtime.checkpoint import CheckpointError
+from face_generation.runtime.device import pick_device
 from face_generation.runtime.generator import load_generator
 
 
@@ -53,7 +53,7 @@ def evaluate(cfg: DictConfig, checkpoint: Path | None = None) -> EvaluationResul
     started = time.perf_counter()
     checkpoint = checkpoint or default_checkpoint(cfg)
     name = str(cfg.model.name)
-    device = resolve_device(str(cfg.eval.device))
+    device = pick_device(str(cfg.eval.device))
     trained = load_generator(checkpoint, device)
     if trained.name != name:
         raise CheckpointError(

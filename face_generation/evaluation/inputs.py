@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from torch import nn
 from tqdm import tqdm
 
 from face_generation.evaluation.real_stats import RealFeatures, real_features
-from face_generation.features.effnet import build_feature_extractor, embed_images
-from face_generation.features.pixels import batches, to_float_nchw
+from face_generation.features.backbone import build_feature_extractor
+from face_generation.features.network import EmbeddingNetwork, embed_images
 from face_generation.runtime.generator import TrainedGenerator
 from face_generation.runtime.images import to_uint8
+from face_generation.runtime.pixels import batches, to_float_nchw
 
 
 def metric_prefix(eval_cfg: DictConfig) -> str:
@@ -98,7 +98,7 @@ class EvaluationInputs:
         )
 
     @cached_property
-    def backbone(self) -> nn.Module:
+    def backbone(self) -> EmbeddingNetwork:
         """The feature network of the distribution metrics (eval.backbone)."""
         return build_feature_extractor(self.eval_cfg)
 
@@ -122,7 +122,7 @@ class EvaluationInputs:
         batch_size = int(self.eval_cfg.sample_batch_size)
         return originals, reconstruct(self.trained, originals, batch_size, self.device)
 
-    def embed(self, network: nn.Module, images: np.ndarray, progress: str) -> np.ndarray:
+    def embed(self, network: EmbeddingNetwork, images: np.ndarray, progress: str) -> np.ndarray:
         return embed_images(
             network,
             images,
@@ -131,11 +131,13 @@ class EvaluationInputs:
             progress=progress,
         )
 
-    def real_features(self, network: nn.Module, images: np.ndarray, split: str) -> RealFeatures:
+    def real_features(
+        self, network: EmbeddingNetwork, images: np.ndarray, split: str
+    ) -> RealFeatures:
         """Features of real `images` (the first rows of `split`), from the cache or embedded now."""
         return real_features(
             Path(self.eval_cfg.cache_dir),
-            str(getattr(network, "cache_key", type(network).__name__)),
+            network.cache_key,
             self.data_hash,
             split,
             len(images),

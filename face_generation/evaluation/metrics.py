@@ -23,13 +23,9 @@ from face_generation.evaluation.kid import kid
 from face_generation.evaluation.precision_recall import precision_recall
 from face_generation.evaluation.reconstruction import psnr, ssim
 from face_generation.evaluation.record import PIXELS, measured, unavailable
-from face_generation.evaluation.standard_networks import (
-    Unavailable,
-    load_inception,
-    load_lpips,
-    lpips_distance,
-)
 from face_generation.features.identity import FaceIdentityEncoder
+from face_generation.features.inception import load_inception
+from face_generation.features.lpips import load_lpips, lpips_distance
 from face_generation.features.weights import WeightsUnavailableError
 from face_generation.runtime.family import RECONSTRUCT, SAMPLE, Family
 
@@ -124,11 +120,10 @@ class InceptionFID(Metric):
         if not settings.enabled:
             reason = "disabled by eval.fid_inception.enabled=false"
             return {"fid_inception": unavailable(reason, "inception_v3", inputs.data_hash)}
-        network = load_inception(
-            settings.weights_path, bool(settings.antialias), float(self.eval_cfg.network_timeout_s)
-        )
-        if isinstance(network, Unavailable):
-            return {"fid_inception": unavailable(network.reason, "inception_v3", inputs.data_hash)}
+        try:
+            network = load_inception(settings, float(self.eval_cfg.network_timeout_s))
+        except WeightsUnavailableError as error:
+            return {"fid_inception": unavailable(str(error), "inception_v3", inputs.data_hash)}
         real = inputs.real_features(network, inputs.real, str(self.eval_cfg.split))
         fake = inputs.embed(network, inputs.generated, "generated Inception features")
         distance = frechet_distance_between(real.statistics, feature_statistics(fake))
@@ -171,11 +166,10 @@ class LpipsReconstruction(Metric):
         if not settings.enabled:
             reason = "disabled by eval.lpips.enabled=false"
             return {"lpips": unavailable(reason, network, inputs.data_hash)}
-        model = load_lpips(
-            str(settings.net), settings.weights_path, float(self.eval_cfg.network_timeout_s)
-        )
-        if isinstance(model, Unavailable):
-            return {"lpips": unavailable(model.reason, network, inputs.data_hash)}
+        try:
+            model = load_lpips(settings, float(self.eval_cfg.network_timeout_s))
+        except WeightsUnavailableError as error:
+            return {"lpips": unavailable(str(error), network, inputs.data_hash)}
         originals, outputs = inputs.reconstructions
         value = lpips_distance(
             model, outputs, originals, (-1.0, 1.0), int(self.eval_cfg.batch_size), inputs.device

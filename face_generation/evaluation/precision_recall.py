@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from face_generation.features.pixels import resolve_device
+from face_generation.runtime.device import pick_device
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def precision_recall(
     device: str | torch.device | None = "auto",
 ) -> PrecisionRecall:
     """Precision and recall of N x D `fake` features against M x D `real` features."""
-    target = resolve_device(device)
+    target = pick_device(device)
     real_features, fake_features = as_float32(real, target), as_float32(fake, target)
     if real_features.ndim != 2 or real_features.shape[1:] != fake_features.shape[1:]:
         raise ValueError(f"need N x D and M x D features, got {real.shape} and {fake.shape}")

@@ -1,7 +1,7 @@
 """SSIM and PSNR of reconstructions against the images they reconstruct (torchmetrics).
 
 Both compare RGB images in [0, 1] (data range 1), whatever range they came in (see
-`features/pixels.py`), and return the mean over images of the per-image value: PSNR is
+`runtime/pixels.py`), and return the mean over images of the per-image value: PSNR is
 computed per image and then averaged (a batch-level PSNR of the pooled MSE would let a few
 bad reconstructions hide), and is infinite for identical images. SSIM follows torchmetrics:
 the SSIM map of reflection-padded images averaged over every pixel (scikit-image averages
@@ -18,7 +18,7 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
-from face_generation.features.pixels import ImageBatch, ValueRange, batches, to_float_nchw
+from face_generation.runtime.pixels import ImageBatch, ValueRange, batches, to_float_nchw
 
 
 def check_pair(reconstructions: ImageBatch, originals: ImageBatch) -> None:

@@ -11,11 +11,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from face_generation.runtime.pixels import to_uint8_nhwc
+
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """N×3×H×W floats in [-1, 1] → N×H×W×3 uint8 (values outside are clipped)."""
-    pixels = ((images.detach().float().cpu() + 1.0) * 127.5).round().clamp(0, 255)
-    return pixels.to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return to_uint8_nhwc(images.detach(), (-1.0, 1.0))
 
 
 def save_png(pixels: np.ndarray, path: Path) -> Path:

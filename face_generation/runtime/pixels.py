@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 ImageBatch = np.ndarray | torch.Tensor
 ValueRange = tuple[float, float] | Sequence[float] | None
@@ -93,16 +94,18 @@ def to_uint8_nhwc(images: ImageBatch, value_range: ValueRange) -> np.ndarray:
     return unit.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
+def resize(images: torch.Tensor, size: int, antialias: bool) -> torch.Tensor:
+    """Bilinear resize of N x C x H x W to size x size; with `antialias`, shrinking averages every source pixel."""
+    if images.shape[-2:] == (size, size):
+        return images
+    return nn.functional.interpolate(
+        images, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias
+    )
+
+
 def batches(images: ImageBatch, batch_size: int) -> Iterator[ImageBatch]:
     """Consecutive slices of at most `batch_size` images (a memory-mapped array stays lazy)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     for start in range(0, len(images), batch_size):
         yield images[start : start + batch_size]
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """`auto` (or None) picks CUDA when present, else the CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
