@@ -4,12 +4,15 @@ Examples:
   python -m face_generation.train model=vae
   python -m face_generation.train model=dcgan train.steps=5000 data.resolution=64
   python -m face_generation.train model=vae train.resume=auto       (continue the last run)
-  python -m face_generation.train --params params.yaml --model dcgan (as `dvc repro` runs it)
+  python -m face_generation.train --params params.yaml --model dcgan train.resume=matching
+                                      (as `dvc repro` runs it: an interrupted run of the same
+                                      settings and data continues, anything else starts afresh)
 
 Writes models/<model>/model.pt (the final checkpoint), models/<model>/checkpoints/ (every
 train.ckpt_every steps), models/<model>/samples/ (a grid every train.sample_every steps) and
-models/<model>/samples.png. SIGINT or SIGTERM checkpoints and stops; resume with
-train.resume=auto.
+models/<model>/samples.png. A fresh start keeps the earlier run's files (in
+models/<model>/.previous/) until its first checkpoint; two trainings of one model at once are
+refused. SIGINT or SIGTERM checkpoints and stops; resume with train.resume=auto.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from face_generation.data.packed import DataError
 from face_generation.runtime.checkpoint import CheckpointError
 from face_generation.runtime.registry import UnknownFamilyError
 from face_generation.training.loop import TrainingDiverged, train
+from face_generation.training.output import OutputBusyError
+from face_generation.training.settings import SettingsError
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -34,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         TrainingDiverged,
         DataError,
         UnknownFamilyError,
+        SettingsError,
+        OutputBusyError,
         FileNotFoundError,
     ) as error:
         raise SystemExit(f"[train] error: {error}") from None

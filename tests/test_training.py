@@ -8,9 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -33,35 +31,12 @@ from face_generation.training.data import PackedBatches, batch_rows
 from face_generation.training.loop import TrainingDiverged, train
 from face_generation.training.tracker import NullTracker
 from tests.faces import REPO, RESOLUTION, config, overrides, write_packed
-from tests.tracking_fixtures import MlflowServer, tracked
+from tests.tracking_fixtures import MlflowServer, RecordingTracker, tracked
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_packed(tmp_path_factory.mktemp("faces") / "data")
-
-
-class RecordingTracker(NullTracker):
-    """The tracker protocol, recording what the loop sends (stands in for MLflow here)."""
-
-    def __init__(self, run_id: str | None = None) -> None:
-        super().__init__(run_id)
-        self.params: dict[str, Any] = {}
-        self.metrics: list[tuple[int, dict[str, float]]] = []
-        self.artifacts: list[Path] = []
-        self.tags: dict[str, Any] = {}
-
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        self.params.update(params)
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        self.metrics.append((step, dict(metrics)))
-
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self.artifacts.append(Path(path))
-
-    def set_tags(self, tags: Mapping[str, Any]) -> None:
-        self.tags.update(tags)
 
 
 # --- networks -------------------------------------------------------------------------

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import re
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
 from face_generation.config import compose
 from face_generation.tracking.server import start_server, stop_server
+from face_generation.training.tracker import NullTracker
 
 
 @dataclass
@@ -93,3 +95,26 @@ def tracking_cfg(
     merged = OmegaConf.merge(mlflow_server.cfg, overrides)
     assert isinstance(merged, DictConfig)
     return merged
+
+
+class RecordingTracker(NullTracker):
+    """The tracker protocol, recording what the loop sends (stands in for MLflow here)."""
+
+    def __init__(self, run_id: str | None = None) -> None:
+        super().__init__(run_id)
+        self.params: dict[str, Any] = {}
+        self.metrics: list[tuple[int, dict[str, float]]] = []
+        self.artifacts: list[Path] = []
+        self.tags: dict[str, Any] = {}
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self.params.update(params)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        self.metrics.append((step, dict(metrics)))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.artifacts.append(Path(path))
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self.tags.update(tags)

@@ -20,6 +20,7 @@ Writing (atomic, pruned) is training's job: face_generation/training/checkpoint.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,13 @@ def load_checkpoint(path: str | Path, expected_model: str | None = None) -> dict
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False: never take that advice here
+        raise CheckpointError(
+            f"checkpoint {path} is not a checkpoint of this project: it holds Python objects "
+            "beyond tensors and plain values, whose unpickling could run code, so it was not "
+            "loaded. Use a checkpoint written by face_generation training"
+        ) from None
     except Exception as error:
         raise CheckpointError(
             f"checkpoint {path} cannot be read ({type(error).__name__}: {error}). The file is "

@@ -1,0 +1,136 @@
+"""Training never loses a trained model: bad settings, failures before the first checkpoint,
+a second writer, and resumes under the pipeline (faults a user meets at the CLI)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from face_generation.runtime.checkpoint import load_checkpoint
+from face_generation.train import main as train_main
+from face_generation.training.checkpoint import list_checkpoints
+from face_generation.training.loop import TrainingDiverged, train
+from face_generation.training.output import exclusive_writer
+from face_generation.training.tracker import NullTracker
+from tests.faces import config, overrides, write_packed
+from tests.tracking_fixtures import MlflowServer, RecordingTracker, tracked
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_packed(tmp_path_factory.mktemp("faces") / "data")
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file below `folder` (but the lock) with its bytes."""
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != ".lock"
+    }
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("train.batch_size=0", r"train\.batch_size=0 is not allowed: it must be at least 1"),
+        ("train.steps=-1", r"train\.steps=-1 is not allowed: it must be at least 1"),
+        ("train.steps=abc", r"train\.steps: Value 'abc' .* could not be converted to Integer"),
+        ("train.precision=fp16", r"train\.precision=fp16 is not allowed: it must be bf16 or fp32"),
+    ],
+)
+def test_a_bad_setting_touches_neither_the_model_nor_mlflow(
+    setting: str,
+    message: str,
+    data_dir: Path,
+    tmp_path: Path,
+    mlflow_server: MlflowServer,
+) -> None:
+    models = tmp_path / "models"
+    train(config("vae", data_dir, models), NullTracker())
+    before = snapshot(models / "vae")
+    tracking = tracked(mlflow_server, tmp_path, "bad-setting")
+    with pytest.raises(SystemExit, match=rf"^\[train\] error: {message}") as failure:
+        train_main([*overrides("vae", data_dir, models), *tracking, setting])
+    assert "\n" not in str(failure.value)
+    assert snapshot(models / "vae") == before
+    client = MlflowClient(mlflow_server.uri)
+    assert client.get_experiment_by_name("test-bad-setting") is None  # no run, no FAILED run
+
+
+def test_a_run_failing_before_its_first_checkpoint_gives_the_earlier_model_back(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    train(config("vae", data_dir, models), NullTracker())
+    before = snapshot(models / "vae")
+    with pytest.raises(TrainingDiverged):  # NaN at step 2, the first checkpoint is at 3
+        train(config("vae", data_dir, models, "model.beta=nan"), NullTracker())
+    assert snapshot(models / "vae") == before
+    assert not (models / "vae" / ".previous").exists()
+
+
+def test_a_fresh_start_discards_the_earlier_run_once_it_has_a_checkpoint(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    train(config("vae", data_dir, models), NullTracker())
+    result = train(config("vae", data_dir, models, "train.steps=3"), NullTracker())
+    assert [step for step, _ in list_checkpoints(models / "vae" / "checkpoints")] == [3]
+    assert load_checkpoint(result.checkpoint)["step"] == 3
+    assert not (models / "vae" / ".previous").exists()
+
+
+def test_a_second_training_of_the_same_model_is_refused_naming_the_first(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    busy = rf"another training \(PID {os.getpid()}\)"
+    with exclusive_writer(models / "vae"), pytest.raises(SystemExit, match=busy):
+        train_main(overrides("vae", data_dir, models))  # the folder is held as a training would
+    assert not (models / "vae" / "model.pt").exists()
+    assert train(config("vae", data_dir, models), NullTracker()).step == 6  # released
+
+
+def test_matching_resume_continues_an_interrupted_run_and_nothing_else(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    straight = train(config("vae", data_dir, tmp_path / "straight"), NullTracker())
+    models = tmp_path / "models"
+    train(config("vae", data_dir, models, "train.steps=3"), NullTracker())  # stopped at 3 of 6
+    resumed = train(config("vae", data_dir, models, "train.resume=matching"), NullTracker())
+    assert "resuming the interrupted run" in capsys.readouterr().out
+    expected, actual = load_checkpoint(straight.checkpoint), load_checkpoint(resumed.checkpoint)
+    for name, tensor in expected["networks"]["vae"].items():
+        assert torch.equal(tensor, actual["networks"]["vae"][name]), name
+
+    changed = config("vae", data_dir, models, "train.resume=matching", "model.beta=2")
+    assert train(changed, NullTracker()).step == 6
+    out = capsys.readouterr().out
+    assert "starting afresh" in out and "model.beta: 1.0 → 2" in out
+
+
+def test_resume_auto_on_a_finished_run_does_nothing(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    models = tmp_path / "models"
+    first = train(config("vae", data_dir, models), NullTracker())
+    before = snapshot(models / "vae")
+    tracker = RecordingTracker()
+    result = train(config("vae", data_dir, models, "train.resume=auto"), tracker)
+    assert result.step == 6 and result.checkpoint == first.checkpoint
+    assert "already finished at step 6" in capsys.readouterr().out
+    assert tracker.status is None and tracker.metrics == []  # no run touched, nothing registered
+    assert snapshot(models / "vae") == before
+
+
+def test_resume_auto_without_a_checkpoint_says_so(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = train(config("vae", data_dir, tmp_path / "models", "train.resume=auto"), NullTracker())
+    assert result.step == 6
+    assert "nothing to resume: no checkpoint in" in capsys.readouterr().out
