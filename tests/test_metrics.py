@@ -31,6 +31,7 @@ from face_generation.features.inception import load_inception
 from face_generation.features.lpips import load_lpips, lpips_distance
 from face_generation.features.network import embed_images
 from face_generation.features.weights import WeightsUnavailableError
+from tests.faces import lfw_faces
 
 
 def gaussian_features(count: int, dim: int, seed: int, shift: float = 0.0) -> np.ndarray:
@@ -200,10 +201,9 @@ def test_precision_stays_and_recall_falls_under_mode_collapse() -> None:
 # --- input ranges: the same images in any convention give the same metric ---
 
 
-def lfw_faces(count: int, offset: int = 0) -> np.ndarray:
+def lfw_rgb(count: int, offset: int = 0) -> np.ndarray:
     """Real faces embedded in scikit-image: 25 x 25 grey, as uint8 RGB N x H x W x 3."""
-    grey = skimage.data.lfw_subset()[offset : offset + count]
-    return np.repeat((grey * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
+    return np.repeat(lfw_faces(count, offset)[..., None], 3, axis=-1)
 
 
 def all_ranges(faces: np.ndarray) -> list[tuple[Any, tuple[float, float] | None]]:
@@ -219,7 +219,7 @@ def all_ranges(faces: np.ndarray) -> list[tuple[Any, tuple[float, float] | None]
 def test_effnet_metrics_are_the_same_for_uint8_unit_and_signed_inputs() -> None:
     # 128 px rather than the configured 224 only to keep the test fast.
     network = EfficientNetLite0(packaged_effnet_weights(), image_size=128, antialias=True)
-    real_faces, fake_faces = lfw_faces(10), lfw_faces(10, offset=40)
+    real_faces, fake_faces = lfw_rgb(10), lfw_rgb(10, offset=40)
     real = embed_images(network, real_faces, batch_size=10, device="cpu")
     real_statistics = feature_statistics(real)
     results = []
@@ -250,7 +250,7 @@ def test_float_images_without_a_value_range_are_refused() -> None:
 
 
 def test_ssim_and_psnr_are_the_same_for_every_input_range() -> None:
-    originals = lfw_faces(6)
+    originals = lfw_rgb(6)
     noisy = np.clip(
         originals.astype(int) + np.random.default_rng(21).integers(-25, 26, originals.shape), 0, 255
     ).astype(np.uint8)
@@ -301,7 +301,7 @@ def test_psnr_of_known_pairs() -> None:
 
 
 def test_ssim_of_known_pairs() -> None:
-    face = lfw_faces(1)
+    face = lfw_rgb(1)
     assert ssim(face, face) == pytest.approx(1.0, abs=1e-6)
     # Flat images: no variance, so SSIM is the luminance term (2 m1 m2 + C1) / (m1² + m2² + C1).
     first, second = np.full((1, 3, 32, 32), 0.5), np.full((1, 3, 32, 32), 0.6)
@@ -377,7 +377,7 @@ def test_fid_inception_runs_with_a_local_weights_file(eval_cfg: DictConfig, tmp_
     network = load_inception(
         OmegaConf.merge(eval_cfg.fid_inception, {"weights_path": str(weights)}), timeout_s=5.0
     )
-    features = embed_images(network, lfw_faces(2), device="cpu")
+    features = embed_images(network, lfw_rgb(2), device="cpu")
     assert features.shape == (2, 2048) and np.isfinite(features).all()
     assert network.cache_key == "inception_v3-2048-tf1-resize"
 

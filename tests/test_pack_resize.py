@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from face_generation.data.pack import resize_batch
+from tests.faces import lfw_faces
 
 CELEBA_IMAGES = Path(__file__).parents[1].parent / "shared" / "data" / "celeba-sample-10k"
 
@@ -64,9 +65,7 @@ def test_a_constant_image_stays_constant() -> None:
 
 
 def test_upscaling_the_embedded_25px_faces_to_32() -> None:
-    from skimage.data import lfw_subset
-
-    grey = np.clip(np.rint(lfw_subset()[:4] * 255.0), 0, 255).astype(np.uint8)  # 4 x 25 x 25
+    grey = lfw_faces(4)  # 4 x 25 x 25
     faces = np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=3))
     resized = resize_batch(as_batch(faces), 32, antialias=True)
     assert resized.shape == (4, 32, 32, 3) and resized.dtype == np.uint8
