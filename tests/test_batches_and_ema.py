@@ -1,0 +1,91 @@
+"""The data order, the flips, rank slices and the EMA: the guarantees the loop rests on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from face_generation.runtime.family import IMAGES, RowInput
+from face_generation.training.data import PackedBatches, batch_flips, batch_rows
+from face_generation.training.ema import EMA
+
+CPU = torch.device("cpu")
+
+
+def test_flips_mirror_about_half_of_each_batch_and_change_with_the_step() -> None:
+    patterns = [batch_flips(256, seed=7, step=step, hflip=True) for step in range(20)]
+    shares = [pattern.mean() for pattern in patterns]
+    assert all(0.35 < share < 0.65 for share in shares), shares  # binomial(256, ½): ±4.4σ
+    assert len({pattern.tobytes() for pattern in patterns}) == 20  # a new pattern every step
+    assert np.array_equal(patterns[3], batch_flips(256, seed=7, step=3, hflip=True))
+    assert not np.array_equal(patterns[3], batch_flips(256, seed=8, step=3, hflip=True))
+    assert not batch_flips(256, seed=7, step=3, hflip=False).any()
+
+
+def test_a_flipped_row_flips_every_array_by_its_own_policy() -> None:
+    count = 32
+    rng = np.random.default_rng(0)
+    arrays = {
+        "images": rng.integers(0, 256, (count, 8, 8, 3), dtype=np.uint8),
+        "maps": rng.standard_normal((count, 2, 4, 4)).astype(np.float32),
+        "vectors": rng.standard_normal((count, 5)).astype(np.float32),
+    }
+    inputs = (IMAGES, RowInput("maps", flip="map"), RowInput("vectors", flip="none"))
+    batches = PackedBatches(arrays, 16, 1, hflip=True, device=CPU, on_device=False, inputs=inputs)
+    batch = next(batches.iterate(0, 1))
+    flips = batch_flips(16, seed=1, step=0, hflip=True)
+    rows = batch.rows.numpy()
+    for i, (row, flipped) in enumerate(zip(rows, flips, strict=True)):
+        expected_map = arrays["maps"][row][..., ::-1] if flipped else arrays["maps"][row]
+        assert np.array_equal(batch.features["maps"][i].numpy(), expected_map)
+        assert np.array_equal(batch.features["vectors"][i].numpy(), arrays["vectors"][row])
+        image = arrays["images"][row][:, ::-1] if flipped else arrays["images"][row]
+        expected_image = torch.from_numpy(image.copy()).permute(2, 0, 1).float() / 127.5 - 1
+        assert torch.allclose(batch.images[i], expected_image)
+
+
+def test_ranks_split_one_global_batch_order() -> None:
+    images = np.zeros((40, 8, 8, 3), np.uint8)
+    whole = PackedBatches({"images": images}, 8, 5, hflip=True, device=CPU, on_device=False)
+    parts = [
+        PackedBatches(
+            {"images": images},
+            8,
+            5,
+            hflip=True,
+            device=CPU,
+            on_device=False,
+            rank=rank,
+            world_size=4,
+        )
+        for rank in range(4)
+    ]
+    for step in range(6):
+        rows, flips = whole.rows_and_flips(step)
+        shares = [part.rows_and_flips(step) for part in parts]
+        assert np.array_equal(np.concatenate([r for r, _ in shares]), rows)
+        assert np.array_equal(np.concatenate([f for _, f in shares]), flips)
+    with pytest.raises(ValueError, match="divisible"):
+        PackedBatches({"images": images}, 6, 5, True, CPU, False, rank=0, world_size=4)
+    assert np.array_equal(whole.rows_and_flips(2)[0], batch_rows(40, 8, seed=5, step=2))
+
+
+def test_the_ema_follows_the_weights_by_the_configured_decay() -> None:
+    network = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        network.weight.fill_(0.0)
+    ema = EMA(network, decay=0.9)
+    average = 0.0
+    for step in range(1, 30):
+        with torch.no_grad():
+            network.weight.fill_(float(step))
+        ema.update(network, step)
+        decay = min(0.9, (1 + step) / (10 + step))  # the documented warm-up of the decay
+        average = decay * average + (1 - decay) * step
+        assert ema.module.weight[0, 0].item() == pytest.approx(average, rel=1e-6)
+    assert ema.module.weight[0, 0].item() != 29.0  # behind the weights, not equal to them
+    assert not any(p.requires_grad for p in ema.module.parameters())
+    with pytest.raises(ValueError, match=r"decay must be in \[0, 1\)"):
+        EMA(network, decay=1.0)
