@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from face_generation.data.packed import features_dir
+from face_generation.families.latents import gaussian_latents
 from face_generation.families.optimization import adam, optimizer_step, place
 from face_generation.runtime.family import IMAGES, SAMPLE, Batch, Family, RowInput, StepContext
 from face_generation.runtime.registry import register_family
@@ -108,9 +109,9 @@ class TinyFamily(Family):
         """n images for the embeddings `cond` (zeros without one); `scale` scales the noise."""
         assert isinstance(network, TinyGenerator)
         device = next(network.parameters()).device
-        latents = torch.randn(n, network.latent_dim, generator=generator) * scale
+        latents = gaussian_latents(n, network.latent_dim, device, generator, scale)
         embedding = torch.zeros(n, EMBEDDING_DIM) if cond is None else cond.float()
-        return network(latents.to(device), embedding.to(device))
+        return network(latents, embedding.to(device))
 
 
 def write_features(data_dir: Path, resolution: int, counts: dict[str, int]) -> None:

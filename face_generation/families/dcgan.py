@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
+from face_generation.families.latents import gaussian_latents
 from face_generation.families.optimization import adam, optimizer_step, place
 from face_generation.models.dcgan import Discriminator, Generator
 from face_generation.runtime.family import Batch, Family, StepContext
@@ -98,13 +99,13 @@ class DCGANFamily(Family):
         generator: torch.Generator | None = None,
         temperature: float = 1.0,
     ) -> torch.Tensor:
-        """Generate from n latents drawn from N(0, temperature²·I), drawn on the CPU so that one
-        seed gives the same faces on every device (the truncation trick, for temperature < 1)."""
+        """Generate from n latents from N(0, temperature²·I) (families/latents.py); temperature
+        < 1 is the truncation trick."""
         if cond is not None:
             raise ValueError("DCGAN is unconditional: sample without a condition")
         assert isinstance(network, Generator)
-        latents = torch.randn(n, network.latent_dim, generator=generator) * temperature
-        return network(latents.to(next(network.parameters()).device))
+        device = next(network.parameters()).device
+        return network(gaussian_latents(n, network.latent_dim, device, generator, temperature))
 
 
 FAMILY = DCGANFamily

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
+from face_generation.families.latents import gaussian_latents
 from face_generation.families.optimization import adam, optimizer_step, place
 from face_generation.models.vae import VAE
 from face_generation.runtime.family import RECONSTRUCT, SAMPLE, Batch, Family, StepContext
@@ -83,14 +84,15 @@ class VAEFamily(Family):
         generator: torch.Generator | None = None,
         temperature: float = 1.0,
     ) -> torch.Tensor:
-        """Decode n latents drawn from N(0, temperature²·I); the noise is drawn on the CPU so
-        that one seed gives the same faces on every device. temperature < 1 trades variety
-        for typical faces."""
+        """Decode n latents from N(0, temperature²·I) (families/latents.py); temperature < 1
+        trades variety for typical faces."""
         if cond is not None:
             raise ValueError("the VAE is unconditional: sample without a condition")
         assert isinstance(network, VAE)
-        latents = torch.randn(n, network.latent_dim, generator=generator) * temperature
-        return network.decode(latents.to(next(network.parameters()).device))
+        device = next(network.parameters()).device
+        return network.decode(
+            gaussian_latents(n, network.latent_dim, device, generator, temperature)
+        )
 
     @classmethod
     @torch.no_grad()
