@@ -25,8 +25,9 @@ Built per run, `Family(model_cfg, resolution, context)`:
     state_dict() / load_state_dict(state)   the family's own state beyond networks,
                    optimisers, EMA and RNG (a schedule's phase), checkpointed; {} by default
     preview(network, n, generator, cond)    the images of the grids the loop logs; by default
-                   samples of the EMA generator with a fixed seed and, for conditional
-                   families, fixed conditions from the val split
+                   samples of the EMA generator with a fixed seed, the config's sampling
+                   options (`model.sampling`) and, for conditional families, fixed conditions
+                   from the val split
 
 Class methods, usable without a training run (the runtime calls them on loaded weights):
     build_generator(model_cfg, resolution)  the `generator_key` network with initial weights
@@ -35,10 +36,14 @@ Class methods, usable without a training run (the runtime calls them on loaded w
                    (temperature, steps, sampler, guidance...), their defaults in the signature
                    and overridable per model under `model.sampling` in its config
     reconstruct(network, images)  the network's reconstruction of images (RECONSTRUCT only)
+    network_evaluations(**options)  forward passes of the network one `sample` call makes
+                   with these options (1 by default; a diffusion sampler's step count):
+                   evaluation writes it beside the scores, which depend on it
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -117,6 +122,14 @@ class Family:
     def __init__(self, model_cfg: DictConfig, resolution: int, context: StepContext) -> None:
         self.context = context
         self.frozen = {}
+        # the preview grids sample as inference and evaluation do: with the configured options
+        self.sampling: dict[str, Any] = dict(model_cfg.get("sampling") or {})
+        unknown = sorted(set(self.sampling) - set(sampling_options(type(self))))
+        if unknown:
+            raise ValueError(
+                f"model.sampling: unknown option(s) {unknown} for the {self.name} family; "
+                f"its options are {sorted(sampling_options(type(self))) or 'none'}"
+            )
 
     # --- training -------------------------------------------------------------------
     def train_step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
@@ -141,7 +154,7 @@ class Family:
         """The images of the loop's sample grids; None for a family that does not sample."""
         if SAMPLE not in self.capabilities:
             return None
-        return self.sample(network, n, cond=cond, generator=generator)
+        return self.sample(network, n, cond=cond, generator=generator, **self.sampling)
 
     # --- a trained generator ----------------------------------------------------------
     @classmethod
@@ -156,3 +169,21 @@ class Family:
     @classmethod
     def reconstruct(cls, network: nn.Module, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"the {cls.name} family does not reconstruct")
+
+    @classmethod
+    def network_evaluations(cls, **options: Any) -> int:
+        """Forward passes of the network per `sample` call with these (complete) options."""
+        return 1
+
+
+def sampling_options(family: type[Family]) -> dict[str, Any]:
+    """The family's documented sampling options and their defaults (sample's keyword-only
+    parameters other than cond and generator)."""
+    if not hasattr(family, "sample"):
+        return {}
+    parameters = inspect.signature(family.sample).parameters.values()
+    return {
+        p.name: p.default
+        for p in parameters
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("cond", "generator")
+    }

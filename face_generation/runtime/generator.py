@@ -7,7 +7,6 @@ sampling options through, so none of them knows any family.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,21 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from face_generation.runtime.checkpoint import load_checkpoint, load_weights
-from face_generation.runtime.family import RECONSTRUCT, SAMPLE, Family
+from face_generation.runtime.family import RECONSTRUCT, SAMPLE, Family, sampling_options
 from face_generation.runtime.registry import family_class
-
-
-def sampling_options(family: type[Family]) -> dict[str, Any]:
-    """The family's documented sampling options and their defaults (sample's keyword-only
-    parameters other than cond and generator)."""
-    if not hasattr(family, "sample"):
-        return {}
-    parameters = inspect.signature(family.sample).parameters.values()
-    return {
-        p.name: p.default
-        for p in parameters
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("cond", "generator")
-    }
 
 
 @dataclass
@@ -87,6 +73,10 @@ class TrainedGenerator:
         return self.family.sample(
             self.network, n, cond=cond, generator=generator, **self.options(**options)
         )
+
+    def network_evaluations(self, **options: Any) -> int:
+        """Forward passes of the network that `sample` with these options makes."""
+        return self.family.network_evaluations(**self.options(**options))
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
