@@ -89,6 +89,7 @@ def evaluate(cfg: DictConfig, checkpoint: Path | None = None) -> EvaluationResul
     )
 
     # The metrics the family's capabilities allow, from inputs computed once.
+    overrides = {str(key): value for key, value in cfg.eval.sampling.items()}
     inputs = EvaluationInputs(cfg, trained, test, count, data_hash, device)
     metrics: dict[str, dict] = {}
     for metric in applicable_metrics(trained.family, cfg.eval):
@@ -120,6 +121,9 @@ def evaluate(cfg: DictConfig, checkpoint: Path | None = None) -> EvaluationResul
         "n_real": count,
         "sample_rule": SAMPLE_RULE,
         "seed": int(cfg.eval.seed),
+        # the scores depend on how the samples were drawn: the options and their cost
+        "sampling": trained.options(**overrides),
+        "network_evaluations": trained.network_evaluations(**overrides),
         "feature_network": str(inputs.backbone.cache_key),
         "metrics": metrics,
         "nearest_train": neighbours.summary,

@@ -90,6 +90,7 @@ def log_evaluation(cfg: DictConfig, run_id: str | None, result: EvaluationResult
                 f"{PREFIX}checkpoint": record["checkpoint"],
                 f"{PREFIX}feature_network": record["feature_network"],
                 f"{PREFIX}n": record["n_generated"],
+                f"{PREFIX}network_evaluations": record["network_evaluations"],
                 f"{PREFIX}split": record["split"],
                 **{
                     f"{PREFIX}{name}_unavailable": entry["reason"]

@@ -75,6 +75,14 @@ def counts(entry: dict[str, Any]) -> str:
     return f"{entry['n']} pairs" if "n" in entry else ""
 
 
+def sampling(record: dict[str, Any]) -> str:
+    """The sampling options the scores were drawn with and the network passes per sample."""
+    options = record.get("sampling") or {}
+    shown = ", ".join(f"{name}={value}" for name, value in options.items()) or "defaults"
+    evaluations = record.get("network_evaluations")
+    return f"{shown} ({evaluations})" if evaluations is not None else shown
+
+
 def joined(values: dict[str, str]) -> str:
     """One value when every model agrees, else `model: value` for each."""
     distinct = {value for value in values.values() if value}
@@ -124,14 +132,15 @@ def report_markdown(records: Records, plots_dir: Path | None = None) -> str:
         ]
     if evaluated:
         lines += [
-            "| model | step | resolution | samples scored | split (size) | checkpoint |",
-            "| --- | ---: | ---: | ---: | --- | --- |",
+            "| model | step | resolution | samples scored | sampling (network evaluations) "
+            "| split (size) | checkpoint |",
+            "| --- | ---: | ---: | ---: | --- | --- | --- |",
         ]
         for name, record in evaluated.items():
             lines.append(
                 f"| {name} | {record['step']} | {record['resolution']} "
-                f"| {record['n_generated']} | {record['split']} ({record['split_size']}) "
-                f"| `{record['checkpoint']}` |"
+                f"| {record['n_generated']} | {sampling(record)} "
+                f"| {record['split']} ({record['split_size']}) | `{record['checkpoint']}` |"
             )
         lines += ["", f"Rule: {next(iter(evaluated.values()))['sample_rule']}.", ""]
 
