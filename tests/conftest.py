@@ -16,7 +16,7 @@ from face_generation.config import compose
 from face_generation.runtime.registry import family_names
 from face_generation.training.loop import train
 from face_generation.training.tracker import NullTracker
-from tests import tiny_family
+from tests import diffusion_family, tiny_family  # noqa: F401  (importing registers them)
 from tests.faces import RESOLUTION, SPLIT_SIZES, config, write_packed
 from tests.tracking_fixtures import mlflow_server, tracking_cfg  # noqa: F401  (fixtures)
 
