@@ -84,17 +84,18 @@ def test_dvc_repro_runs_the_pipeline_then_only_what_changed(
     overrides = [*SMALL_TRAINING, *mlflow_server.overrides, "tracking.experiment=test-dvc"]
     write_params(overrides)
     first = run([*dvc, "repro"], project)
-    assert {"download", "split", "crop", "pack", "train@vae", "train@dcgan"} <= stages_run(first)
+    trains = {"train@vae", "train@dcgan", "train@diffusion"}
+    assert {"download", "split", "crop", "pack", *trains} <= stages_run(first)
     assert (project / "data" / "packed" / "32" / "train.npy").is_file()
     assert (project / "models" / "vae" / "model.pt").is_file()
     assert "images_packed" in run([*dvc, "metrics", "show"], project)
     client = MlflowClient(mlflow_server.uri)
     experiment = client.get_experiment_by_name("test-dvc")
     runs = client.search_runs([experiment.experiment_id])
-    assert sorted(r.info.run_name for r in runs) == ["dcgan", "vae"]
-    assert {r.data.tags["dvc_stage"] for r in runs} == {"train@vae", "train@dcgan"}
+    assert sorted(r.info.run_name for r in runs) == ["dcgan", "diffusion", "vae"]
+    assert {r.data.tags["dvc_stage"] for r in runs} == trains
     assert all("eval/fd_effnet" in r.data.metrics for r in runs)
-    assert {"evaluate@vae", "evaluate@dcgan", "report"} <= stages_run(first)
+    assert {"evaluate@vae", "evaluate@dcgan", "evaluate@diffusion", "report"} <= stages_run(first)
     shown = run([*dvc, "metrics", "show"], project)
     assert "fd_effnet.value" in shown and "metrics/dcgan.json" in shown
     assert "| fd_effnet" in (project / "plots" / "report.md").read_text()
@@ -106,6 +107,6 @@ def test_dvc_repro_runs_the_pipeline_then_only_what_changed(
 
     write_params([*overrides, "data.resolution=16"])
     third = run([*dvc, "repro"], project)
-    assert {"pack", "train@vae", "train@dcgan"} <= stages_run(third)
+    assert {"pack", *trains} <= stages_run(third)
     assert not stages_run(third) & {"download", "split", "crop"}
     assert (project / "data" / "packed" / "16" / "train.npy").is_file()

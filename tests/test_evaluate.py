@@ -33,7 +33,7 @@ from tests.conftest import TrainedModels
 from tests.faces import RESOLUTION, SPLIT_SIZES
 from tests.tracking_fixtures import MlflowServer, tracked
 
-MODELS = ("vae", "dcgan")
+MODELS = ("vae", "dcgan", "diffusion")  # the families configs/pipeline.yaml trains
 TEST_SIZE = SPLIT_SIZES["test"]
 RECONSTRUCTION_METRICS = {"ssim", "psnr", "lpips"}
 IDENTITY_METRICS = {"identity_cosine", "identity_distance", "identity_same_person"}
@@ -61,7 +61,7 @@ def root(trained: TrainedModels) -> Path:
 
 @pytest.fixture(scope="module")
 def evaluated(root: Path) -> dict[str, Any]:
-    """metrics/<model>.json of both models, evaluated with the default eval config."""
+    """metrics/<model>.json of every model, evaluated with the default eval config."""
     for model in MODELS:
         evaluate(compose("config", [f"model={model}", *overrides(root)]))
     return {model: json.loads((root / "metrics" / f"{model}.json").read_text()) for model in MODELS}
@@ -88,6 +88,9 @@ def test_every_metric_has_a_value_network_n_and_data_hash_or_a_reason(
     assert record["model"] == model and record["step"] == 6 and record["resolution"] == RESOLUTION
     assert record["data_hash"] == expected_hash
     assert record["feature_network"] == "effnet_lite0-224px-antialias"
+    # how the samples were drawn: the model's sampling options and their network passes
+    assert record["sampling"] == dict(compose("pipeline").models[model].sampling)
+    assert record["network_evaluations"] == (50 if model == "diffusion" else 1)
     for name, entry in record["metrics"].items():
         assert entry["data_hash"] == expected_hash and entry["network"], name
         if entry["available"]:
@@ -118,9 +121,10 @@ def test_every_metric_has_a_value_network_n_and_data_hash_or_a_reason(
 
 
 def test_only_the_vae_gets_reconstruction_and_identity_metrics(evaluated: dict[str, Any]) -> None:
-    vae, dcgan = evaluated["vae"]["metrics"], evaluated["dcgan"]["metrics"]
+    vae = evaluated["vae"]["metrics"]
     assert set(vae) >= (RECONSTRUCTION_METRICS | IDENTITY_METRICS)
-    assert not (RECONSTRUCTION_METRICS | IDENTITY_METRICS) & set(dcgan)
+    for model in ("dcgan", "diffusion"):
+        assert not (RECONSTRUCTION_METRICS | IDENTITY_METRICS) & set(evaluated[model]["metrics"])
     assert vae["ssim"]["network"] == "pixels" and vae["ssim"]["n"] == TEST_SIZE
     assert -1 <= vae["ssim"]["value"] < 1 and 5 < vae["psnr"]["value"] < 60
     assert vae["lpips"]["available"] or "eval.lpips.weights_path" in vae["lpips"]["reason"]
@@ -257,9 +261,9 @@ def test_report_has_a_row_per_metric_and_a_column_per_model(
     report_main(["--params", str(params_file(root))])
     markdown = (root / "plots" / "report.md").read_text()
     header, rows = table(markdown, "metric")
-    assert header == ["metric", "vae", "dcgan", "network", "N", "data hash"]
+    assert header == ["metric", *MODELS, "network", "N", "data hash"]
     metrics = {re.sub(r" [↑↓]$", "", row[0]): dict(zip(header, row, strict=True)) for row in rows}
-    assert set(metrics) == set(evaluated["vae"]["metrics"]) | set(evaluated["dcgan"]["metrics"])
+    assert set(metrics) == set().union(*(evaluated[model]["metrics"] for model in MODELS))
     fd = metrics["fd_effnet"]
     assert float(fd["vae"]) == pytest.approx(
         evaluated["vae"]["metrics"]["fd_effnet"]["value"], rel=1e-3
