@@ -53,12 +53,12 @@ def schedule(kind: str) -> NoiseSchedule:
     )
 
 
-def random_network(name: str = "diffusion", resolution: int = 16, seed: int = 0) -> DiffusionModel:
-    """A network whose output depends on its inputs from the start: the zero-initialised
-    output layers (which make a fresh UNet predict 0 everywhere) get random weights."""
-    family = EmbeddingDiffusion if name == "diffusion_embedding" else DiffusionFamily
-    torch.manual_seed(seed)
-    network = family.build_generator(model_config(name), resolution).eval()
+def random_conditional_network(resolution: int = 16) -> DiffusionModel:
+    """A conditional network predicting ε whose output depends on its inputs from the start:
+    the zero-initialised layers (a fresh UNet predicts 0 everywhere) get random weights."""
+    torch.manual_seed(0)
+    cfg = model_config("diffusion_embedding", "model.prediction=eps")
+    network = EmbeddingDiffusion.build_generator(cfg, resolution).eval()
     with torch.no_grad():
         for parameter in network.parameters():
             if not parameter.any():
@@ -152,7 +152,7 @@ def test_ddim_with_eta_zero_inverts_itself_at_1000_steps() -> None:
 
 
 def test_guidance_mixes_the_conditional_and_the_unconditional_pass() -> None:
-    network = random_network("diffusion_embedding")
+    network = random_conditional_network()
     generator = torch.Generator().manual_seed(2)
     x = torch.randn(3, 3, 16, 16, generator=generator)
     cond = torch.randn(3, EMBEDDING_DIM, generator=generator)
@@ -174,9 +174,9 @@ def test_guidance_mixes_the_conditional_and_the_unconditional_pass() -> None:
 
 
 def test_both_guidance_passes_are_one_batched_forward_pass() -> None:
-    network = random_network("diffusion_embedding")
+    network = random_conditional_network()
     calls: list[int] = []
-    network.unet.register_forward_pre_hook(lambda module, args: calls.append(len(args[0])))
+    network.register_forward_pre_hook(lambda module, args: calls.append(len(args[0])))
     cond = torch.randn(2, EMBEDDING_DIM)
     EmbeddingDiffusion.sample(network, 2, cond=cond, steps=4, guidance=3.0)
     assert calls == [4, 4, 4, 4]

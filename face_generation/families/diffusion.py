@@ -198,24 +198,15 @@ def heun_sample(
 # --- the family -----------------------------------------------------------------------------
 
 
-class DiffusionModel(nn.Module):
-    """The generator the EMA follows and the runtime loads: the UNet, plus the schedule and
+class DiffusionModel(UNet):
+    """The generator the EMA follows and the runtime loads: the UNet, knowing the schedule and
     prediction target it is trained with (plain attributes: no weights of their own)."""
 
-    def __init__(self, unet: UNet, schedule: NoiseSchedule, prediction: str) -> None:
-        super().__init__()
+    def __init__(self, schedule: NoiseSchedule, prediction: str, **unet: Any) -> None:
+        super().__init__(**unet)
         if prediction not in PREDICTIONS:
             raise ValueError(f"model.prediction={prediction!r}: expected one of {PREDICTIONS}")
-        self.unet, self.schedule, self.prediction = unet, schedule, prediction
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        cond: torch.Tensor | None = None,
-        null: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        return self.unet(x, t, cond, null)
+        self.schedule, self.prediction = schedule, prediction
 
 
 def guided_denoiser(
@@ -316,7 +307,9 @@ class DiffusionFamily(Family):
     @classmethod
     def build_generator(cls, model_cfg: DictConfig, resolution: int) -> DiffusionModel:
         blocks = model_cfg.num_res_blocks
-        unet = UNet(
+        return DiffusionModel(
+            NoiseSchedule.from_config(model_cfg.schedule),
+            str(model_cfg.prediction),
             resolution=resolution,
             channels=int(model_cfg.channels),
             channel_mults=[int(m) for m in model_cfg.channel_mults],
@@ -327,8 +320,6 @@ class DiffusionFamily(Family):
             dropout=float(model_cfg.dropout),
             cond_dim=int(model_cfg.cond_dim) if cls.condition is not None else None,
         )
-        schedule = NoiseSchedule.from_config(model_cfg.schedule)
-        return DiffusionModel(unet, schedule, str(model_cfg.prediction))
 
     @classmethod
     @torch.no_grad()
@@ -357,20 +348,19 @@ class DiffusionFamily(Family):
         """
         assert isinstance(network, DiffusionModel)
         check_sampling(network.schedule, steps, sampler, guidance, eta)
-        unet = network.unet
         device = next(network.parameters()).device
         if cond is not None:
-            if unet.cond_dim is None:
+            if network.cond_dim is None:
                 raise ValueError(
                     f"the {cls.name} model is unconditional: sample without a condition"
                 )
-            if cond.shape != (n, unet.cond_dim):
+            if cond.shape != (n, network.cond_dim):
                 raise ValueError(
-                    f"the condition must be {n}×{unet.cond_dim} (one row per image), got "
+                    f"the condition must be {n}×{network.cond_dim} (one row per image), got "
                     f"{tuple(cond.shape)}"
                 )
             cond = cond.float().to(device)
-        shape = (n, 3, unet.resolution, unet.resolution)
+        shape = (n, 3, network.resolution, network.resolution)
         x = gaussian_latents(n, math.prod(shape[1:]), device, generator).view(shape)
         denoise = guided_denoiser(network, cond, guidance)
         if sampler == "heun":
