@@ -115,6 +115,37 @@ def test_start_refuses_a_port_taken_by_another_program(tmp_path: Path) -> None:
     assert not Path(cfg.pid_file).exists()
 
 
+def test_start_and_stop_on_another_port_leave_the_running_server_alone(
+    mlflow_server: MlflowServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The project's server runs; another program holds a second port. `start` and `stop` on
+    that port (with the same pid file) must neither wait for, blame nor stop the server."""
+    running = server_status(mlflow_server.cfg)
+    assert running.healthy and running.pid is not None
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        # A short start timeout: were the server's pid waited for, the message would say so.
+        other_port = [
+            *mlflow_server.overrides,
+            f"tracking.port={port}",
+            "tracking.start_timeout_s=5",
+        ]
+        with pytest.raises(SystemExit) as exit_info:
+            server_cli.main(["start", *other_port])
+        message = str(exit_info.value.code)
+        assert f"port {port} " in message and "tracking.port=PORT" in message
+        assert "\n" not in message and str(running.pid) not in message
+
+        server_cli.main(["stop", *other_port])
+        assert f"port {port} is held by another program" in capsys.readouterr().out
+
+    after = server_status(mlflow_server.cfg)
+    assert after.healthy and after.pid == running.pid
+    assert live_processes([running.pid]) == [running.pid]
+
+
 def test_a_server_that_does_not_come_up_is_stopped_and_its_log_named(tmp_path: Path) -> None:
     overrides = [*server_overrides(tmp_path, free_port()), "tracking.start_timeout_s=0.5"]
     cfg = compose("config", overrides).tracking
