@@ -457,6 +457,49 @@ def test_resume_continues_the_same_run(
     assert len(client.search_runs([run.info.experiment_id])) == 1
 
 
+def test_a_resumed_run_logs_each_step_once(
+    mlflow_server: MlflowServer, tracking_cfg: DictConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Killed at step 10 with its checkpoint at step 6, the run resumes there and logs 7-12:
+    MLflow holds each step once, whether the lost steps had reached it (7, 8) or not (9, 10)."""
+    client = MlflowClient(mlflow_server.uri)
+    by_hand = OmegaConf.merge(tracking_cfg, {"flush_interval_s": 3600})  # delivers on flush()
+    assert isinstance(by_hand, DictConfig)
+    first = TrackedRun(by_hand, "resumed")
+    for step in range(1, 11):
+        first.log_metrics({"loss": float(step), "lr": 0.1}, step)
+        if step == 6:
+            checkpoint = json.loads(json.dumps(first.state()))
+        if step == 8:
+            assert first.flush()
+    first.spool.release()  # killed: no close()
+
+    second = TrackedRun(tracking_cfg, resume=checkpoint, resume_step=6)
+    for step in range(7, 13):
+        second.log_metrics({"loss": 100.0 + step, "lr": 0.1}, step)
+    assert second.close()
+    run_id = str(second.run_id)
+    for key in ("loss", "lr"):
+        assert steps_logged(client, run_id, key) == list(range(1, 13))
+    # What MLflow held keeps its values (it cannot delete a point); the rest is the rerun's.
+    losses = {m.step: m.value for m in client.get_metric_history(run_id, "loss")}
+    assert losses == {**{s: float(s) for s in range(1, 9)}, **{s: 100.0 + s for s in range(9, 13)}}
+
+    # Resumed from the same checkpoint again while the server is away; delivered by sync.
+    away = OmegaConf.merge(tracking_cfg, {"uri": f"http://127.0.0.1:{free_port()}"})
+    assert isinstance(away, DictConfig)
+    third = TrackedRun(away, resume=checkpoint, resume_step=6)
+    for step in range(7, 13):
+        third.log_metrics({"loss": 200.0 + step, "lr": 0.1}, step)
+    assert third.close() is False
+    spool_dir = f"tracking.spool_dir={tracking_cfg.spool_dir}"
+    sync_cli.main([*mlflow_server.overrides, spool_dir, "--tracking-uri", mlflow_server.uri])
+    assert "0 pending" in capsys.readouterr().out
+    for key in ("loss", "lr"):
+        assert steps_logged(client, run_id, key) == list(range(1, 13))
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
 def test_spool_drops_a_record_cut_short_by_a_crash(tracking_cfg: DictConfig) -> None:
     cfg = OmegaConf.merge(tracking_cfg, {"uri": f"http://127.0.0.1:{free_port()}"})
     assert isinstance(cfg, DictConfig)

@@ -9,6 +9,7 @@ appended to a spool, `<tracking.spool_dir>/<local key>/`:
     files/<seq>/    copies of logged artifact files, taken when they were logged
     models/<seq>/   MLflow models saved locally, uploaded on delivery
     models.json     how far the delivery of each model record got
+    held.json       metric steps the server held past the last resume point: not sent again
     rejected.jsonl  records the server refused as invalid (kept, and reported)
 
 A spool is locked by the process that opened it, so a training run and
@@ -65,6 +66,8 @@ class Spool:
         self.pending: list[Event] = [e for e in events if e["seq"] > self.delivered_seq]
         self._events: TextIO | None = self.events_path.open("a", encoding="utf-8")
         self._models = json.loads(_read_text(directory / "models.json") or "{}")
+        held = json.loads(_read_text(directory / "held.json") or "{}")
+        self.held_steps: dict[str, set[int]] = {key: set(steps) for key, steps in held.items()}
 
     @classmethod
     def create(cls, root: Path, key: str, meta: dict[str, Any]) -> Spool:
@@ -108,6 +111,27 @@ class Spool:
         self.next_seq += 1
         self.pending.append(event)
         return event
+
+    def drop_pending_metrics_after(self, step: int) -> None:
+        """Forget the undelivered metric records of steps after `step`.
+
+        A run resumed from the checkpoint of `step` logs those steps again: the records of the
+        lost steps would double them.
+        """
+        dropped = {e["seq"] for e in self.pending if e["kind"] == "metrics" and e["step"] > step}
+        if not dropped:
+            return
+        assert self._events is not None, "spool closed"
+        self._events.close()
+        kept = [e for e in _read_events(self.events_path) if e["seq"] not in dropped]
+        _write_text(self.events_path, "".join(json.dumps(e) + "\n" for e in kept))
+        self._events = self.events_path.open("a", encoding="utf-8")
+        self.pending = [e for e in self.pending if e["seq"] not in dropped]
+
+    def hold_steps(self, steps: dict[str, set[int]]) -> None:
+        """The steps of each metric that the server already holds: delivery skips them."""
+        self.held_steps = steps
+        _write_json(self.dir / "held.json", {key: sorted(v) for key, v in steps.items()})
 
     def reserve_dir(self, kind: str) -> Path:
         """A fresh folder for the files of the next record (`files/<seq>`, `models/<seq>`)."""
