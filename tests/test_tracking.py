@@ -52,6 +52,17 @@ GENERATOR_SIGNATURE = ModelSignature(
 )
 
 
+def log_generator(run: TrackedRun, registered_name: str) -> None:
+    """What training does at its end: log the generator, registered as `registered_name`."""
+    run.log_model(
+        NoiseGenerator(),
+        "generator",
+        GENERATOR_SIGNATURE,
+        registered_model_name=registered_name,
+        pip_requirements=["mlflow", "numpy"],
+    )
+
+
 def live_processes(pids: list[int]) -> list[int]:
     """Those of `pids` still running (a zombie has ended: it only waits to be reaped)."""
     alive = []
@@ -243,13 +254,7 @@ def test_model_is_logged_with_signature_and_registered(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)  # where models:/ URIs resolve
     name = registered_model_name(tracking_cfg, "test_family")
     with TrackedRun(tracking_cfg, "model") as run:
-        run.log_model(
-            NoiseGenerator(),
-            "generator",
-            GENERATOR_SIGNATURE,
-            registered_model_name=name,
-            pip_requirements=["mlflow", "numpy"],
-        )
+        log_generator(run, name)
         version = run.model_version("generator")
     assert version is not None
 
@@ -266,6 +271,23 @@ def test_model_is_logged_with_signature_and_registered(
     (output,) = client.get_run(run.run_id).outputs.model_outputs
     assert registered.source == f"models:/{output.model_id}"
     assert client.get_logged_model(output.model_id).status == "READY"
+
+
+def test_a_finished_run_resumed_registers_no_second_version(
+    tracking_cfg: DictConfig, mlflow_server: MlflowServer
+) -> None:
+    name = registered_model_name(tracking_cfg, "finished")
+    with TrackedRun(tracking_cfg, "finished") as run:
+        log_generator(run, name)
+    # `train.resume=auto` on the final checkpoint: the end of training runs again.
+    with TrackedRun(tracking_cfg, resume=run.state(), resume_step=6) as again:
+        log_generator(again, name)
+        assert again.model_version("generator") == run.model_version("generator")
+
+    client = MlflowClient(mlflow_server.uri)
+    assert len(client.search_model_versions(f"name = '{name}'")) == 1
+    finished = client.get_run(str(run.run_id))
+    assert finished.info.status == "FINISHED" and len(finished.outputs.model_outputs) == 1
 
 
 # Outages. ---------------------------------------------------------------------------------------
@@ -303,13 +325,7 @@ def test_server_outage_loses_nothing(
         assert run_b.run_id is None  # unreachable at start: a local key only
         for step in range(6):
             run_b.log_metrics({"loss": float(step)}, step)
-        run_b.log_model(
-            NoiseGenerator(),
-            "generator",
-            GENERATOR_SIGNATURE,
-            registered_model_name=model_name,
-            pip_requirements=["mlflow", "numpy"],
-        )
+        log_generator(run_b, model_name)
         told = capsys.readouterr().err
         assert told.count("could not deliver to the MLflow server") == 2  # once per run
         assert len(run_a.spool.pending) == 4 and len(run_b.spool.pending) > 6

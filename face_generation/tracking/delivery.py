@@ -8,7 +8,8 @@ key, value, step and timestamp), which covers a reply lost in transit. Resumes n
 either: a run resumed from the checkpoint of step S logs the steps after S again, so a resume
 record asks the server which steps after S it holds, and those (key, step) points are not sent
 again (MLflow cannot delete a metric point). The MLflow run (and experiment) is created on
-first delivery, found again by its local key tag when that reply was lost.
+first delivery, found again by its local key tag when that reply was lost. A run registers at
+most one version of a registered model: a finished run resumed and ended again adds none.
 
 A record the server refuses as invalid (HTTP 400) is kept in the spool's rejected.jsonl and
 does not block the rest; any other failure stops delivery, leaving the records pending.
@@ -217,7 +218,8 @@ def _steps_after(client: MlflowClient, run_id: str, step: int) -> dict[str, set[
 def _send_model(
     spool: Spool, client: MlflowClient, run_id: str, event: Event, upload_timeout_s: float
 ) -> None:
-    """Upload a locally saved MLflow model as a LoggedModel of the run, then register it.
+    """Upload a locally saved MLflow model as a LoggedModel of the run, then register it;
+    nothing when the run already has a version of that registered model.
 
     Each step is recorded in models.json so that a retry resumes where delivery stopped.
     """
@@ -226,6 +228,12 @@ def _send_model(
     seq = event["seq"]
     state = spool.model_state(seq)
     local_dir = spool.files_of(event)
+    name = event.get("registered_model_name")
+    if name and "model_id" not in state:
+        earlier = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+        if earlier:  # a finished run, resumed and ended again: its model is registered
+            spool.update_model_state(seq, version=str(earlier[0].version))
+            return
     if "model_id" not in state:
         logged = client.create_logged_model(
             ensure_experiment(spool, client),
@@ -247,7 +255,6 @@ def _send_model(
             client.log_model_artifacts(model_id, str(local_dir))
         client.finalize_logged_model(model_id, LoggedModelStatus.READY)
         state = spool.update_model_state(seq, uploaded=True)
-    name = event.get("registered_model_name")
     if name and "version" not in state:
         try:
             client.create_registered_model(name)
