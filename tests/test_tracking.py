@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +35,8 @@ from face_generation.tracking.server import (
     stop_server,
 )
 from face_generation.tracking.spool import Spool
-from tests.tracking_fixtures import MlflowServer, free_port, server_overrides
+from face_generation.training.tracker import close_orphaned_runs
+from tests.tracking_fixtures import MlflowServer, free_port, server_overrides, tracked
 
 IMAGE_SHAPE = (3, 8, 8)
 
@@ -514,6 +517,79 @@ def test_a_resumed_run_logs_each_step_once(
     for key in ("loss", "lr"):
         assert steps_logged(client, run_id, key) == list(range(1, 13))
     assert client.get_run(run_id).info.status == "FINISHED"
+
+
+# A training process that logs three steps, says its spool's key, then waits to be killed.
+KILLED_TRAINING = """
+import sys
+from face_generation.config import compose
+from face_generation.tracking.run import TrackedRun
+run = TrackedRun(compose("config", sys.argv[1:]).tracking, "killed")
+for step in range(3):
+    run.log_metrics({"loss": float(step)}, step)
+print(run.local_key, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_sync_ends_a_run_whose_process_was_killed(
+    mlflow_server: MlflowServer,
+    tracking_cfg: DictConfig,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """SIGKILLed before its first checkpoint, with records not yet delivered: sync delivers
+    them, ends the run as KILLED and removes its spool; a run still logging is left alone."""
+    overrides = [*tracked(mlflow_server, tmp_path, "killed"), "tracking.flush_interval_s=3600"]
+    repo = Path(__file__).resolve().parents[1]
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_TRAINING, *overrides],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+    )
+    assert child.stdout is not None
+    key = child.stdout.readline().strip()
+    child.kill()
+    child.wait()
+    live = TrackedRun(tracking_cfg, "live")  # the same spool folder
+
+    sync_cli.main([*overrides])
+    out = capsys.readouterr().out
+    assert f"{key} (run " in out and "marked KILLED, delivered" in out and "0 pending" in out
+    assert "skipped: a training process is still logging it" in out
+    spool_dir = tmp_path / "spool"
+    assert not (spool_dir / key).exists() and live.spool.dir.is_dir()
+
+    client = MlflowClient(mlflow_server.uri)
+    experiment = client.get_experiment_by_name("test-killed")
+    (killed,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'killed'")
+    assert killed.info.status == "KILLED"
+    assert steps_logged(client, killed.info.run_id, "loss") == [0, 1, 2]
+    assert live.close() and client.get_run(str(live.run_id)).info.status == "FINISHED"
+
+
+def test_a_fresh_start_ends_the_runs_of_its_model_left_running(
+    mlflow_server: MlflowServer, tracking_cfg: DictConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only this model's runs whose process died are ended; another model's and live ones stay."""
+    orphan, other_model, live = (TrackedRun(tracking_cfg, n) for n in ("vae", "dcgan", "vae"))
+    for run in (orphan, other_model, live):
+        run.log_metrics({"loss": 1.0}, 1)
+    orphan.spool.release()  # its process died: no close()
+    other_model.spool.release()
+
+    close_orphaned_runs(OmegaConf.create({"model": {"name": "vae"}, "tracking": tracking_cfg}))
+    assert f"run {orphan.run_id}: left RUNNING by a process that died" in capsys.readouterr().out
+
+    client = MlflowClient(mlflow_server.uri)
+    status = {
+        run: client.get_run(str(run.run_id)).info.status for run in (orphan, other_model, live)
+    }
+    assert status == {orphan: "KILLED", other_model: "RUNNING", live: "RUNNING"}
+    assert not orphan.spool.dir.exists() and other_model.spool.dir.is_dir()
+    assert live.close()
 
 
 def test_spool_drops_a_record_cut_short_by_a_crash(tracking_cfg: DictConfig) -> None:

@@ -280,8 +280,7 @@ class TrackedRun:
         if self._closed:
             return not self.spool.pending
         self._closed = True
-        self.spool.append({"kind": "status", "status": status, "timestamp": now_ms()})
-        self.spool.update_meta(closed=True)
+        self.spool.end(status, now_ms())
         delivered = self.flush()
         self.spool.finish(keep=self.cfg.keep_spool_after_delivery)
         if delivered:

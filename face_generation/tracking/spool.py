@@ -13,7 +13,8 @@ appended to a spool, `<tracking.spool_dir>/<local key>/`:
     rejected.jsonl  records the server refused as invalid (kept, and reported)
 
 A spool is locked by the process that opened it, so a training run and
-`python -m face_generation.tracking.sync` never deliver the same records twice.
+`python -m face_generation.tracking.sync` never deliver the same records twice. The lock goes
+with the process: a spool that is unlocked but not closed was left by a process that died.
 """
 
 from __future__ import annotations
@@ -38,10 +39,15 @@ def new_local_key() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
 
 
+def read_meta(directory: Path) -> dict[str, Any]:
+    """A spool's run.json, read without locking it; {} when the spool is gone."""
+    return dict(json.loads(_read_text(directory / "run.json") or "{}"))
+
+
 def spool_key_of_run(root: Path, run_id: str) -> str | None:
     """The local key of the spool kept on disk for MLflow run `run_id`, if there is one."""
     for meta_path in sorted(root.glob("*/run.json")):
-        meta = json.loads(_read_text(meta_path) or "{}")
+        meta = read_meta(meta_path.parent)
         if meta.get("run_id") == run_id:
             return str(meta["local_key"])
     return None
@@ -73,8 +79,9 @@ class Spool:
     def create(cls, root: Path, key: str, meta: dict[str, Any]) -> Spool:
         directory = root / key
         directory.mkdir(parents=True, exist_ok=True)
-        _write_json(directory / "run.json", {"local_key": key, **meta})
-        return cls(directory, json.loads((directory / "run.json").read_text()))
+        spool = cls(directory, {"local_key": key, **meta})
+        spool.update_meta()  # run.json last: sync sees the spool only once it is locked
+        return spool
 
     @classmethod
     def open(cls, root: Path, key: str) -> Spool | None:
@@ -101,6 +108,16 @@ class Spool:
     def update_meta(self, **values: Any) -> None:
         self.meta.update(values)
         _write_json(self.dir / "run.json", self.meta)
+
+    def end(self, status: str, timestamp: int) -> None:
+        """Record the end of the run (FINISHED, FAILED or KILLED): the spool is closed."""
+        self.append({"kind": "status", "status": status, "timestamp": timestamp})
+        self.update_meta(closed=True)
+
+    @property
+    def last_written_ms(self) -> int:
+        """When a record was last written (epoch milliseconds)."""
+        return self.events_path.stat().st_mtime_ns // 1_000_000
 
     def append(self, event: Event) -> Event:
         """Write one record to disk; it is pending until the server acknowledges it."""

@@ -124,6 +124,19 @@ class MlflowTracker:
         self.run.close(status)
 
 
+def close_orphaned_runs(cfg: DictConfig) -> None:
+    """End this model's MLflow runs that a dead training process left RUNNING (killed before
+    its first checkpoint, nothing can resume them): marked KILLED once their records are in."""
+    if not cfg.tracking.enabled:
+        return
+    from face_generation.tracking.run import SYNC_COMMAND
+    from face_generation.tracking.sync import close_orphans
+
+    for result in close_orphans(cfg.tracking, str(cfg.model.name)):
+        later = f"; deliver the rest with: {SYNC_COMMAND}" if result.pending else ""
+        print(f"[tracking] run {result.run_id or result.local_key}: {result.message}{later}")
+
+
 def create_tracker(
     cfg: DictConfig, run_id: str | None = None, resume_step: int | None = None
 ) -> Tracker:
