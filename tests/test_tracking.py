@@ -540,7 +540,7 @@ def test_sync_ends_a_run_whose_process_was_killed(
 ) -> None:
     """SIGKILLed before its first checkpoint, with records not yet delivered: sync delivers
     them, ends the run as KILLED and removes its spool; a run still logging is left alone."""
-    overrides = [*tracked(mlflow_server, tmp_path, "killed"), "tracking.flush_interval_s=3600"]
+    overrides = [*tracked(mlflow_server, tmp_path, "orphan"), "tracking.flush_interval_s=3600"]
     repo = Path(__file__).resolve().parents[1]
     child = subprocess.Popen(
         [sys.executable, "-c", KILLED_TRAINING, *overrides],
@@ -551,6 +551,7 @@ def test_sync_ends_a_run_whose_process_was_killed(
     )
     assert child.stdout is not None
     key = child.stdout.readline().strip()
+    assert key, "the training process died before logging"
     child.kill()
     child.wait()
     live = TrackedRun(tracking_cfg, "live")  # the same spool folder
@@ -563,7 +564,7 @@ def test_sync_ends_a_run_whose_process_was_killed(
     assert not (spool_dir / key).exists() and live.spool.dir.is_dir()
 
     client = MlflowClient(mlflow_server.uri)
-    experiment = client.get_experiment_by_name("test-killed")
+    experiment = client.get_experiment_by_name("test-orphan")
     (killed,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'killed'")
     assert killed.info.status == "KILLED"
     assert steps_logged(client, killed.info.run_id, "loss") == [0, 1, 2]
