@@ -1,11 +1,15 @@
 """Delivery of a spool's records to the MLflow server.
 
 Pending records are sent in order with MLflow's batch API: consecutive metrics, params and tags
-share a request; an artifact, a model or a status change goes alone. The spool's cursor
-advances after each acknowledged request. Replays never double-log: the cursor records what was
-acknowledged, and the server drops a metric identical to one it holds (same key, value, step
-and timestamp), which covers a reply lost in transit. The MLflow run (and experiment) is
-created on first delivery, found again by its local key tag when that reply was lost.
+share a request; an artifact, a model, a status change or a resume point goes alone. The
+spool's cursor advances after each acknowledged request. Replays never double-log: the cursor
+records what was acknowledged, and the server drops a metric identical to one it holds (same
+key, value, step and timestamp), which covers a reply lost in transit. Resumes never double-log
+either: a run resumed from the checkpoint of step S logs the steps after S again, so a resume
+record asks the server which steps after S it holds, and those (key, step) points are not sent
+again (MLflow cannot delete a metric point). The MLflow run (and experiment) is created on
+first delivery, found again by its local key tag when that reply was lost. A run registers at
+most one version of a registered model: a finished run resumed and ended again adds none.
 
 A record the server refuses as invalid (HTTP 400) is kept in the spool's rejected.jsonl and
 does not block the rest; any other failure stops delivery, leaving the records pending.
@@ -177,12 +181,14 @@ def _send(
                 metrics += [
                     Metric(key, float(value), event["timestamp"], event["step"])
                     for key, value in event["metrics"].items()
+                    if event["step"] not in spool.held_steps.get(key, ())
                 ]
             elif event["kind"] == "params":
                 params += [Param(key, value) for key, value in event["params"].items()]
             else:
                 tags += [RunTag(key, value) for key, value in event["tags"].items()]
-        client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+        if metrics or params or tags:
+            client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
     elif kind == "artifact":
         with http_settings(upload_timeout_s, None):
             client.log_artifact(run_id, str(spool.files_of(group[0])), group[0]["to"])
@@ -194,14 +200,26 @@ def _send(
             client.set_terminated(run_id, event["status"], event["timestamp"])
         else:
             client.update_run(run_id, status=event["status"])
+    elif kind == "resume":
+        spool.hold_steps(_steps_after(client, run_id, group[0]["step"]))
     else:
         raise ValueError(f"unknown record kind {kind!r} in {spool.events_path}")
+
+
+def _steps_after(client: MlflowClient, run_id: str, step: int) -> dict[str, set[int]]:
+    """The steps after `step` at which the server holds each metric of the run."""
+    held: dict[str, set[int]] = {}
+    for key in client.get_run(run_id).data.metrics:
+        history = client.get_metric_history(run_id, key)
+        held[key] = {metric.step for metric in history if metric.step > step}
+    return held
 
 
 def _send_model(
     spool: Spool, client: MlflowClient, run_id: str, event: Event, upload_timeout_s: float
 ) -> None:
-    """Upload a locally saved MLflow model as a LoggedModel of the run, then register it.
+    """Upload a locally saved MLflow model as a LoggedModel of the run, then register it;
+    nothing when the run already has a version of that registered model.
 
     Each step is recorded in models.json so that a retry resumes where delivery stopped.
     """
@@ -210,6 +228,12 @@ def _send_model(
     seq = event["seq"]
     state = spool.model_state(seq)
     local_dir = spool.files_of(event)
+    name = event.get("registered_model_name")
+    if name and "model_id" not in state:
+        earlier = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+        if earlier:  # a finished run, resumed and ended again: its model is registered
+            spool.update_model_state(seq, version=str(earlier[0].version))
+            return
     if "model_id" not in state:
         logged = client.create_logged_model(
             ensure_experiment(spool, client),
@@ -231,7 +255,6 @@ def _send_model(
             client.log_model_artifacts(model_id, str(local_dir))
         client.finalize_logged_model(model_id, LoggedModelStatus.READY)
         state = spool.update_model_state(seq, uploaded=True)
-    name = event.get("registered_model_name")
     if name and "version" not in state:
         try:
             client.create_registered_model(name)

@@ -6,8 +6,9 @@ appended to the run's on-disk spool (tracking/spool.py) and then delivered in or
 on, and delivery is tried again after a back-off, at `close()`, or later by
 `python -m face_generation.tracking.sync`. A run that starts while the server is down has a
 local key at once and gets its MLflow run when the server answers; a run resumed from a
-checkpoint (`TrackedRun.state()`) continues the same MLflow run. Its tags tie it to its code,
-data and DVC experiment (tracking/provenance.py).
+checkpoint (`TrackedRun.state()`) continues the same MLflow run, and with the checkpoint's step
+(`resume_step`) each metric step stays once in MLflow although the steps after it are logged
+again. Its tags tie it to its code, data and DVC experiment (tracking/provenance.py).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class TrackedRun:
     """An MLflow run for the training loop, resilient to the server being away.
 
         run = TrackedRun(cfg.tracking, run_name="vae", data_hash=meta["data_hash"],
-                         resume=checkpoint.get("tracking"))
+                         resume=checkpoint.get("tracking"), resume_step=checkpoint["step"])
         run.log_params(flatten_config(cfg))
         for step in ...:
             run.log_metrics({"loss": loss, "images_per_s": ips}, step)
@@ -74,8 +75,10 @@ class TrackedRun:
                       registered_model_name=registered_model_name(cfg.tracking, "vae"))
         run.close()
 
-    Also a context manager: leaving it by an exception ends the run as FAILED (KILLED on
-    Ctrl-C). Use it on one process only (rank 0 under DDP).
+    Resuming from a checkpoint, give its step as `resume_step`: the steps after it are run and
+    logged again, and each stays once in MLflow. Also a context manager: leaving it by an
+    exception ends the run as FAILED (KILLED on Ctrl-C). Use it on one process only (rank 0
+    under DDP).
     """
 
     def __init__(
@@ -84,6 +87,7 @@ class TrackedRun:
         run_name: str | None = None,
         *,
         resume: Mapping[str, Any] | str | None = None,
+        resume_step: int | None = None,
         data_hash: str | None = None,
         tags: Mapping[str, str] | None = None,
         experiment: str | None = None,
@@ -125,6 +129,11 @@ class TrackedRun:
         if resume:
             self.spool.update_meta(closed=False)
             self.spool.append({"kind": "status", "status": "RUNNING", "timestamp": now_ms()})
+        if resume and resume_step is not None:
+            # The steps after the checkpoint are run and logged again: what the lost steps
+            # logged is dropped here, or not sent again once the server holds it (delivery.py).
+            self.spool.drop_pending_metrics_after(resume_step)
+            self.spool.append({"kind": "resume", "step": int(resume_step)})
         # provenance=False: another stage adds to this run; its git/DVC tags stay the run's own.
         self.set_tags({**(run_tags(data_hash) if provenance else {}), **(tags or {})})
         self.flush()
@@ -271,8 +280,7 @@ class TrackedRun:
         if self._closed:
             return not self.spool.pending
         self._closed = True
-        self.spool.append({"kind": "status", "status": status, "timestamp": now_ms()})
-        self.spool.update_meta(closed=True)
+        self.spool.end(status, now_ms())
         delivered = self.flush()
         self.spool.finish(keep=self.cfg.keep_spool_after_delivery)
         if delivered:

@@ -71,14 +71,17 @@ class MlflowTracker:
     """The training run in MLflow, through the outage-proof `TrackedRun` (tracking/run.py).
 
     `run_id` is what checkpoints store: the MLflow run id once the server has answered, the
-    run's local spool key before that; either continues the same run on resume.
+    run's local spool key before that; either continues the same run on resume, from the
+    checkpoint's step `resume_step` (the steps after it are logged once, not twice).
     """
 
-    def __init__(self, cfg: DictConfig, run_id: str | None) -> None:
+    def __init__(self, cfg: DictConfig, run_id: str | None, resume_step: int | None = None) -> None:
         from face_generation.tracking.run import TrackedRun  # mlflow imports take seconds
 
         self.cfg = cfg
-        self.run = TrackedRun(cfg.tracking, run_name=str(cfg.model.name), resume=run_id)
+        self.run = TrackedRun(
+            cfg.tracking, run_name=str(cfg.model.name), resume=run_id, resume_step=resume_step
+        )
 
     @property
     def run_id(self) -> str:
@@ -121,12 +124,28 @@ class MlflowTracker:
         self.run.close(status)
 
 
-def create_tracker(cfg: DictConfig, run_id: str | None = None) -> Tracker:
-    """The tracker for a training run; `run_id` (from a resumed checkpoint) continues that run.
+def close_orphaned_runs(cfg: DictConfig) -> None:
+    """End this model's MLflow runs that a dead training process left RUNNING (killed before
+    its first checkpoint, nothing can resume them): marked KILLED once their records are in."""
+    if not cfg.tracking.enabled:
+        return
+    from face_generation.tracking.run import SYNC_COMMAND
+    from face_generation.tracking.sync import close_orphans
+
+    for result in close_orphans(cfg.tracking, str(cfg.model.name)):
+        later = f"; deliver the rest with: {SYNC_COMMAND}" if result.pending else ""
+        print(f"[tracking] run {result.run_id or result.local_key}: {result.message}{later}")
+
+
+def create_tracker(
+    cfg: DictConfig, run_id: str | None = None, resume_step: int | None = None
+) -> Tracker:
+    """The tracker for a training run; `run_id` (from a resumed checkpoint) continues that run
+    from the checkpoint's step `resume_step`.
 
     `tracking.enabled=false` tracks nothing (NullTracker); otherwise the run is logged to
     MLflow, kept on disk while the server is away.
     """
     if not cfg.tracking.enabled:
         return NullTracker(run_id)
-    return MlflowTracker(cfg, run_id)
+    return MlflowTracker(cfg, run_id, resume_step)
