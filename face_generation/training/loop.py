@@ -59,7 +59,12 @@ from face_generation.training.output import (
 )
 from face_generation.training.resume import check_same_model, plan_resume
 from face_generation.training.settings import check_train_settings
-from face_generation.training.tracker import NullTracker, Tracker, create_tracker
+from face_generation.training.tracker import (
+    NullTracker,
+    Tracker,
+    close_orphaned_runs,
+    create_tracker,
+)
 
 
 class TrainingDiverged(RuntimeError):
@@ -310,7 +315,9 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
     # Tracking, on rank 0 only.
     if not context.is_main:
         tracker = NullTracker(run_id)
-    tracker = tracker or create_tracker(cfg, run_id)
+    if tracker is None and plan.checkpoint is None:
+        close_orphaned_runs(cfg)  # runs of this model killed before their first checkpoint
+    tracker = tracker or create_tracker(cfg, run_id, resume_step=start_step)
     if plan.checkpoint is None:
         tracker.log_params(flatten_config(cfg))
     tracker.set_tags(
