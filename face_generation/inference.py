@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from face_generation.config import compose
 from face_generation.runtime.checkpoint import CheckpointError
 from face_generation.runtime.device import pick_device
 from face_generation.runtime.family import RECONSTRUCT
@@ -81,14 +82,15 @@ def generate(trained: TrainedGenerator, n: int, seed: int, **options: Any) -> to
 
 
 def reconstruct(
-    trained: TrainedGenerator, paths: Sequence[Path]
+    trained: TrainedGenerator, paths: Sequence[Path], max_pixels: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs, reconstructions), both N×3×R×R in [-1, 1]."""
+    """(inputs, reconstructions), both N×3×R×R in [-1, 1]; images of more than `max_pixels`
+    pixels are refused before decoding."""
     if RECONSTRUCT not in trained.family.capabilities:
         raise ValueError(
             f"--input needs a model that reconstructs; the {trained.name} family does not"
         )
-    inputs = load_faces(paths, trained.resolution)
+    inputs = load_faces(paths, trained.resolution, max_pixels)
     return inputs, trained.reconstruct(inputs).cpu()
 
 
@@ -129,7 +131,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         trained = load_model(args.model, pick_device(args.device), use_ema=not args.no_ema)
         if args.input:
-            inputs, outputs = reconstruct(trained, args.input)
+            # The data stages' limit (configs/data/): the same files are refused everywhere.
+            max_pixels = int(compose("config").data.max_pixels)
+            inputs, outputs = reconstruct(trained, args.input, max_pixels)
             pairs = torch.stack([inputs, outputs], dim=1).flatten(0, 1)  # input, its output, ...
             columns = 2 * max(1, round(len(inputs) ** 0.5))
             grid = save_grid(pairs, args.out / "reconstructions.png", columns=columns)

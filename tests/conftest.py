@@ -44,14 +44,17 @@ def utkface_sample() -> Path:
     return _require(UTKFACE_SAMPLE)
 
 
+def path_overrides(base: Path) -> list[str]:
+    """Overrides that put every output path inside `base`: base/data, base/metrics, ..."""
+    return [f"paths.{key}={base / key}" for key in ("data", "metrics", "models", "plots")]
+
+
 @pytest.fixture
 def make_config(tmp_path: Path) -> Callable[..., DictConfig]:
     """Compose configs/config.yaml with overrides, every output path inside tmp_path."""
 
     def make(*overrides: str, root: Path | None = None, config_name: str = "config") -> DictConfig:
-        base = root or tmp_path
-        paths = [f"paths.{key}={base / key}" for key in ("data", "metrics", "models", "plots")]
-        return compose(config_name, [*paths, *overrides])
+        return compose(config_name, [*path_overrides(root or tmp_path), *overrides])
 
     return make
 

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from face_generation.data.images import ImageError, decode_rgb, read_bytes
+from face_generation.errors import UserError
 from face_generation.runtime.pixels import to_uint8_nhwc
 
 
@@ -54,8 +56,13 @@ def save_each(images: torch.Tensor, folder: Path, prefix: str = "") -> list[Path
     ]
 
 
-def load_faces(paths: Sequence[Path], resolution: int) -> torch.Tensor:
-    """Image files → N×3×R×R in [-1, 1]: centre square crop, antialiased resize, RGB.
+def load_faces(
+    paths: Sequence[Path], resolution: int, max_pixels: int | None = None
+) -> torch.Tensor:
+    """Image files → N×3×R×R in [-1, 1]: decoded as the pack stage decodes them (upright by
+    their EXIF orientation, 16-bit scaled, transparency on white), centre square crop,
+    antialiased resize. An image that cannot be used (unreadable, corrupt, more pixels than
+    `max_pixels`) is a UserError that names it.
 
     Faces should already be roughly aligned crops (as in the training data); this does no
     detection.
@@ -63,14 +70,14 @@ def load_faces(paths: Sequence[Path], resolution: int) -> torch.Tensor:
     faces = []
     for path in paths:
         try:
-            with Image.open(path) as file:
-                image = file.convert("RGB")
-                side = min(image.size)
-                left, top = (image.width - side) // 2, (image.height - side) // 2
-                square = image.crop((left, top, left + side, top + side))
-                square = square.resize((resolution, resolution), Image.Resampling.LANCZOS)
-                faces.append(np.asarray(square))
-        except OSError as error:
-            raise ValueError(f"cannot read image {path}: {error}") from error
-    pixels = torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).float()
-    return pixels / 127.5 - 1.0
+            pixels = decode_rgb(read_bytes(str(path)), max_pixels)
+        except ImageError as error:
+            raise UserError(f"cannot use image {path}: {error}") from error
+        image = Image.fromarray(pixels)
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        square = image.crop((left, top, left + side, top + side))
+        square = square.resize((resolution, resolution), Image.Resampling.LANCZOS)
+        faces.append(np.asarray(square))
+    batch = torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).float()
+    return batch / 127.5 - 1.0
