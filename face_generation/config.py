@@ -15,6 +15,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from face_generation.errors import UserError
+
 CONFIG_DIR = Path(os.environ.get("FACE_GENERATION_CONFIGS", Path(__file__).parents[1] / "configs"))
 
 
@@ -22,9 +24,15 @@ def compose(config_name: str = "config", overrides: Sequence[str] = ()) -> DictC
     """Compose `configs/<config_name>.yaml` with Hydra overrides, as Hydra's CLI would."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR.resolve()), version_base=None):
-        return hydra_compose(config_name=config_name, overrides=list(overrides))
+        try:
+            return hydra_compose(config_name=config_name, overrides=list(overrides))
+        except (HydraException, OmegaConfBaseException) as error:
+            # "Could not find 'model/nonexistent'", with the options there: no traceback
+            raise UserError(f"{error} (overrides: {' '.join(overrides) or 'none'})") from None
 
 
 def load_params(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:

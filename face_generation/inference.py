@@ -22,6 +22,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,11 +31,14 @@ from typing import Any
 import torch
 
 from face_generation.config import compose
+from face_generation.errors import UserError, reported_errors
 from face_generation.runtime.checkpoint import CheckpointError
 from face_generation.runtime.device import pick_device
 from face_generation.runtime.family import RECONSTRUCT
 from face_generation.runtime.generator import TrainedGenerator, load_generator, sampling_options
 from face_generation.runtime.images import load_faces, save_each, save_grid
+
+TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
 
 
 def is_mlflow_uri(model: str) -> bool:
@@ -50,12 +54,23 @@ def load_model(model: str, device: torch.device, use_ema: bool = True) -> Traine
     """The trained generator of a checkpoint or an MLflow model URI."""
     if is_mlflow_uri(model):
         import mlflow.pyfunc  # imported only when needed: it takes seconds
+        from mlflow.exceptions import MlflowException
 
         from face_generation.runtime.mlflow_model import GeneratorModel
 
-        python_model = mlflow.pyfunc.load_model(model).unwrap_python_model()
+        if model.startswith(("models:/", "runs:/")) and not os.environ.get(TRACKING_URI_VARIABLE):
+            # without it MLflow would quietly open (and create) ./mlflow.db instead of the server
+            raise UserError(
+                f"{model} is resolved by an MLflow server: set {TRACKING_URI_VARIABLE}, e.g. "
+                f"export {TRACKING_URI_VARIABLE}=http://127.0.0.1:5000 (the project's server: "
+                "python -m face_generation.tracking.server start)"
+            )
+        try:
+            python_model = mlflow.pyfunc.load_model(model).unwrap_python_model()
+        except MlflowException as error:
+            raise UserError(f"{model}: {error.message.splitlines()[0]}") from None
         if not isinstance(python_model, GeneratorModel) or python_model.generator is None:
-            raise SystemExit(f"{model} is not a face_generation generator model")
+            raise UserError(f"{model} is not a face_generation generator model")
         python_model.generator.network.to(device)
         return python_model.generator
     return load_generator(model, device, use_ema=use_ema)
@@ -128,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.n < 1:
         parser.error("--n must be at least 1")
 
-    try:
+    with reported_errors("inference", CheckpointError, ValueError):
         trained = load_model(args.model, pick_device(args.device), use_ema=not args.no_ema)
         if args.input:
             # The data stages' limit (configs/data/): the same files are refused everywhere.
@@ -142,8 +157,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             images = generate(trained, args.n, args.seed, **parse_options(args.option, trained))
             grid = save_grid(images, args.out / "samples.png")
             files = save_each(images, args.out / "samples")
-    except (CheckpointError, ValueError) as error:
-        raise SystemExit(f"[inference] error: {error}") from None
     print(f"[inference] {grid} and {len(files)} images in {files[0].parent}/")
 
 

@@ -171,3 +171,16 @@ def test_help_explains_the_command() -> None:
     )
     for expected in ("checkpoint", "MLflow model URI", "--seed", "--input", "plots"):
         assert expected in result.stdout
+
+
+def test_a_registry_uri_without_a_tracking_server_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        SystemExit, match=r"^\[inference\] error: .*set MLFLOW_TRACKING_URI"
+    ) as failure:
+        main(["models:/face_generation-vae/1", "--out", str(tmp_path / "out")])
+    assert "\n" not in str(failure.value)
+    assert list(tmp_path.iterdir()) == []  # no stray mlflow.db

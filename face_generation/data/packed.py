@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from face_generation.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError):
     """Arrays that training or evaluation cannot use; the message says which stage to rerun."""
 
 

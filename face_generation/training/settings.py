@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from face_generation.errors import UserError
+
 PRECISIONS = ("bf16", "fp32")
 RESUME_MODES = ("auto", "matching")
 
 
-class SettingsError(ValueError):
+class SettingsError(UserError):
     """A setting the run cannot use; the message names it and what it accepts."""
 
 
