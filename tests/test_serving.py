@@ -28,7 +28,7 @@ from face_generation.runtime.generator import (
 )
 from face_generation.runtime.images import to_uint8
 from face_generation.serving.app import create_app
-from face_generation.serving.models import ServedModel
+from face_generation.serving.models import ServedModel, load_served_models
 from face_generation.serving.uploads import UploadLimits, check_photo, decode_face
 from tests.conftest import TrainedModels
 from tests.faces import REPO, RESOLUTION, SPLIT_SIZES
@@ -41,6 +41,7 @@ from tests.serving_fixtures import (
     with_limits,
 )
 from tests.tiny_family import TinyFamily
+from tests.tracking_fixtures import MlflowServer
 
 
 @pytest.fixture(scope="module")
@@ -460,6 +461,61 @@ def test_concurrent_requests_all_succeed_one_at_a_time_per_model(
         )
         assert answers[seed] == alone.json()["images"]
     assert sorted(answers) == seeds
+
+
+# The MLflow registry. ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_registry_uris_are_served_with_their_versions(
+    trained: TrainedModels, mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from face_generation.families.dcgan import DCGANFamily
+    from face_generation.runtime.mlflow_model import (
+        CHECKPOINT_ARTIFACT,
+        MODEL_CODE,
+        model_signature,
+    )
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)  # where models:/ URIs resolve
+    name = "test-serving-dcgan"
+    experiment = MlflowClient().create_experiment("test-serving-registry")
+    for _ in range(2):  # versions 1 and 2
+        with mlflow.start_run(experiment_id=experiment):
+            mlflow.pyfunc.log_model(
+                name="generator",
+                python_model=str(MODEL_CODE),
+                artifacts={CHECKPOINT_ARTIFACT: str(trained.checkpoints["dcgan"])},
+                signature=model_signature(DCGANFamily, RESOLUTION),
+                registered_model_name=name,
+                pip_requirements=["torch"],
+            )
+    MlflowClient().set_registered_model_alias(name, "champion", "1")
+
+    cfg = serving_config(trained)
+    cfg.serve.models = {
+        "champion": f"models:/{name}/champion",  # the spelling of an alias
+        "latest": f"models:/{name}/latest",
+        "pinned": f"models:/{name}@champion",  # MLflow's own
+    }
+    with TestClient(create_app(load_served_models(cfg), cfg)) as client:
+        listed = {model["name"]: model for model in client.get("/models").json()}
+        assert {name: model["version"] for name, model in listed.items()} == {
+            "champion": "1",
+            "latest": "2",
+            "pinned": "1",
+        }
+        assert listed["champion"]["source"] == f"models:/{name}/champion"
+        served = images_of(
+            client.post(
+                "/generate", json={"model": "champion", "n": 2, "seed": 8, "format": "json"}
+            )
+        )
+    expected = to_uint8(generate(load_generator(trained.checkpoints["dcgan"]), 2, 8))
+    assert all(np.array_equal(a, b) for a, b in zip(served, expected, strict=True))
 
 
 # The command. --------------------------------------------------------------------------------
