@@ -187,6 +187,7 @@ def test_default_count_comes_from_the_config(client: TestClient, trained: Traine
     result = client.post("/generate", json={"model": "dcgan", "format": "json"}).json()
     assert len(result["images"]) == serving_config(trained).serve.default_n
     assert result["model"] == "dcgan" and result["version"] == "step 6" and result["seed"] == 0
+    assert result["options"] == {"temperature": 1.0}  # every option as used, asked for or not
 
 
 # Reference photos and reconstructions. -------------------------------------------------------
@@ -289,7 +290,10 @@ def test_exif_orientation_is_applied() -> None:
             {"model": "vae", "options": {"steps": 5}},
             "vae has no option 'steps'; its options: temperature",
         ),
-        ({"model": "vae", "options": {"temperature": "hot"}}, "option temperature takes a float"),
+        (
+            {"model": "vae", "options": {"temperature": "hot"}},
+            "option temperature takes values like 1.0, got 'hot'",
+        ),
         ({"model": "vae", "options": {"temperature": 11}}, "temperature must be between 0 and 10"),
         ({"model": "vae", "n": "many"}, "n: Input should be a valid integer"),
         ({"model": "vae", "format": "gif"}, "format: Input should be 'png' or 'json'"),

@@ -66,7 +66,7 @@ class Images(BaseModel):
     model: str
     version: str
     seed: int | None = Field(description="the noise seed (none for reconstructions)")
-    options: dict[str, OptionValue]
+    options: dict[str, OptionValue] = Field(description="every sampling option, as used")
     seconds: float = Field(description="time the model took for this request")
     images: list[str] = Field(description="base64 PNGs (with /reference: n per input, in order)")
     inputs: list[str] = Field(description="the photos as the model saw them (base64 PNGs)")
@@ -112,7 +112,8 @@ def create_app(models: dict[str, ServedModel], cfg: DictConfig) -> FastAPI:
         return n
 
     def sampling_options(model: ServedModel, requested: dict[str, Any]) -> dict[str, Any]:
-        """The request's options, typed as the family's defaults and within their bounds."""
+        """All the model's options with the request's in place: each typed like its default
+        and within its bounds."""
         defaults = model.generator.options()
         chosen = {}
         for name, value in requested.items():
@@ -125,13 +126,12 @@ def create_app(models: dict[str, ServedModel], cfg: DictConfig) -> FastAPI:
             if isinstance(default, float) and type(value) is int:
                 value = float(value)  # JSON writes 1.0 as 1
             if default is not None and type(value) is not type(default):
-                kind = type(default).__name__
-                raise Refusal(422, f"option {name} takes a {kind}, got {value!r}")
+                raise Refusal(422, f"option {name} takes values like {default!r}, got {value!r}")
             bounds = serve.limits.options.get(name)
             if bounds is not None and isinstance(value, int | float):
                 bounded(name, value, *bounds)
             chosen[name] = value
-        return chosen
+        return model.generator.options(**chosen)  # every option, as the family will use it
 
     async def read_inputs(
         model: ServedModel, photos: Sequence[UploadFile], test_faces: str
