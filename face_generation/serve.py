@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not models:
         raise SystemExit(
             f"[serve] error: no model to serve: no {cfg.paths.models}/<name>/model.pt; train "
-            "one (`make run`) or name one with serve.models.NAME=SOURCE"
+            "one (`make run`) or name one with +serve.models.NAME=SOURCE"
         )
     app = create_app(models, cfg)
     try:
