@@ -467,6 +467,15 @@ def test_concurrent_requests_all_succeed_one_at_a_time_per_model(
     assert sorted(answers) == seeds
 
 
+def test_serving_settings_never_make_training_start_afresh() -> None:
+    from face_generation.config import compose
+    from face_generation.training.resume import comparable, differences, plain
+
+    before = plain(compose("config", ["model=vae"]))
+    after = plain(compose("config", ["model=vae", "serve.port=9000", "serve.limits.max_n=8"]))
+    assert differences(comparable(before), comparable(after)) == []  # train.resume=matching
+
+
 # The MLflow registry. ------------------------------------------------------------------------
 
 
