@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # Extra pytest arguments, e.g. make test PYTEST_ARGS='-m "not slow" -x'
 PYTEST_ARGS ?=
 
-.PHONY: install params lint test run lock
+.PHONY: install params lint test run serve lock
 
 install:
 	$(PYTHON) scripts/install.py
@@ -33,6 +33,12 @@ test: install lint
 
 run: install
 	$(BIN)/python -m face_generation.pipeline
+
+# The web page and HTTP API over the trained models (models/<name>/model.pt), on 127.0.0.1;
+# settings in configs/serve/, e.g. make serve SERVE_ARGS=serve.port=8080
+SERVE_ARGS ?=
+serve: install
+	$(BIN)/python -m face_generation.serve $(SERVE_ARGS)
 
 lock:
 	$(PYTHON) scripts/lock_dependencies.py

@@ -22,8 +22,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,49 +29,13 @@ from typing import Any
 import torch
 
 from face_generation.config import compose
-from face_generation.errors import UserError, reported_errors
+from face_generation.errors import reported_errors
 from face_generation.runtime.checkpoint import CheckpointError
 from face_generation.runtime.device import pick_device
 from face_generation.runtime.family import RECONSTRUCT
-from face_generation.runtime.generator import TrainedGenerator, load_generator, sampling_options
+from face_generation.runtime.generator import TrainedGenerator, generate, sampling_options
 from face_generation.runtime.images import load_faces, save_each, save_grid
-
-TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
-
-
-def is_mlflow_uri(model: str) -> bool:
-    """runs:/..., models:/..., any scheme:/... URI, or a folder holding an MLmodel file."""
-    if Path(model).is_file():
-        return False
-    return (Path(model) / "MLmodel").is_file() or re.match(
-        r"^[a-z][a-z0-9+.-]*:/", model
-    ) is not None
-
-
-def load_model(model: str, device: torch.device, use_ema: bool = True) -> TrainedGenerator:
-    """The trained generator of a checkpoint or an MLflow model URI."""
-    if is_mlflow_uri(model):
-        import mlflow.pyfunc  # imported only when needed: it takes seconds
-        from mlflow.exceptions import MlflowException
-
-        from face_generation.runtime.mlflow_model import GeneratorModel
-
-        if model.startswith(("models:/", "runs:/")) and not os.environ.get(TRACKING_URI_VARIABLE):
-            # without it MLflow would quietly open (and create) ./mlflow.db instead of the server
-            raise UserError(
-                f"{model} is resolved by an MLflow server: set {TRACKING_URI_VARIABLE}, e.g. "
-                f"export {TRACKING_URI_VARIABLE}=http://127.0.0.1:5000 (the project's server: "
-                "python -m face_generation.tracking.server start)"
-            )
-        try:
-            python_model = mlflow.pyfunc.load_model(model).unwrap_python_model()
-        except MlflowException as error:
-            raise UserError(f"{model}: {error.message.splitlines()[0]}") from None
-        if not isinstance(python_model, GeneratorModel) or python_model.generator is None:
-            raise UserError(f"{model} is not a face_generation generator model")
-        python_model.generator.network.to(device)
-        return python_model.generator
-    return load_generator(model, device, use_ema=use_ema)
+from face_generation.runtime.sources import load_model
 
 
 def parse_options(pairs: Sequence[str], trained: TrainedGenerator) -> dict[str, Any]:
@@ -89,11 +51,6 @@ def parse_options(pairs: Sequence[str], trained: TrainedGenerator) -> dict[str, 
             )
         options[name] = type(known[name])(value)
     return options
-
-
-def generate(trained: TrainedGenerator, n: int, seed: int, **options: Any) -> torch.Tensor:
-    """n samples in [-1, 1]; the noise comes from a CPU generator seeded with `seed`."""
-    return trained.sample(n, generator=torch.Generator().manual_seed(seed), **options).cpu()
 
 
 def reconstruct(

@@ -15,12 +15,14 @@ import pytest
 import torch
 from PIL import Image
 
+from face_generation.data.packed import features_dir
 from face_generation.evaluation.evaluate_model import evaluate
 from face_generation.inference import main as inference_main
 from face_generation.runtime.checkpoint import CheckpointError, load_checkpoint
 from face_generation.runtime.device import pick_device
 from face_generation.runtime.family import SAMPLE, Batch
-from face_generation.runtime.generator import load_generator, sampling_options
+from face_generation.runtime.generator import load_generator, sampling_options, takes_photos
+from face_generation.runtime.pixels import to_float_nchw
 from face_generation.runtime.registry import UnknownFamilyError, family_class, family_names
 from face_generation.training.data import PackedBatches
 from face_generation.training.device import step_context
@@ -150,6 +152,26 @@ def test_sampling_is_seeded_takes_options_and_refuses_unknown_ones(
         cond = torch.randn(4, 4)
         conditioned = generator.sample(4, cond=cond, generator=torch.Generator().manual_seed(1))
         assert not torch.equal(images, conditioned)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_photos_become_conditions_shaped_like_the_condition_rows(
+    name: str, trained: TrainedModels
+) -> None:
+    generator = load_generator(trained.checkpoints[name])
+    faces = np.load(trained.data / "packed" / str(RESOLUTION) / "test.npy")
+    photos = to_float_nchw(faces, None)
+    if not takes_photos(generator.family):  # the web service refuses reference photos with this
+        with pytest.raises(ValueError, match=r"takes no reference photos|cannot compute it"):
+            generator.conditions_from_photos(photos)
+        return
+    conditions = generator.conditions_from_photos(photos)
+    condition = str(generator.family.condition)
+    rows = np.load(features_dir(trained.data, RESOLUTION) / condition / "test.npy")
+    assert conditions.shape == rows.shape  # one row per photo, as the condition array holds
+    assert torch.equal(conditions, generator.conditions_from_photos(photos))
+    images = generator.sample(len(faces), cond=conditions, generator=torch.Generator())
+    assert images.shape == (len(faces), 3, RESOLUTION, RESOLUTION)
 
 
 @pytest.mark.parametrize("name", SAMPLING)

@@ -3,7 +3,8 @@ files, and a user of every part of the contract that VAE and DCGAN leave unused.
 
 It is conditional (on a per-row `embedding` feature array), trains on a spatial feature map
 (`pyramid`, mirrored with the images), holds a frozen network (never trained, never saved),
-keeps state of its own (steps seen, in checkpoints), and has a sampling option (`scale`).
+keeps state of its own (steps seen, in checkpoints), has a sampling option (`scale`), and computes
+its condition from photos (the web service's reference photos).
 Its config is stored in Hydra's ConfigStore as `model=tiny`, beside configs/model/*.yaml.
 
 Importing this module registers it; conftest.py does so for the whole session.
@@ -112,6 +113,11 @@ class TinyFamily(Family):
         latents = gaussian_latents(n, network.latent_dim, device, generator, scale)
         embedding = torch.zeros(n, EMBEDDING_DIM) if cond is None else cond.float()
         return network(latents, embedding.to(device))
+
+    @classmethod
+    def condition_from_photos(cls, images: torch.Tensor, model_cfg: DictConfig) -> torch.Tensor:
+        """Stands for a face encoder: each photo's mean red, green and blue, and its contrast."""
+        return torch.cat([images.mean(dim=(2, 3)), images.std(dim=(1, 2, 3))[:, None]], dim=1)
 
 
 def write_features(data_dir: Path, resolution: int, counts: dict[str, int]) -> None:

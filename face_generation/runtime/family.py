@@ -35,6 +35,9 @@ Class methods, usable without a training run (the runtime calls them on loaded w
                    (temperature, steps, sampler, guidance...), their defaults in the signature
                    and overridable per model under `model.sampling` in its config
     reconstruct(network, images)  the network's reconstruction of images (RECONSTRUCT only)
+    condition_from_photos(images, model_cfg)  conditional families that can: the `condition`
+                   rows for N photos (N×3×H×W in [-1, 1]), computed with the encoder the
+                   condition array was made with; the web service's reference photos use it
 """
 
 from __future__ import annotations
@@ -156,3 +159,7 @@ class Family:
     @classmethod
     def reconstruct(cls, network: nn.Module, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"the {cls.name} family does not reconstruct")
+
+    @classmethod
+    def condition_from_photos(cls, images: torch.Tensor, model_cfg: DictConfig) -> torch.Tensor:
+        raise NotImplementedError(f"the {cls.name} family computes no condition from photos")

@@ -3,6 +3,7 @@ image files to model inputs. Files are written atomically (temporary name, then 
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +35,11 @@ def save_grid(
     images: torch.Tensor, path: Path, columns: int | None = None, gutter: int = 2
 ) -> Path:
     """One PNG of all images in a near-square grid with black gutters."""
-    pixels = to_uint8(images)
+    return save_png(grid_pixels(to_uint8(images), columns, gutter), path)
+
+
+def grid_pixels(pixels: np.ndarray, columns: int | None = None, gutter: int = 2) -> np.ndarray:
+    """N×H×W×3 uint8 images as one H'×W'×3 grid (near-square unless `columns` is given)."""
     count, height, width, _ = pixels.shape
     columns = columns or math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)
@@ -45,7 +50,14 @@ def save_grid(
         top = gutter + (index // columns) * (height + gutter)
         left = gutter + (index % columns) * (width + gutter)
         grid[top : top + height, left : left + width] = image
-    return save_png(grid, path)
+    return grid
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """An H×W×3 uint8 array as the bytes of a PNG file."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def save_each(images: torch.Tensor, folder: Path, prefix: str = "") -> list[Path]:
