@@ -284,7 +284,7 @@ def test_params_file_selects_one_model(tmp_path: Path) -> None:
         "model.latent_dim=7",
     ]
     parser = model_stage_parser("test", "train")
-    cfg = model_config_from_args(parser.parse_args(parser_args), "train")
+    cfg = model_config_from_args(parser.parse_args(parser_args))
     assert cfg.model.name == "dcgan" and cfg.model.latent_dim == 7 and "models" not in cfg
     assert (
         cfg.train.steps == 2

@@ -297,6 +297,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import argparse
 
     from face_generation.config import config_from_args, stage_parser
+    from face_generation.errors import reported_errors
 
     parser = argparse.ArgumentParser(
         prog="python -m face_generation.tracking.server",
@@ -325,7 +326,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             formatter_class=shared.formatter_class,
         )
     args = parser.parse_args(argv)
-    cfg = config_from_args(args).tracking
+    with reported_errors("tracking"):
+        cfg = config_from_args(args).tracking
     if args.action == "start":
         started = time.perf_counter()
         try:
