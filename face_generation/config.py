@@ -1,4 +1,5 @@
-"""Loading the Hydra config tree in `configs/`: the single source of truth for parameters.
+"""Loading the Hydra config tree in `configs/` (face_generation/configs/, shipped in the wheel):
+the single source of truth for parameters.
 
 Every stage is `python -m face_generation.<module>` and takes its config one of two ways:
   * Hydra overrides, composed from `configs/config.yaml`: `... data=folder data.path=faces`;
@@ -25,7 +26,9 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from face_generation.config_schema import schema_of, store_schemas
 from face_generation.errors import UserError, reported_errors
 
-CONFIG_DIR = Path(os.environ.get("FACE_GENERATION_CONFIGS", Path(__file__).parents[1] / "configs"))
+# The config tree ships inside the package, so an installed wheel composes too; `configs/` at
+# the repository root is a link to it, for DVC (.dvc/config) and the README.
+CONFIG_DIR = Path(os.environ.get("FACE_GENERATION_CONFIGS") or Path(__file__).with_name("configs"))
 SWEEPS = (
     "sweeps run as DVC experiments, one per combination: "
     "dvc exp run --queue -S 'train.steps=1000,2000', then dvc queue start (dvc exp show compares them)"
