@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from face_generation.config import add_config_options, compose, job_config, refuse_multirun
 from face_generation.errors import reported_errors
+from face_generation.tracking.server import ui_url
 
 PARAMS_HEADER = (
     "# Generated from configs/ by `python -m face_generation.config`; never edit by hand.\n"
@@ -102,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         deliver_pending(cfg.tracking)
     print(f"[pipeline] done in {time.perf_counter() - started:.0f} s. Look at:")
     if uri is not None:
-        print(f"  {uri:<24}MLflow UI: runs, loss curves, sample grids, registered models")
+        print(f"  {'MLflow UI':<24}{ui_url(uri)}: runs, curves, sample grids, registered models")
     print("  plots/report.md         one metrics table across the trained models")
     print(f"  {cfg.paths.models + '/<model>/':<24}model.pt, samples.png, losses.csv")
     print("  metrics/                data.json and <model>.json (`dvc metrics show`)")

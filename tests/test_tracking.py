@@ -113,7 +113,8 @@ def test_start_reuses_the_running_server(
     server_cli.main(["start", *mlflow_server.overrides])
     server_cli.main(["status", *mlflow_server.overrides])
     out = capsys.readouterr().out
-    assert f"UI: {mlflow_server.uri}" in out
+    # the UI's machine-learning view: MLflow 3 opens on GenAI traces otherwise
+    assert f"UI: {mlflow_server.uri}/#/experiments?workflowType=machine_learning" in out
     assert f"pid {status.pid}" in out
     assert server_status(mlflow_server.cfg).pid == status.pid
 
@@ -249,6 +250,24 @@ def test_run_logs_params_metrics_artifacts_and_tags(
     assert logged.data.tags["data_hash"] == "d41d8cd9"
     assert logged.data.tags["dvc_exp"] == "brisk-lynx"
     assert len(logged.data.tags["git_commit"]) == 40  # the tests run inside the repository
+
+
+def test_links_and_experiments_open_the_ui_on_training_runs(
+    tracking_cfg: DictConfig, mlflow_server: MlflowServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = MlflowClient(mlflow_server.uri)
+    older = client.create_experiment(str(tracking_cfg.experiment))  # made before, with no kind
+    with TrackedRun(tracking_cfg, "links") as run:
+        pass
+    page = f"{mlflow_server.uri}/#/experiments/{older}/runs/{run.run_id}"
+    assert run.url == f"{page}?workflowType=machine_learning"
+    assert f"MLflow run started: {run.url}" in capsys.readouterr().err
+    fresh = OmegaConf.merge(tracking_cfg, {"experiment": f"{tracking_cfg.experiment}-new"})
+    with TrackedRun(fresh, "links"):  # type: ignore[arg-type]
+        pass
+    for name in (tracking_cfg.experiment, fresh.experiment):
+        tags = client.get_experiment_by_name(str(name)).tags
+        assert tags["mlflow.experimentKind"] == "custom_model_development"  # the UI shows runs
 
 
 def test_model_is_logged_with_signature_and_registered(

@@ -34,6 +34,9 @@ from face_generation.tracking.spool import Event, Spool
 LOCAL_KEY_TAG = "face_generation.local_key"  # ties an MLflow run (or model) to its spool
 END_STATUSES = ("FINISHED", "FAILED", "KILLED")
 BATCHED_KINDS = ("metrics", "params", "tags")  # records that go to MLflow by log_batch
+# The experiment tag the MLflow 3 UI reads to open an experiment on its training runs (and
+# its machine-learning view) instead of GenAI traces.
+EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 def deliver(spool: Spool, client: MlflowClient, upload_timeout_s: float) -> list[Event]:
@@ -103,14 +106,18 @@ def ensure_run(spool: Spool, client: MlflowClient) -> str:
 
 
 def ensure_experiment(spool: Spool, client: MlflowClient) -> str:
-    """The id of the spool's experiment, creating the experiment when the server has none."""
+    """The id of the spool's experiment, creating the experiment when the server has none.
+
+    It is marked as model training (EXPERIMENT_KIND_TAG), so that the UI opens it on its runs; an
+    experiment made before without a kind gets it too, one a user set is left alone.
+    """
     if spool.meta.get("experiment_id"):
         return str(spool.meta["experiment_id"])
     name = spool.meta["experiment"]
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return client.create_experiment(name)
+            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
         except MlflowException:  # created meanwhile by another process
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
@@ -120,6 +127,8 @@ def ensure_experiment(spool: Spool, client: MlflowClient) -> str:
             f"MLflow experiment {name!r} is deleted; restore it in the UI "
             "or choose another with tracking.experiment=NAME"
         )
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
     return str(experiment.experiment_id)
 
 

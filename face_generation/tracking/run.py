@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from face_generation.tracking.delivery import deliver, http_settings
 from face_generation.tracking.provenance import flatten_config, run_tags
-from face_generation.tracking.server import tracking_uri
+from face_generation.tracking.server import tracking_uri, ui_url
 from face_generation.tracking.spool import (
     LOCAL_KEY_PATTERN,
     Event,
@@ -156,10 +156,10 @@ class TrackedRun:
         """The run's page in the MLflow UI (the experiment's page until the run exists)."""
         experiment = self.spool.meta.get("experiment_id")
         if experiment is None:
-            return self.uri
+            return ui_url(self.uri)
         if self.run_id is None:
-            return f"{self.uri}/#/experiments/{experiment}"
-        return f"{self.uri}/#/experiments/{experiment}/runs/{self.run_id}"
+            return ui_url(self.uri, f"experiments/{experiment}")
+        return ui_url(self.uri, f"experiments/{experiment}/runs/{self.run_id}")
 
     def state(self) -> dict[str, str | None]:
         """What a checkpoint stores so that a resumed run continues this MLflow run."""
