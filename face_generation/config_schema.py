@@ -291,6 +291,12 @@ class EvalConfig:
 
 
 @dataclass
+class ChampionConfig:
+    alias: str = MISSING
+    metric: str = MISSING
+
+
+@dataclass
 class TrackingConfig:
     enabled: bool = MISSING
     host: str = MISSING
@@ -309,6 +315,8 @@ class TrackingConfig:
     server_env: dict[str, str] = MISSING
     experiment: str = MISSING
     registered_model_prefix: str = MISSING
+    version_metrics: list[str] = MISSING
+    champion: ChampionConfig = field(default_factory=ChampionConfig)
     spool_dir: str = MISSING
     keep_spool_after_delivery: bool = MISSING
     spool_compact_mb: int = MISSING
