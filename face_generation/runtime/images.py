@@ -3,6 +3,7 @@ image files to model inputs. Files are written atomically (temporary name, then 
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,11 +22,18 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return to_uint8_nhwc(images.detach(), (-1.0, 1.0))
 
 
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """An H×W×3 uint8 array as the bytes of a PNG file."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def save_png(pixels: np.ndarray, path: Path) -> Path:
     """Write an H×W×3 uint8 array as a PNG atomically (a reader never sees half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    Image.fromarray(pixels).save(temporary, format="PNG")
+    temporary.write_bytes(png_bytes(pixels))
     temporary.replace(path)
     return path
 
