@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = model_stage_parser(__doc__ or "", "evaluate")
     args = parser.parse_args(argv)
     with reported_errors("evaluate", CheckpointError, WeightsUnavailableError):
-        evaluate(model_config_from_args(args, "evaluate"))
+        evaluate(model_config_from_args(args))
 
 
 if __name__ == "__main__":

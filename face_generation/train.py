@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = model_stage_parser(__doc__ or "", "train")
     args = parser.parse_args(argv)
     with reported_errors("train", CheckpointError, TrainingDiverged, OutputBusyError):
-        result = train(model_config_from_args(args, "train"))
+        result = train(model_config_from_args(args))
     if result.stopped_by is not None:
         raise SystemExit(128 + {"SIGINT": 2, "SIGTERM": 15}[result.stopped_by])
 

@@ -26,7 +26,11 @@ def project_files() -> list[str]:
         text=True,
         check=True,
     ).stdout.splitlines()
-    return [name for name in listed if (REPO_ROOT / name).is_file()]
+    return [name for name in listed if (REPO_ROOT / name).is_file() or is_link(name)]
+
+
+def is_link(name: str) -> bool:
+    return (REPO_ROOT / name).is_symlink()  # configs/ -> face_generation/configs
 
 
 def run(command: list[str], cwd: Path) -> str:
@@ -47,7 +51,10 @@ def project(tmp_path: Path) -> Path:
     repo = tmp_path / "project"
     for name in project_files():
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO_ROOT / name, repo / name)
+        if is_link(name):
+            (repo / name).symlink_to((REPO_ROOT / name).readlink())
+        else:
+            shutil.copy2(REPO_ROOT / name, repo / name)
     run(["git", "init", "-q"], repo)
     run(["git", "add", "-A"], repo)
     run(
@@ -109,3 +116,14 @@ def test_dvc_repro_runs_the_pipeline_then_only_what_changed(
     assert {"pack", "train@vae", "train@dcgan"} <= stages_run(third)
     assert not stages_run(third) & {"download", "split", "crop"}
     assert (project / "data" / "packed" / "16" / "train.npy").is_file()
+
+
+def test_a_sweep_queues_one_dvc_experiment_per_combination(project: Path) -> None:
+    """The README's sweep: DVC composes params.yaml for each combination through its Hydra
+    integration (configs/, without the package's schemas) and queues them."""
+    dvc = [sys.executable, "-m", "dvc"]
+    queued = run([*dvc, "exp", "run", "--queue", "-S", "train.steps=1000,2000"], project)
+    assert queued.count("Queueing with overrides") == 2
+    assert "train.steps=1000" in queued and "train.steps=2000" in queued
+    status = run([*dvc, "queue", "status"], project)
+    assert status.count("Queued") == 2

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,12 +22,17 @@ from mlflow.pyfunc import PythonModel, load_model
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema, TensorSpec
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 
 from face_generation.config import compose
 from face_generation.tracking import server as server_cli
 from face_generation.tracking import sync as sync_cli
 from face_generation.tracking.delivery import deliver_spool
-from face_generation.tracking.provenance import flatten_config, registered_model_name
+from face_generation.tracking.provenance import (
+    flatten_config,
+    registered_model_name,
+    version_metadata,
+)
 from face_generation.tracking.run import SYNC_COMMAND, TrackedRun
 from face_generation.tracking.server import (
     ServerError,
@@ -55,15 +61,22 @@ GENERATOR_SIGNATURE = ModelSignature(
 )
 
 
-def log_generator(run: TrackedRun, registered_name: str) -> None:
-    """What training does at its end: log the generator, registered as `registered_name`."""
+def log_generator(run: TrackedRun, registered_name: str, **version: Any) -> None:
+    """What training does at its end: log the generator, registered as `registered_name`
+    (`version`: its description and tags)."""
     run.log_model(
         NoiseGenerator(),
         "generator",
         GENERATOR_SIGNATURE,
         registered_model_name=registered_name,
         pip_requirements=["mlflow", "numpy"],
+        **version,
     )
+
+
+def write_png(path: Path, value: int) -> Path:
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(path)
+    return path
 
 
 def live_processes(pids: list[int]) -> list[int]:
@@ -113,7 +126,8 @@ def test_start_reuses_the_running_server(
     server_cli.main(["start", *mlflow_server.overrides])
     server_cli.main(["status", *mlflow_server.overrides])
     out = capsys.readouterr().out
-    assert f"UI: {mlflow_server.uri}" in out
+    # the UI's machine-learning view: MLflow 3 opens on GenAI traces otherwise
+    assert f"UI: {mlflow_server.uri}/#/experiments?workflowType=machine_learning" in out
     assert f"pid {status.pid}" in out
     assert server_status(mlflow_server.cfg).pid == status.pid
 
@@ -251,6 +265,24 @@ def test_run_logs_params_metrics_artifacts_and_tags(
     assert len(logged.data.tags["git_commit"]) == 40  # the tests run inside the repository
 
 
+def test_links_and_experiments_open_the_ui_on_training_runs(
+    tracking_cfg: DictConfig, mlflow_server: MlflowServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = MlflowClient(mlflow_server.uri)
+    older = client.create_experiment(str(tracking_cfg.experiment))  # made before, with no kind
+    with TrackedRun(tracking_cfg, "links") as run:
+        pass
+    page = f"{mlflow_server.uri}/#/experiments/{older}/runs/{run.run_id}"
+    assert run.url == f"{page}?workflowType=machine_learning"
+    assert f"MLflow run started: {run.url}" in capsys.readouterr().err
+    fresh = OmegaConf.merge(tracking_cfg, {"experiment": f"{tracking_cfg.experiment}-new"})
+    with TrackedRun(fresh, "links"):  # type: ignore[arg-type]
+        pass
+    for name in (tracking_cfg.experiment, fresh.experiment):
+        tags = client.get_experiment_by_name(str(name)).tags
+        assert tags["mlflow.experimentKind"] == "custom_model_development"  # the UI shows runs
+
+
 def test_model_is_logged_with_signature_and_registered(
     tracking_cfg: DictConfig, mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -274,6 +306,44 @@ def test_model_is_logged_with_signature_and_registered(
     (output,) = client.get_run(run.run_id).outputs.model_outputs
     assert registered.source == f"models:/{output.model_id}"
     assert client.get_logged_model(output.model_id).status == "READY"
+
+
+def test_versions_are_described_and_the_champion_is_the_best_on_the_same_data(
+    tracking_cfg: DictConfig, mlflow_server: MlflowServer
+) -> None:
+    client = MlflowClient(mlflow_server.uri)
+    name = registered_model_name(tracking_cfg, "champion")
+
+    def trained_and_evaluated(data_hash: str, fd: float) -> tuple[str, TrackedRun]:
+        """A run as training and evaluation log it: the generator, then its numbers."""
+        with TrackedRun(tracking_cfg, "champion") as run:
+            description, tags = version_metadata("noise", 8, 6, data_hash)
+            log_generator(run, name, version_description=description, version_tags=tags)
+            run.log_metrics({"eval/fd_effnet": fd}, step=6, model="generator")
+            champion = {"alias": "champion", "metric": "fd_effnet", "data_hash": data_hash}
+            run.update_version(name, {"fd_effnet": str(fd)}, champion)
+        version = run.model_version("generator")
+        assert version is not None
+        return version, run
+
+    def champion() -> str:
+        return str(client.get_model_version_by_alias(name, "champion").version)
+
+    first, run = trained_and_evaluated("aaaa", 10.0)
+    version = client.get_model_version(name, first)
+    assert version.description.startswith("noise generator, 8x8 px, 6 steps on data aaaa, code ")
+    assert version.tags["data_hash"] == "aaaa" and version.tags["fd_effnet"] == "10.0"
+    assert version.tags["family"] == "noise" and len(version.tags["git_commit"]) == 40
+    assert champion() == first
+    (output,) = client.get_run(str(run.run_id)).outputs.model_outputs  # the model's own page
+    assert [m.key for m in client.get_logged_model(output.model_id).metrics] == ["eval/fd_effnet"]
+
+    better, _ = trained_and_evaluated("aaaa", 5.0)
+    assert champion() == better
+    trained_and_evaluated("aaaa", 7.0)
+    assert champion() == better
+    other, _ = trained_and_evaluated("bbbb", 50.0)  # new data: numbers on other data do not compare
+    assert champion() == other
 
 
 def test_a_finished_run_resumed_registers_no_second_version(
@@ -324,6 +394,8 @@ def test_server_outage_loses_nothing(
             run_a.log_metrics({"loss": float(step), "images_per_s": 10.0 * step}, step)
         grid.write_bytes(b"grid at step 5")
         run_a.log_artifact(grid, "samples")
+        run_a.log_image(write_png(tmp_path / "step-5.png", 5), "samples", 5)
+        run_a.log_input("faces-8px", "d41d8cd9", "data/packed/8", {"rows": 3}, "training")
         run_b = TrackedRun(tracking_cfg, "b")
         assert run_b.run_id is None  # unreachable at start: a local key only
         for step in range(6):
@@ -331,7 +403,7 @@ def test_server_outage_loses_nothing(
         log_generator(run_b, model_name)
         told = capsys.readouterr().err
         assert told.count("could not deliver to the MLflow server") == 2  # once per run
-        assert len(run_a.spool.pending) == 4 and len(run_b.spool.pending) > 6
+        assert len(run_a.spool.pending) == 6 and len(run_b.spool.pending) > 6
     finally:
         start_server(mlflow_server.cfg)
 
@@ -348,6 +420,9 @@ def test_server_outage_loses_nothing(
             assert steps_logged(client, run.run_id, key) == list(range(7))  # each exactly once
         assert client.get_run(run.run_id).info.status == "FINISHED"
     assert [a.path for a in client.list_artifacts(run_a.run_id, "samples")] == ["samples/grid.png"]
+    assert len(client.list_artifacts(run_a.run_id, "images")) == 2  # the image and its preview
+    (dataset,) = client.get_run(run_a.run_id).inputs.dataset_inputs
+    assert (dataset.dataset.name, dataset.dataset.digest) == ("faces-8px", "d41d8cd9")
     assert client.get_model_version(model_name, run_b.model_version("generator")).run_id == (
         run_b.run_id
     )
@@ -392,14 +467,19 @@ def test_replaying_delivered_records_does_not_duplicate_them(
     for step in range(3):
         run.log_metrics({"loss": float(step)}, step)
     run.log_params({"lr": 0.1})
+    run.log_image(write_png(Path(cfg.spool_dir).parent / "grid.png", 9), "samples", 2)
+    run.log_input("faces-8px", "d41d8cd9", "data/packed/8", {"rows": 3}, "training")
     assert run.close()
 
     (run.spool.dir / "cursor").write_text("0")
     spool = Spool.open(run.spool.dir.parent, run.local_key)
-    assert spool is not None and len(spool.pending) == 6
+    assert spool is not None and len(spool.pending) == 8
     assert deliver_spool(spool, cfg) == []
     spool.release()
-    assert steps_logged(MlflowClient(mlflow_server.uri), str(run.run_id), "loss") == [0, 1, 2]
+    client = MlflowClient(mlflow_server.uri)
+    assert steps_logged(client, str(run.run_id), "loss") == [0, 1, 2]
+    assert len(client.list_artifacts(str(run.run_id), "images")) == 2  # once, with its preview
+    assert len(client.get_run(str(run.run_id)).inputs.dataset_inputs) == 1
 
 
 def test_a_record_mlflow_refuses_is_kept_and_blocks_nothing(

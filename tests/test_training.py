@@ -3,6 +3,7 @@ packs them in the documented format in a temporary folder)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -129,11 +130,12 @@ def test_training_writes_checkpoints_samples_and_metrics(
     assert all(np.isfinite(value) for _, logged in tracker.metrics for value in logged.values())
     assert tracker.params["model.name"] == model and tracker.params["train.steps"] == "6"
     assert tracker.tags["data_hash"] == "test"
-    assert {path.name for path in tracker.artifacts} == {
-        "step-00000003.png",
-        "step-00000006.png",
-        "losses.csv",
-    }
+    assert [path.name for path in tracker.artifacts] == ["losses.csv"]
+    assert [(key, step, path.name) for key, step, path in tracker.images] == [
+        ("samples", 3, "step-00000003.png"),  # the UI's step slider
+        ("samples", 6, "step-00000006.png"),
+    ]
+    assert tracker.datasets == [(data_dir / "packed" / "32", "test", 48)]
 
     state = load_checkpoint(result.checkpoint, expected_model=model)
     assert state["step"] == 6 and state["run_id"] == tracker.run_id
@@ -166,10 +168,11 @@ def test_tracked_run_logs_curves_samples_and_a_registered_generator(
     assert run.data.tags["data_hash"] == "test" and len(run.data.tags["git_commit"]) == 40
     history = client.get_metric_history(result.run_id, "train/d_loss")
     assert [metric.step for metric in history] == [2, 3, 4, 6]
-    assert {a.path for a in client.list_artifacts(result.run_id, "samples")} == {
-        "samples/step-00000003.png",
-        "samples/step-00000006.png",
-    }
+    images = [a.path for a in client.list_artifacts(result.run_id, "images")]
+    assert [sum(f"samples+step+{step}+" in path for path in images) for step in (3, 6)] == [2, 2]
+    (dataset,) = run.inputs.dataset_inputs  # the training data: the DVC output and its hash
+    assert dataset.dataset.digest == "test" and dataset.dataset.name == "lfw_subset-32px"
+    assert json.loads(dataset.dataset.source)["uri"] == str(data_dir / "packed" / "32")
     losses = (tmp_path / "models" / "dcgan" / "losses.csv").read_text().splitlines()
     assert losses[0].startswith("step,d_loss,") and [line.split(",")[0] for line in losses[1:]] == [
         "2",
@@ -181,6 +184,16 @@ def test_tracked_run_logs_curves_samples_and_a_registered_generator(
     name = registered_model_name(cfg.tracking, "dcgan")
     [version] = client.search_model_versions(f"name='{name}'")
     assert version.run_id == result.run_id
+    assert version.description.startswith("dcgan generator, 32x32 px, 6 steps on data test")
+    assert {key: version.tags[key] for key in ("family", "resolution", "steps", "data_hash")} == {
+        "family": "dcgan",
+        "resolution": "32",
+        "steps": "6",
+        "data_hash": "test",
+    }
+    link = json.loads((tmp_path / "models" / "dcgan" / "mlflow_run.json").read_text())
+    assert link["run_id"] == result.run_id and link["version"] == version.version
+    assert link["url"].endswith(f"/runs/{result.run_id}?workflowType=machine_learning")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
     model = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
     served = model.predict(pd.DataFrame({"n": [3], "seed": [5]}))
@@ -284,7 +297,7 @@ def test_params_file_selects_one_model(tmp_path: Path) -> None:
         "model.latent_dim=7",
     ]
     parser = model_stage_parser("test", "train")
-    cfg = model_config_from_args(parser.parse_args(parser_args), "train")
+    cfg = model_config_from_args(parser.parse_args(parser_args))
     assert cfg.model.name == "dcgan" and cfg.model.latent_dim == 7 and "models" not in cfg
     assert (
         cfg.train.steps == 2

@@ -111,7 +111,7 @@ def test_matching_resume_continues_an_interrupted_run_and_nothing_else(
     changed = config("vae", data_dir, models, "train.resume=matching", "model.beta=2")
     assert train(changed, NullTracker()).step == 6
     out = capsys.readouterr().out
-    assert "starting afresh" in out and "model.beta: 1.0 → 2" in out
+    assert "starting afresh" in out and "model.beta: 1.0 → 2.0" in out
 
 
 def test_resume_auto_on_a_finished_run_does_nothing(

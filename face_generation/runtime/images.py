@@ -22,11 +22,18 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return to_uint8_nhwc(images.detach(), (-1.0, 1.0))
 
 
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """An H×W×3 uint8 array as the bytes of a PNG file."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def save_png(pixels: np.ndarray, path: Path) -> Path:
     """Write an H×W×3 uint8 array as a PNG atomically (a reader never sees half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    Image.fromarray(pixels).save(temporary, format="PNG")
+    temporary.write_bytes(png_bytes(pixels))
     temporary.replace(path)
     return path
 
@@ -51,13 +58,6 @@ def grid_pixels(pixels: np.ndarray, columns: int | None = None, gutter: int = 2)
         left = gutter + (index % columns) * (width + gutter)
         grid[top : top + height, left : left + width] = image
     return grid
-
-
-def png_bytes(pixels: np.ndarray) -> bytes:
-    """An H×W×3 uint8 array as the bytes of a PNG file."""
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def save_each(images: torch.Tensor, folder: Path, prefix: str = "") -> list[Path]:

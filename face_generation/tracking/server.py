@@ -26,6 +26,7 @@ import requests
 from omegaconf import DictConfig
 
 LOG_TAIL_LINES = 20  # how much of the server log a start failure shows
+ML_WORKFLOW = "workflowType=machine_learning"  # the UI's query parameter for its training view
 
 # The servers this process started: kept so that `stop_server` can reap them (no zombies).
 _STARTED: dict[int, subprocess.Popen[bytes]] = {}
@@ -46,7 +47,7 @@ class ServerStatus:
     def describe(self) -> str:
         if self.healthy:
             owner = f"pid {self.pid}" if self.running else "not started by this project"
-            return f"MLflow server running at {self.uri} ({owner}); UI: {self.uri}"
+            return f"MLflow server running at {self.uri} ({owner}); UI: {ui_url(self.uri)}"
         if self.running:
             return f"MLflow server (pid {self.pid}) is running but {self.uri} does not answer yet"
         return f"no MLflow server at {self.uri}"
@@ -55,6 +56,12 @@ class ServerStatus:
 def tracking_uri(cfg: DictConfig) -> str:
     """Where runs are logged: `tracking.uri` when set (a shared server), else the local one."""
     return str(cfg.uri) if cfg.get("uri") else f"http://{cfg.host}:{cfg.port}"
+
+
+def ui_url(uri: str, page: str = "experiments") -> str:
+    """A page of the MLflow UI (`experiments/1/runs/<id>`, `models/<name>`) in its
+    machine-learning view: MLflow 3 opens the GenAI view (traces, no Model registry) otherwise."""
+    return f"{uri.rstrip('/')}/#/{page}?{ML_WORKFLOW}"
 
 
 def is_healthy(uri: str, timeout_s: float) -> bool:
@@ -297,6 +304,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import argparse
 
     from face_generation.config import config_from_args, stage_parser
+    from face_generation.errors import reported_errors
 
     parser = argparse.ArgumentParser(
         prog="python -m face_generation.tracking.server",
@@ -325,7 +333,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             formatter_class=shared.formatter_class,
         )
     args = parser.parse_args(argv)
-    cfg = config_from_args(args).tracking
+    with reported_errors("tracking"):
+        cfg = config_from_args(args).tracking
     if args.action == "start":
         started = time.perf_counter()
         try:
@@ -333,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         except ServerError as error:
             raise SystemExit(f"[tracking] {error}") from None
         print(f"[tracking] MLflow server ready in {time.perf_counter() - started:.1f} s")
-        print(f"[tracking] UI: {uri}")
+        print(f"[tracking] UI: {ui_url(uri)}")
     elif args.action == "stop":
         stopped = stop_server(cfg)
         status = server_status(cfg)

@@ -6,7 +6,7 @@ appended to a spool, `<tracking.spool_dir>/<local key>/`:
     run.json        the run's identity: local key, tracking URI, experiment, MLflow run id
     events.jsonl    append-only records, numbered by `seq`
     cursor          the last `seq` the server has acknowledged
-    files/<seq>/    copies of logged artifact files, taken when they were logged
+    files/<seq>/    copies of logged artifact and image files, taken when they were logged
     models/<seq>/   MLflow models saved locally, uploaded on delivery
     models.json     how far the delivery of each model record got
     held.json       metric steps the server held past the last resume point: not sent again
@@ -170,7 +170,7 @@ class Spool:
         self.pending = [e for e in self.pending if e["seq"] > seq]
         _write_text(self.dir / "cursor", str(seq))
         for event in done:  # the copies of files MLflow now holds
-            if event["kind"] in ("artifact", "model"):
+            if event["kind"] in ("artifact", "image", "model"):
                 shutil.rmtree(self.files_of(event).parent, ignore_errors=True)
 
     def reject(self, event: Event, error: Exception) -> None:

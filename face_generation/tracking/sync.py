@@ -95,6 +95,7 @@ def close_orphans(cfg: DictConfig, run_name: str) -> list[SyncResult]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     from face_generation.config import config_from_args, stage_parser
+    from face_generation.errors import reported_errors
 
     parser = stage_parser(__doc__ or "")
     parser.prog = "python -m face_generation.tracking.sync"
@@ -104,7 +105,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="send to this server instead of the one each run was started against",
     )
     args = parser.parse_args(argv)
-    cfg = config_from_args(args).tracking
+    with reported_errors("tracking"):
+        cfg = config_from_args(args).tracking
     results = sync_all(cfg, args.tracking_uri)
     if not results:
         print(f"[tracking] nothing to deliver in {cfg.spool_dir}")

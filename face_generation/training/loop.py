@@ -320,6 +320,7 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
     tracker = tracker or create_tracker(cfg, run_id, resume_step=start_step)
     if plan.checkpoint is None:
         tracker.log_params(flatten_config(cfg))
+        tracker.log_dataset(packed, data_hash, len(arrays["images"]))
     tracker.set_tags(
         {
             "model": str(cfg.model.name),
@@ -366,7 +367,7 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
         sampler.train(was_training)
         if grid is not None:
             path = save_grid(grid, samples / f"step-{step:08d}.png")
-            tracker.log_artifact(path, "samples")
+            tracker.log_image(path, "samples", step)
 
     # The steps.
     sums: dict[str, torch.Tensor] = {}
