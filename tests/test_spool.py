@@ -3,7 +3,8 @@ is delivered to MLflow exactly once (tracking/spool.py, tracking/sync.py).
 
 The writers are real processes killed with SIGKILL, so nothing of theirs (no close(), no
 atexit, no buffer) runs after the kill. The fast tests read the spool back with its own API;
-the slow one delivers it to the test server and reads MLflow's metric histories.
+the slow one delivers it to the test server and reads MLflow's metric histories. The fast
+tests import neither MLflow nor torch, so that `make mutate` runs them in about a second.
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from mlflow.tracking import MlflowClient
 
-from face_generation.tracking import sync as sync_cli
 from face_generation.tracking.spool import (
     LOCAL_KEY_PATTERN,
     Event,
@@ -28,9 +28,11 @@ from face_generation.tracking.spool import (
     read_meta,
     spool_key_of_run,
 )
-from tests.faces import REPO
-from tests.tracking_fixtures import MlflowServer, tracked
 
+if TYPE_CHECKING:
+    from tests.tracking_fixtures import MlflowServer
+
+REPO = Path(__file__).resolve().parents[1]
 STEPS = 300  # enough records that dropping any share of them shows
 
 
@@ -311,6 +313,12 @@ def test_sync_delivers_every_record_of_a_killed_run_exactly_once(
     closed_port_url: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    # Imported here: the fast tests above (and mutation runs of spool.py) need no MLflow.
+    from mlflow.tracking import MlflowClient
+
+    from face_generation.tracking import sync as sync_cli
+    from tests.tracking_fixtures import tracked
+
     plan = {
         "params": {f"model.p{i:03d}": str(i) for i in range(250)},  # 3 records of 100 at most
         "tags": {"dvc_stage": "train@killed", "data_hash": "d41d8cd9"},

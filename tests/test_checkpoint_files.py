@@ -1,0 +1,79 @@
+"""Checkpoint files as training writes them (training/checkpoint.py), without training: step
+names, the newest one, pruning, atomic saving, and RNG states that restore every stream."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from face_generation.training.checkpoint import (
+    list_checkpoints,
+    newest_checkpoint,
+    prune_checkpoints,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+    step_path,
+)
+
+
+def touch_steps(directory: Path, steps: list[int]) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [step_path(directory, step) for step in steps]
+    for path in paths:
+        path.write_bytes(b"")
+    return paths
+
+
+def test_checkpoints_are_listed_by_step_and_other_files_ignored(tmp_path: Path) -> None:
+    assert step_path(tmp_path, 120) == tmp_path / "step-00000120.pt"
+    assert list_checkpoints(tmp_path / "none-yet") == []
+    assert newest_checkpoint(tmp_path / "none-yet") is None
+    paths = touch_steps(tmp_path, [1000, 20, 300])
+    for other in ("model.pt", "step-00000400.pt.tmp", "step-abc.pt", "xstep-00000500.pt"):
+        (tmp_path / other).write_bytes(b"")
+    assert list_checkpoints(tmp_path) == [(20, paths[1]), (300, paths[2]), (1000, paths[0])]
+    assert newest_checkpoint(tmp_path) == paths[0]  # by step, not by name or file time
+
+
+def test_pruning_keeps_the_newest_and_removes_killed_saves(tmp_path: Path) -> None:
+    touch_steps(tmp_path, [10, 20, 30, 40])
+    (tmp_path / "step-00000050.pt.tmp").write_bytes(b"half")  # a save killed midway
+    prune_checkpoints(tmp_path, keep=2)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "step-00000030.pt",
+        "step-00000040.pt",
+    ]
+    prune_checkpoints(tmp_path, keep=0)  # 0: keep them all
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [30, 40]
+
+
+def test_a_save_replaces_the_file_whole_and_leaves_no_temporary(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "step-00000002.pt"
+    save_checkpoint({"step": 1, "weights": torch.ones(3)}, path)
+    save_checkpoint({"step": 2, "weights": torch.zeros(3)}, path)
+    state = torch.load(path, weights_only=True)
+    assert state["step"] == 2 and torch.equal(state["weights"], torch.zeros(3))
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_rng_states_restore_every_stream_through_a_safe_file(tmp_path: Path) -> None:
+    np.random.standard_normal()  # numpy now holds a cached Gaussian: it is saved too
+    path = tmp_path / "rng.pt"
+    save_checkpoint({"rng": rng_state()}, path)
+    expected = draws()
+    restore_rng_state(torch.load(path, weights_only=True)["rng"])  # the loader's safe mode
+    assert draws() == expected
+
+
+def draws() -> list[float]:
+    """One draw from each generator the training code uses."""
+    return [
+        random.random(),
+        float(np.random.standard_normal()),
+        float(np.random.random()),
+        float(torch.rand(1)),
+    ]
