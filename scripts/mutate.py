@@ -18,6 +18,7 @@ Usage: python scripts/mutate.py [--only MODULE ...] [--budget-minutes N]
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import shlex
@@ -66,6 +67,38 @@ def copy_tree(destination: Path) -> None:
     subprocess.run(["tar", "-x", "-C", str(destination)], input=archive.stdout, check=True)
 
 
+def annotation_spans(module: Path) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """(start, end) (line, column) of every type annotation in `module`. Under `from __future__
+    import annotations` they are never evaluated: a mutant there (`str | None` → `str & None`)
+    cannot fail a test, so it is skipped rather than reported as a survivor."""
+    spans = []
+    for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.arg | ast.AnnAssign):
+            annotation = node.annotation
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            annotation = node.returns
+        else:
+            continue
+        if annotation is not None and annotation.end_lineno is not None:
+            start = (annotation.lineno, annotation.col_offset)
+            spans.append((start, (annotation.end_lineno, annotation.end_col_offset or 0)))
+    return spans
+
+
+def skip_annotation_mutants(session: Path, module: Path) -> None:
+    """Mark the mutants inside type annotations as skipped in the cosmic-ray session."""
+    from cosmic_ray.work_db import use_db
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+    spans = annotation_spans(module)
+    skipped = WorkResult(worker_outcome=WorkerOutcome.SKIPPED)
+    with use_db(str(session)) as database:
+        for item in database.pending_work_items:
+            position = tuple(item.mutations[0].start_pos)
+            if any(start <= position < end for start, end in spans):
+                database.set_result(item.job_id, skipped)
+
+
 def baseline_seconds(test_command: str, tree: Path, environment: dict[str, str]) -> float:
     """Run the tests on the unmutated copy; they must pass, or every mutant would be 'killed'."""
     started = time.perf_counter()
@@ -93,12 +126,15 @@ def execute(command: list[str], tree: Path, environment: dict[str, str], budget_
             process.kill()
 
 
-def outcomes(dump: str) -> tuple[int, int, list[str]]:
-    """Killed and tested counts from `cosmic-ray dump`, and one line per survivor."""
-    killed, tested, survivors = 0, 0, []
+def outcomes(dump: str) -> tuple[int, int, int, list[str]]:
+    """Killed, tested and skipped counts from `cosmic-ray dump`, and one line per survivor."""
+    killed, tested, skipped, survivors = 0, 0, 0, []
     for line in dump.splitlines():
         work_item, result = json.loads(line)
         if result is None:  # not reached (a budget ran out)
+            continue
+        if result["worker_outcome"] == "skipped":
+            skipped += 1
             continue
         tested += 1
         if result["test_outcome"] == "killed":
@@ -115,7 +151,7 @@ def outcomes(dump: str) -> tuple[int, int, list[str]]:
                 f"{mutation['operator_name']} #{mutation['occurrence']}: " + " → ".join(changed)
             )
         # "incompetent" (the test command could not start) counts as neither
-    return killed, tested, survivors
+    return killed, tested, skipped, survivors
 
 
 def run_target(target: Target, tree: Path, budget_s: float) -> dict[str, Any]:
@@ -138,20 +174,22 @@ def run_target(target: Target, tree: Path, budget_s: float) -> dict[str, Any]:
     session.unlink(missing_ok=True)
     cosmic = [python, "-m", "cosmic_ray.cli"]
     subprocess.run([*cosmic, "init", str(config), str(session)], cwd=tree, check=True)
+    skip_annotation_mutants(session, tree / target.module)
     started = time.perf_counter()
     complete = execute([*cosmic, "exec", str(config), str(session)], tree, environment, budget_s)
     seconds = time.perf_counter() - started
     dump = subprocess.run(
         [*cosmic, "dump", str(session)], cwd=tree, capture_output=True, text=True, check=True
     ).stdout
-    killed, tested, survivors = outcomes(dump)
+    killed, tested, skipped, survivors = outcomes(dump)
     return {
         "module": target.module,
         "tests": target.tests,
         "date": time.strftime("%Y-%m-%d"),
         "killed": killed,
         "tested": tested,
-        "total": len(dump.splitlines()),
+        "total": len(dump.splitlines()) - skipped,
+        "skipped_in_annotations": skipped,
         "complete": complete,
         "score": round(killed / tested, 3) if tested else None,
         "baseline_s": round(baseline, 1),

@@ -106,11 +106,14 @@ def test_an_unknown_format_number_is_refused(number: int, tmp_path: Path) -> Non
         load_checkpoint(path)
 
 
-def test_a_checkpoint_of_another_model_is_refused_naming_both(tmp_path: Path) -> None:
-    path = saved(tiny_checkpoint(model="dcgan"), tmp_path / "dcgan.pt")
-    with pytest.raises(CheckpointError, match=rf"{path} holds a 'dcgan' model, not 'vae'"):
-        load_checkpoint(path, expected_model="vae")
-    assert load_checkpoint(path, expected_model="dcgan")["model"] == "dcgan"
+@pytest.mark.parametrize(("model", "expected"), [("dcgan", "vae"), ("vae", "dcgan")])
+def test_a_checkpoint_of_another_model_is_refused_naming_both(
+    model: str, expected: str, tmp_path: Path
+) -> None:
+    path = saved(tiny_checkpoint(model=model), tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match=rf"{path} holds a '{model}' model, not '{expected}'"):
+        load_checkpoint(path, expected_model=expected)
+    assert load_checkpoint(path, expected_model=model)["model"] == model
 
 
 def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path: Path) -> None:
