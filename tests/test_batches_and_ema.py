@@ -8,10 +8,60 @@ import torch
 from torch import nn
 
 from face_generation.runtime.family import IMAGES, RowInput
-from face_generation.training.data import PackedBatches, batch_flips, batch_rows
+from face_generation.training.data import PackedBatches, batch_flips, batch_rows, upload
 from face_generation.training.ema import EMA
 
 CPU = torch.device("cpu")
+
+
+def random_images(count: int, size: int = 8) -> np.ndarray:
+    """Distinct uint8 N×H×W×3 rows: any mix-up of rows or pixels shows."""
+    return np.random.default_rng(count).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+
+
+def test_batches_cover_each_epoch_and_restart_at_any_step() -> None:
+    images = random_images(48)
+    batches = PackedBatches({"images": images}, 16, seed=3, hflip=True, device=CPU, on_device=False)
+    run = list(batches.iterate(0, 6))
+    resumed = list(batches.iterate(4, 6))
+    assert len(resumed) == 2
+    for original, again in zip(run[4:], resumed, strict=True):
+        assert torch.equal(original.images, again.images) and torch.equal(original.rows, again.rows)
+    # 48 images, batches of 16: steps 0-2 are one permutation of all rows, so are steps 3-5
+    first_epoch = torch.cat([batch.rows for batch in run[:3]])
+    assert sorted(first_epoch.tolist()) == list(range(48))
+    assert not torch.equal(first_epoch, torch.cat([batch.rows for batch in run[3:]]))
+    # the CUDA path (whole array resident on the device, gathered there) gives the same batches
+    resident = PackedBatches({"images": images}, 16, seed=3, hflip=True, device=CPU, on_device=True)
+    for original, again in zip(run, resident.iterate(0, 6), strict=True):
+        assert torch.equal(original.images, again.images) and torch.equal(original.rows, again.rows)
+    batch = run[0]
+    assert batch.images.shape == (16, 3, 8, 8) and batch.images.dtype == torch.float32
+    expected = torch.from_numpy(images[batch.rows.numpy()]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    flips = batch_flips(16, seed=3, step=0, hflip=True)
+    for i in range(16):
+        assert torch.allclose(batch.images[i], expected[i].flip(2) if flips[i] else expected[i])
+
+
+def test_batch_rows_span_epoch_boundaries() -> None:
+    rows = np.concatenate([batch_rows(5, 4, seed=0, step=step) for step in range(5)])
+    assert all(sorted(rows[i : i + 5].tolist()) == list(range(5)) for i in range(0, 20, 5))
+    assert len({rows[i : i + 5].tobytes() for i in range(0, 20, 5)}) == 4  # a new order each epoch
+    assert not np.array_equal(batch_rows(5, 4, seed=1, step=0), rows[:4])  # and for each seed
+
+
+def test_pixels_map_to_minus_one_and_one_exactly() -> None:
+    images = np.zeros((2, 4, 4, 3), np.uint8)
+    images[1] = 255
+    batches = PackedBatches({"images": images}, 2, 0, hflip=False, device=CPU, on_device=False)
+    batch = next(batches.iterate(0, 1))
+    assert {float(batch.images[i].min()) for i in range(2)} == {-1.0, 1.0}
+    assert {float(batch.images[i].max()) for i in range(2)} == {-1.0, 1.0}
+
+
+def test_upload_copies_every_chunk() -> None:
+    array = random_images(10)
+    assert torch.equal(upload(array, CPU, chunk_rows=3), torch.from_numpy(array))
 
 
 def test_flips_mirror_about_half_of_each_batch_and_change_with_the_step() -> None:
@@ -69,6 +119,10 @@ def test_ranks_split_one_global_batch_order() -> None:
         assert np.array_equal(np.concatenate([f for _, f in shares]), flips)
     with pytest.raises(ValueError, match="divisible"):
         PackedBatches({"images": images}, 6, 5, True, CPU, False, rank=0, world_size=4)
+    with pytest.raises(ValueError, match="row-aligned"):
+        PackedBatches({"images": images, "maps": images[:5]}, 8, 5, True, CPU, False)
+    with pytest.raises(ValueError, match=r"arrays \['maps'\] have no RowInput"):
+        PackedBatches({"images": images, "maps": images}, 8, 5, True, CPU, False)
     assert np.array_equal(whole.rows_and_flips(2)[0], batch_rows(40, 8, seed=5, step=2))
 
 

@@ -1,8 +1,7 @@
 """The spool's promise: every record a process logged is on disk when the process is gone, and
 is delivered to MLflow exactly once (tracking/spool.py, tracking/sync.py).
 
-The writers are real processes killed with SIGKILL, so nothing of theirs (no close(), no
-atexit, no buffer) runs after the kill. The fast tests read the spool back with its own API;
+The writers are real processes killed with SIGKILL (tests/killed_process.py). The fast tests read the spool back with its own API;
 the slow one delivers it to the test server and reads MLflow's metric histories. The fast
 tests import neither MLflow nor torch, so that `make mutate` runs them in about a second.
 """
@@ -11,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,11 +25,10 @@ from face_generation.tracking.spool import (
     read_meta,
     spool_key_of_run,
 )
+from tests.killed_process import run_until_killed
 
 if TYPE_CHECKING:
     from tests.tracking_fixtures import MlflowServer
-
-REPO = Path(__file__).resolve().parents[1]
 STEPS = 300  # enough records that dropping any share of them shows
 
 
@@ -45,26 +41,6 @@ def metric_records(steps: int) -> list[Event]:
 
 def metrics(step: int) -> dict[str, float]:
     return {"loss": 1.0 / (step + 1), "images_per_s": 100.0 + step}
-
-
-def run_until_killed(script: str, arguments: Sequence[str], stdin: str) -> str:
-    """Run `script` in a fresh Python, feed it `stdin`, read the one line it prints when it has
-    logged everything, then SIGKILL it; that line."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", script, *arguments],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    assert child.stdin is not None and child.stdout is not None
-    child.stdin.write(stdin)
-    child.stdin.flush()  # stdin stays open: the child waits on it until it is killed
-    said = child.stdout.readline().strip()
-    child.kill()
-    child.wait()
-    assert said, "the writer died before it had logged everything"
-    return said
 
 
 # A process that appends the records it reads (one JSON object a line, up to "end") to a new
@@ -88,11 +64,11 @@ def test_a_killed_writer_leaves_every_record_on_disk(tmp_path: Path) -> None:
         *metric_records(STEPS),
         {"kind": "tags", "tags": {"phase": "late"}},
     ]
-    key = new_local_key()
+    key, root = new_local_key(), tmp_path / "mlflow" / "spool"  # created by the writer
     lines = "".join(json.dumps(record) + "\n" for record in records) + "end\n"
-    run_until_killed(SPOOL_WRITER, [str(tmp_path), key], lines)
+    run_until_killed(SPOOL_WRITER, [str(root), key], lines)
 
-    spool = Spool.open(tmp_path, key)  # the lock died with the writer
+    spool = Spool.open(root, key)  # the lock died with the writer
     assert spool is not None
     assert spool.pending == [{"seq": seq, **r} for seq, r in enumerate(records, start=1)]
     assert (spool.next_seq, spool.delivered_seq, spool.closed) == (len(records) + 1, 0, False)
@@ -244,10 +220,21 @@ def test_a_spool_is_locked_while_its_process_holds_it(tmp_path: Path) -> None:
     with pytest.raises(SpoolBusyError, match=rf"{spool.dir} is in use by another process"):
         Spool.open(tmp_path, spool.key)
     spool.release()
+    with pytest.raises(AssertionError, match="spool closed"):  # released: written no more
+        spool.append({"kind": "tags", "tags": {}})
     again = Spool.open(tmp_path, spool.key)
     assert again is not None and again.key == spool.key
     again.remove()
     assert not spool.dir.exists() and Spool.open(tmp_path, spool.key) is None
+    assert again.events_size == 0
+
+
+def test_a_folder_left_by_a_crashed_create_is_taken_over(tmp_path: Path) -> None:
+    (tmp_path / "20260101-000000-0000abcd").mkdir()  # killed before run.json was written
+    assert Spool.open(tmp_path, "20260101-000000-0000abcd") is None
+    spool = Spool.create(tmp_path, "20260101-000000-0000abcd", {"run_name": "again"})
+    assert read_meta(spool.dir) == {"local_key": spool.key, "run_name": "again"}
+    spool.release()
 
 
 def test_a_record_torn_by_a_crash_is_dropped_and_a_corrupt_one_refused(tmp_path: Path) -> None:
@@ -262,10 +249,13 @@ def test_a_record_torn_by_a_crash_is_dropped_and_a_corrupt_one_refused(tmp_path:
     assert seqs(spool.pending) == [1, 2, 3]
     spool.release()
 
+    # A whole line (it ends in a newline) that is not JSON was not torn by a crash: refused.
     lines = spool.events_path.read_text().splitlines()
-    spool.events_path.write_text("\n".join([lines[0], "{not json", *lines[1:]]) + "\n")
-    with pytest.raises(ValueError, match=rf"{spool.events_path} line 2 is corrupt"):
-        Spool.open(tmp_path, spool.key)
+    for corrupt in (2, len(lines) + 1):
+        with_corrupt = [*lines[: corrupt - 1], "{not json", *lines[corrupt - 1 :]]
+        spool.events_path.write_text("\n".join(with_corrupt) + "\n")
+        with pytest.raises(ValueError, match=rf"{spool.events_path} line {corrupt} is corrupt"):
+            Spool.open(tmp_path, spool.key)
 
 
 def test_a_run_is_found_by_its_mlflow_id_and_meta_is_read_without_the_lock(
