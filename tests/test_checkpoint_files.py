@@ -40,19 +40,22 @@ def test_checkpoints_are_listed_by_step_and_other_files_ignored(tmp_path: Path) 
 
 
 def test_pruning_keeps_the_newest_and_removes_killed_saves(tmp_path: Path) -> None:
-    touch_steps(tmp_path, [10, 20, 30, 40])
-    (tmp_path / "step-00000050.pt.tmp").write_bytes(b"half")  # a save killed midway
+    touch_steps(tmp_path, [10, 20, 30, 40, 50])
+    (tmp_path / "step-00000060.pt.tmp").write_bytes(b"half")  # a save killed midway
     prune_checkpoints(tmp_path, keep=2)
     assert sorted(path.name for path in tmp_path.iterdir()) == [
-        "step-00000030.pt",
         "step-00000040.pt",
+        "step-00000050.pt",
     ]
-    prune_checkpoints(tmp_path, keep=0)  # 0: keep them all
-    assert [step for step, _ in list_checkpoints(tmp_path)] == [30, 40]
+    for keep in (0, -1):  # 0 or less: keep them all
+        prune_checkpoints(tmp_path, keep=keep)
+        assert [step for step, _ in list_checkpoints(tmp_path)] == [40, 50]
+    prune_checkpoints(tmp_path, keep=1)
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [50]
 
 
 def test_a_save_replaces_the_file_whole_and_leaves_no_temporary(tmp_path: Path) -> None:
-    path = tmp_path / "new" / "step-00000002.pt"
+    path = tmp_path / "models" / "vae" / "checkpoints" / "step-00000002.pt"
     save_checkpoint({"step": 1, "weights": torch.ones(3)}, path)
     save_checkpoint({"step": 2, "weights": torch.zeros(3)}, path)
     state = torch.load(path, weights_only=True)
@@ -70,10 +73,12 @@ def test_rng_states_restore_every_stream_through_a_safe_file(tmp_path: Path) -> 
 
 
 def draws() -> list[float]:
-    """One draw from each generator the training code uses."""
+    """One draw from each generator the training code uses (CUDA's on a machine that has it)."""
+    cuda = [float(torch.rand(1, device="cuda"))] if torch.cuda.is_available() else []
     return [
         random.random(),
         float(np.random.standard_normal()),
         float(np.random.random()),
         float(torch.rand(1)),
+        *cuda,
     ]
