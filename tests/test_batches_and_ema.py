@@ -160,7 +160,7 @@ def test_the_ema_follows_the_weights_by_the_configured_decay() -> None:
         assert ema.module.weight[0, 0].item() == pytest.approx(average, rel=1e-6)
     assert ema.module.weight[0, 0].item() != 29.0  # behind the weights, not equal to them
     assert not any(p.requires_grad for p in ema.module.parameters())
-    for outside in (1.0, -0.1):
+    for outside in (1.0, 1.5, -0.1):
         with pytest.raises(ValueError, match=r"decay must be in \[0, 1\)"):
             EMA(network, decay=outside)
 
