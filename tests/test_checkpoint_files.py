@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from face_generation.training.checkpoint import (
@@ -70,6 +71,31 @@ def test_rng_states_restore_every_stream_through_a_safe_file(tmp_path: Path) -> 
     expected = draws()
     restore_rng_state(torch.load(path, weights_only=True)["rng"])  # the loader's safe mode
     assert draws() == expected
+
+
+def test_cuda_states_are_restored_only_onto_as_many_devices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without a GPU here, CUDA is stood in for: a checkpoint of two GPUs resumed on one, or
+    on a CPU, must not fail on (or half-restore) the CUDA generators."""
+    restored: list[list[torch.Tensor]] = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.ones(2), torch.zeros(2)])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    state = rng_state()
+    assert [s.tolist() for s in state["cuda"]] == [[1, 1], [0, 0]]
+    restore_rng_state(state)
+    assert len(restored) == 1 and restored[0] is state["cuda"]
+    for devices in (1, 3):  # a machine with fewer or more GPUs: left as they are
+        monkeypatch.setattr(torch.cuda, "device_count", lambda devices=devices: devices)
+        restore_rng_state(state)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    restore_rng_state(state)  # resumed on a CPU
+    assert rng_state()["cuda"] == []
+    restore_rng_state(rng_state())  # saved on a CPU: no CUDA state to restore
+    assert len(restored) == 1
 
 
 def draws() -> list[float]:
