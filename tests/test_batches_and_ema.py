@@ -133,6 +133,7 @@ def test_ranks_split_one_global_batch_order() -> None:
     for step in range(6):
         rows, flips = whole.rows_and_flips(step)
         shares = [part.rows_and_flips(step) for part in parts]
+        assert [len(r) for r, _ in shares] == [2, 2, 2, 2]  # an equal share each
         assert np.array_equal(np.concatenate([r for r, _ in shares]), rows)
         assert np.array_equal(np.concatenate([f for _, f in shares]), flips)
     with pytest.raises(ValueError, match="divisible"):
