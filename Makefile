@@ -7,11 +7,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Extra pytest arguments, e.g. make test PYTEST_ARGS='-m "not slow" -x'
 PYTEST_ARGS ?=
+# Extra scripts/mutate.py arguments, e.g. make mutate MUTATE_ARGS='--only face_generation/training/ema.py'
+MUTATE_ARGS ?=
 
-.PHONY: install params lint test run serve lock
+.PHONY: install mutate params lint test run serve lock
 
 install:
 	$(PYTHON) scripts/install.py
+
+# Mutation testing of the modules that carry guarantees, on a copy of HEAD (not run by CI:
+# minutes to an hour per module); scores in docs/mutation.md.
+mutate: install
+	$(BIN)/python scripts/mutate.py $(MUTATE_ARGS)
 
 # Write to a temporary file first so a failing compose never leaves a truncated params.yaml.
 params: install

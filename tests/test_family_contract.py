@@ -30,6 +30,7 @@ from face_generation.training.loop import train, training_arrays
 from face_generation.training.tracker import NullTracker
 from tests.conftest import TrainedModels
 from tests.faces import RESOLUTION, config
+from tests.unsafe_pickle import RunsCode
 
 FAMILIES = family_names()
 SAMPLING = [name for name in FAMILIES if SAMPLE in family_class(name).capabilities]
@@ -179,16 +180,6 @@ def test_training_logs_a_preview_grid(name: str, trained: TrainedModels) -> None
     grid = np.asarray(Image.open(trained.root / "models" / name / "samples.png"))
     columns = 4  # train=smoke's 16 images: a 4×4 grid with 2-pixel gutters
     assert grid.shape == (columns * (RESOLUTION + 2) + 2, columns * (RESOLUTION + 2) + 2, 3)
-
-
-class RunsCode:
-    """Unpickling this calls Path.touch on `marker`: what a malicious checkpoint would do."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return (Path.touch, (self.marker,))
 
 
 @pytest.mark.parametrize("name", FAMILIES)

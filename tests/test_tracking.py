@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +40,7 @@ from face_generation.tracking.server import (
 )
 from face_generation.tracking.spool import Spool
 from face_generation.training.tracker import close_orphaned_runs
+from tests.killed_process import run_until_killed
 from tests.tracking_fixtures import MlflowServer, free_port, server_overrides, tracked
 
 IMAGE_SHAPE = (3, 8, 8)
@@ -621,19 +620,7 @@ def test_sync_ends_a_run_whose_process_was_killed(
     """SIGKILLed before its first checkpoint, with records not yet delivered: sync delivers
     them, ends the run as KILLED and removes its spool; a run still logging is left alone."""
     overrides = [*tracked(mlflow_server, tmp_path, "orphan"), "tracking.flush_interval_s=3600"]
-    repo = Path(__file__).resolve().parents[1]
-    child = subprocess.Popen(
-        [sys.executable, "-c", KILLED_TRAINING, *overrides],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(repo)},
-    )
-    assert child.stdout is not None
-    key = child.stdout.readline().strip()
-    assert key, "the training process died before logging"
-    child.kill()
-    child.wait()
+    key = run_until_killed(KILLED_TRAINING, overrides)
     live = TrackedRun(tracking_cfg, "live")  # the same spool folder
 
     sync_cli.main([*overrides])

@@ -28,7 +28,6 @@ from face_generation.runtime.images import to_uint8
 from face_generation.tracking.provenance import registered_model_name
 from face_generation.train import main as train_main
 from face_generation.training.checkpoint import list_checkpoints
-from face_generation.training.data import PackedBatches, batch_rows
 from face_generation.training.loop import TrainingDiverged, train
 from face_generation.training.tracker import NullTracker
 from tests.faces import REPO, RESOLUTION, config, overrides, write_packed
@@ -66,46 +65,6 @@ def test_networks_follow_the_resolution(resolution: int) -> None:
 def test_networks_reject_a_resolution_they_cannot_reach() -> None:
     with pytest.raises(ValueError, match="power of two"):
         VAE(48, latent_dim=8, base_channels=4, max_channels=16, leaky_slope=0.2)
-
-
-# --- data -----------------------------------------------------------------------------
-
-
-def test_batches_cover_each_epoch_and_restart_at_any_step(data_dir: Path) -> None:
-    images = np.load(data_dir / "packed" / str(RESOLUTION) / "train.npy")
-    batches = PackedBatches(
-        {"images": images}, 16, seed=3, hflip=True, device=torch.device("cpu"), on_device=False
-    )
-    run = list(batches.iterate(0, 6))
-    resumed = list(batches.iterate(4, 6))
-    for original, again in zip(run[4:], resumed, strict=True):
-        assert torch.equal(original.images, again.images) and torch.equal(original.rows, again.rows)
-    # 48 images, batches of 16: steps 0-2 are one permutation of all rows, so are steps 3-5
-    first_epoch = torch.cat([batch.rows for batch in run[:3]])
-    assert sorted(first_epoch.tolist()) == list(range(48))
-    assert not torch.equal(first_epoch, torch.cat([batch.rows for batch in run[3:]]))
-    # the CUDA path (whole array resident on the device, gathered there) gives the same batches
-    resident = PackedBatches(
-        {"images": images}, 16, seed=3, hflip=True, device=torch.device("cpu"), on_device=True
-    )
-    for original, again in zip(run, resident.iterate(0, 6), strict=True):
-        assert torch.equal(original.images, again.images)
-    batch = run[0]
-    assert (
-        batch.images.shape == (16, 3, RESOLUTION, RESOLUTION)
-        and batch.images.dtype == torch.float32
-    )
-    assert batch.images.min() >= -1 and batch.images.max() <= 1
-    expected = torch.from_numpy(images[batch.rows.numpy()]).permute(0, 3, 1, 2).float() / 127.5 - 1
-    mirrored = [not torch.equal(batch.images[i], expected[i]) for i in range(16)]
-    assert any(mirrored) and not all(mirrored)
-    for i in range(16):
-        assert torch.allclose(batch.images[i], expected[i].flip(2) if mirrored[i] else expected[i])
-
-
-def test_batch_rows_span_epoch_boundaries() -> None:
-    rows = np.concatenate([batch_rows(5, 4, seed=0, step=step) for step in range(5)])
-    assert all(sorted(rows[i : i + 5].tolist()) == list(range(5)) for i in range(0, 20, 5))
 
 
 # --- the loop -------------------------------------------------------------------------
