@@ -61,6 +61,7 @@ class DlibFaceRecogniser:
         self.landmarks = dlib.shape_predictor(str(landmarks))
         self.recogniser = dlib.face_recognition_model_v1(str(recognition))
         self.boxes = boxes
+        self.weights_files = (landmarks, recognition)
 
     @property
     def cache_key(self) -> str:
