@@ -77,18 +77,27 @@ def config_from_args(args: argparse.Namespace) -> DictConfig:
 
 
 def select_model(cfg: DictConfig, name: str) -> DictConfig:
-    """One family of a pipeline config: `models.<name>` becomes `model`, `models` is dropped.
+    """One model of a pipeline config: `models.<name>` becomes `model`; `models` and
+    `feature_models` are dropped.
 
-    Keys already under `model` (an override such as `model.beta=2` on top of params.yaml)
-    win over `models.<name>`.
+    A model under `feature_models.<name>` (trained by the pipeline but not evaluated as a
+    generator: the face encoder) brings its own loop settings: its `model` becomes `model`
+    and its `train` becomes `train`. Keys already under `model` (an override such as
+    `model.beta=2` on top of params.yaml) win over the selected ones.
     """
-    models = cfg.get("models")
-    if models is None or name not in models:
-        known = sorted(models) if models is not None else []
+    models = cfg.get("models") or {}
+    feature_models = cfg.get("feature_models") or {}
+    if name in models:
+        selected, train = models[name], cfg.get("train")
+    elif name in feature_models:
+        selected, train = feature_models[name].model, feature_models[name].train
+    else:
+        known = sorted([*models, *feature_models])
         raise ValueError(f"no model '{name}' under `models` in this config; configured: {known}")
-    selected = OmegaConf.merge(models[name], cfg.get("model") or {})
-    rest = OmegaConf.masked_copy(cfg, [str(key) for key in cfg if key not in ("model", "models")])
-    merged = OmegaConf.merge(rest, {"model": selected})
+    model = OmegaConf.merge(selected, cfg.get("model") or {})
+    dropped = ("model", "models", "feature_models", "train")
+    rest = OmegaConf.masked_copy(cfg, [str(key) for key in cfg if key not in dropped])
+    merged = OmegaConf.merge(rest, {"model": model, "train": train})
     assert isinstance(merged, DictConfig)
     return merged
 
@@ -99,8 +108,8 @@ def model_stage_parser(description: str, verb: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         metavar="NAME",
-        help=f"model family to {verb} (vae, dcgan): with --params, picks models.NAME; "
-        "otherwise the same as the override model=NAME",
+        help=f"model family to {verb} (vae, dcgan, encoder): with --params, picks models.NAME "
+        "(or feature_models.NAME); otherwise the same as the override model=NAME",
     )
     return parser
 
@@ -108,12 +117,16 @@ def model_stage_parser(description: str, verb: str) -> argparse.ArgumentParser:
 def model_config_from_args(args: argparse.Namespace, stage: str) -> DictConfig:
     """configs/config.yaml with overrides, or params.yaml with `models.<--model>` as `model`."""
     if args.params:
-        cfg = load_params(args.params, args.overrides)
         if args.model:
             try:
-                return select_model(cfg, args.model)
+                selected = select_model(load_params(args.params), args.model)
             except ValueError as error:
                 raise SystemExit(f"[{stage}] error: {error} (--model {args.model})") from None
+            # Overrides apply to the selected model and its loop settings.
+            merged = OmegaConf.merge(selected, OmegaConf.from_dotlist(list(args.overrides)))
+            assert isinstance(merged, DictConfig)
+            return merged
+        cfg = load_params(args.params, args.overrides)
         if "model" not in cfg or "name" not in cfg.model:
             raise SystemExit(f"{args.params} holds several models: pass --model NAME")
         return cfg
