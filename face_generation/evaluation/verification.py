@@ -127,7 +127,7 @@ def embeddings_of(
 
     features = features_dir(Path(cfg.paths.data), int(cfg.data.resolution))
     stored = {str(cfg.encoder.name): "identity", str(cfg.backbone.name): "embedding"}
-    if network in stored:  # written by the identity or features stage
+    if network in stored and (features / network).is_dir():  # the identity or features stage's
         rows = len(faces)
         array = load_feature_split(features, f"{network}/{stored[network]}", split, rows)
         ok = load_feature_split(features, f"{network}/ok", split, rows)
@@ -175,12 +175,14 @@ def networks_to_verify(cfg: DictConfig) -> list[str]:
 
 
 def folder_sizes(cfg: DictConfig) -> tuple[dict[str, int], dict[str, int]]:
-    """Bytes per image and failed rows of the configured feature folders."""
+    """Bytes per image and failed rows of the configured feature folders that exist."""
     from face_generation.data.packed import feature_meta, features_dir
 
     features = features_dir(Path(cfg.paths.data), int(cfg.data.resolution))
     sizes, failed = {}, {}
     for network in dict.fromkeys(["labels", str(cfg.backbone.name), str(cfg.encoder.name)]):
+        if not (features / network).is_dir():
+            continue
         meta = feature_meta(features, network)
         sizes[network] = int(meta["bytes_per_image"])
         failed[network] = int(sum(meta.get("failed_rows", {}).values()))

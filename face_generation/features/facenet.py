@@ -64,7 +64,8 @@ class FaceNet(FrozenNetwork):
         for image in to_uint8_nhwc(images, value_range):
             image = np.ascontiguousarray(image)
             left, top, right, bottom = self.boxes.box(image)
-            face = torch.from_numpy(image[top : bottom + 1, left : right + 1]).permute(2, 0, 1)
+            face = torch.from_numpy(image[top : bottom + 1, left : right + 1].copy())
+            face = face.permute(2, 0, 1)
             face = resize(face[None].float(), self.image_size, antialias=True)
             faces.append((face - 127.5) / 128.0)  # facenet-pytorch's fixed_image_standardization
         size = (0, 3, self.image_size, self.image_size)

@@ -266,14 +266,14 @@ def torch_identity(
 
     from face_generation.features.contrastive import load_contrastive_encoder
     from face_generation.features.face_boxes import FaceBoxes
-    from face_generation.features.facenet import load_facenet
+    from face_generation.features.facenet import FACENET_VGGFACE2_URL, load_facenet
 
     settings = cfg.encoder
     if settings.name == "facenet":
         boxes = FaceBoxes.from_config(settings)
-        network: Any = load_facenet(
-            settings, boxes, float(settings.network_timeout_s), option="encoder"
-        )
+        url = settings.url or FACENET_VGGFACE2_URL
+        timeout_s = float(settings.network_timeout_s)
+        network: Any = load_facenet(settings, boxes, timeout_s, url, option="encoder")
     elif settings.name == "effnet_contrastive":
         network = load_contrastive_encoder(settings)
     else:
