@@ -168,6 +168,7 @@ def test_a_failing_run_leaves_the_previous_folder_whole(
     assert not (features_dir(packed, RESOLUTION) / ".effnet_lite0.tmp").exists()
 
 
+@pytest.mark.slow  # builds and saves a whole network's stand-in weights
 def test_dinov2_pyramids_through_the_real_loading_code(
     cfg: Any, packed: Path, tmp_path: Path
 ) -> None:
@@ -216,6 +217,7 @@ def test_dinov2_without_weights_fails_fast_naming_the_switch(
     assert not (features_dir(packed, RESOLUTION) / "dinov2_vits14").exists()
 
 
+@pytest.mark.slow  # builds and saves a whole network's stand-in weights
 def test_facenet_identity_through_the_real_loading_code(
     cfg: Any, packed: Path, tmp_path: Path, closed_port_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -320,3 +322,87 @@ def test_verify_scores_dlib_the_frozen_backbone_and_the_fine_tuned_encoder(
     assert numbers["bytes_per_image"]["effnet_lite0"] > 1280 * 2
     section = verification.verification_markdown(Path(settings.paths.metrics))
     assert "| effnet_contrastive | " in section and "TAR at FAR=1e-02" in section
+
+
+# --- the real data stages, then the features stage, end to end ---
+
+
+def run_data_stages(cfg: DictConfig) -> Path:
+    """download, split, crop, pack; the packed folder."""
+    from face_generation.data import crop, download, pack, split
+
+    for stage in (download, split, crop, pack):
+        stage.run(cfg)
+    return Path(cfg.paths.data) / "packed" / str(cfg.data.resolution)
+
+
+@pytest.mark.slow
+def test_rows_align_with_the_packed_index_on_the_embedded_default(make_config: Any) -> None:
+    from face_generation.features.dlib_face import dlib_model_dir
+    from face_generation.features.dlib_rows import DlibDescriber
+
+    # Two processes over chunks of 40 faces: the worker pool's path.
+    pool = ["encoder.workers=2", "encoder.chunk_size=40"]
+    cfg = make_config("features.device=cpu", *pool)
+    packed = run_data_stages(cfg)
+    features_main(["--only", "labels", "--only", "encoder", f"paths.data={cfg.paths.data}", *pool])
+    identity_settings = cfg.eval.identity
+    describer = DlibDescriber(
+        dlib_model_dir() / "shape_predictor_5_face_landmarks.dat",
+        dlib_model_dir() / "dlib_face_recognition_resnet_model_v1.dat",
+        str(identity_settings.face_box),
+        list(identity_settings.fallback_box),
+        int(identity_settings.detector_upsample),
+    )
+    folder = features_dir(Path(cfg.paths.data), RESOLUTION)
+    meta = json.loads((folder / "dlib" / "meta.json").read_text())
+    for split, size in json.loads((packed / "meta.json").read_text())["counts"].items():
+        faces = load_split(packed, split, RESOLUTION)
+        identity = load_feature_split(folder, "dlib/identity", split, size)
+        rows = [0, size - 1]
+        expected = describer.describe(faces[rows]).vectors
+        np.testing.assert_allclose(identity[rows], expected, atol=1e-3)
+        assert sum(meta["how_embedded"][split].values()) == size  # every row, none dropped
+        # The embedded default knows nobody's identity.
+        assert np.all(load_feature_split(folder, "labels/identity", split, size) == -1)
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_rows_align_with_the_packed_index_on_celeba_faces(
+    celeba_sample: Path, make_config: Any, tmp_path: Path
+) -> None:
+    from face_generation.data.tables import read_table
+    from tests.conftest import link_images
+
+    names = sorted(path.name for path in (celeba_sample / "img_align_celeba").glob("*.jpg"))
+    faces_dir = tmp_path / "celeba"
+    link_images(celeba_sample / "img_align_celeba", faces_dir / "img_align_celeba", names[:300])
+    for name in ("identity_CelebA.txt", "list_eval_partition.txt"):
+        (faces_dir / name).symlink_to(celeba_sample / name)
+    cfg = make_config(
+        "data=folder", f"data.path={faces_dir}", "data.resolution=32", "features.device=cpu", *SMALL
+    )
+    packed = run_data_stages(cfg)
+    run(cfg, ["labels", "backbone"])
+    people = dict(
+        line.split() for line in (celeba_sample / "identity_CelebA.txt").read_text().splitlines()
+    )
+    index = read_table(packed / "index.csv", "pack")
+    folder = features_dir(Path(cfg.paths.data), RESOLUTION)
+    network = load_pyramid_backbone(cfg.backbone)
+    for split in ("train", "val", "test"):
+        rows = sorted(
+            (int(r["row"]), people[Path(r["path"]).name]) for r in index if r["split"] == split
+        )
+        persons = [person for _, person in rows]
+        codes = load_feature_split(folder, "labels/identity", split, len(rows))
+        # Row by row, the same code exactly when the same CelebA person.
+        for first in range(0, len(rows), 7):
+            for second in range(first + 1, len(rows)):
+                assert (codes[first] == codes[second]) == (persons[first] == persons[second])
+        faces = load_split(packed, split, RESOLUTION)
+        embedding = load_feature_split(folder, "effnet_lite0/embedding", split, len(rows))
+        with torch.inference_mode():
+            last = network.forward(network.preprocess(faces[-1:])).embedding.numpy()
+        np.testing.assert_allclose(embedding[-1:], last, rtol=2e-3, atol=2e-3)
