@@ -217,12 +217,9 @@ def test_dinov2_without_weights_fails_fast_naming_the_switch(
     assert not (features_dir(packed, RESOLUTION) / "dinov2_vits14").exists()
 
 
-@pytest.mark.slow  # builds and saves a whole network's stand-in weights
-def test_facenet_identity_through_the_real_loading_code(
-    cfg: Any, packed: Path, tmp_path: Path, closed_port_url: str, monkeypatch: pytest.MonkeyPatch
+def test_facenet_without_weights_fails_fast_naming_the_switch(
+    packed: Path, tmp_path: Path, closed_port_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from facenet_pytorch import InceptionResnetV1
-
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty cache
     with pytest.raises(SystemExit) as failure:
         features_main(
@@ -230,6 +227,13 @@ def test_facenet_identity_through_the_real_loading_code(
              f"encoder.url={closed_port_url}/vggface2.pt", "encoder.network_timeout_s=2"]
         )  # fmt: skip
     assert "encoder=dlib" in str(failure.value) and "encoder.weights_path=" in str(failure.value)
+
+
+@pytest.mark.slow  # builds and saves a whole network's stand-in weights
+def test_facenet_identity_through_the_real_loading_code(
+    cfg: Any, packed: Path, tmp_path: Path
+) -> None:
+    from facenet_pytorch import InceptionResnetV1
 
     source = InceptionResnetV1(pretrained=None, classify=True, num_classes=8631)
     torch.save(source.state_dict(), tmp_path / "vggface2.pt")
