@@ -137,15 +137,15 @@ class EfficientNetLite0(FrozenNetwork):
         network = self.network
         return copy.deepcopy(nn.Sequential(network.blocks[-1], network.conv_head, network.bn2))
 
+    def logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        """ImageNet class logits of preprocessed images, N x 1000 (to check the weights loaded)."""
+        return self.network(inputs)
+
 
 def last_stage_architecture() -> nn.Sequential:
     """`EfficientNetLite0.last_stage`'s layers with initial weights (a checkpoint fills them)."""
     network: Any = timm.create_model(TIMM_NAME, pretrained=False)
     return nn.Sequential(network.blocks[-1], network.conv_head, network.bn2)
-
-    def logits(self, inputs: torch.Tensor) -> torch.Tensor:
-        """ImageNet class logits of preprocessed images, N x 1000 (to check the weights loaded)."""
-        return self.network(inputs)
 
 
 def load_effnet(
