@@ -135,22 +135,23 @@ def embeddings_of(
         return np.asarray(array), np.asarray(ok), {**meta, "source": str(features / network)}
     settings = cfg.features.verification
     if network == DLIB:
-        from face_generation.features.dlib_face import load_dlib
-        from face_generation.features.dlib_rows import describe_all
+        from face_generation.features.dlib_face import DlibFaceRecogniser, dlib_files
+        from face_generation.features.dlib_rows import DlibPool
         from face_generation.features.face_boxes import FaceBoxes
 
-        identity = cfg.eval.identity
-        recogniser = load_dlib(identity.dlib, FaceBoxes.from_config(identity))
+        identity = cfg.eval.identity  # the judge's settings
         arguments = (
-            *recogniser.weights_files,
+            *dlib_files(identity.dlib),
             str(identity.face_box),
             list(identity.fallback_box),
             int(identity.detector_upsample),
         )
-        described = list(describe_all(arguments, faces, int(settings.workers), 256))
-        vectors = np.concatenate([rows.vectors for _, rows in described])
-        ok = np.concatenate([rows.ok for _, rows in described])
-        return vectors, ok, {"name": DLIB, "network": recogniser.cache_key, "source": "computed"}
+        with DlibPool(arguments, int(settings.workers), 256) as pool:
+            described = [rows for _, rows in pool.describe(faces)]
+        vectors = np.concatenate([rows.vectors for rows in described])
+        ok = np.concatenate([rows.ok for rows in described])
+        key = f"{DlibFaceRecogniser.name}-{FaceBoxes.from_config(identity).cache_key}"
+        return vectors, ok, {"name": DLIB, "network": key, "source": "computed"}
     if network == CONTRASTIVE:
         from face_generation.features.contrastive import load_contrastive_encoder
         from face_generation.features.network import embed_images

@@ -96,29 +96,40 @@ def _describe_in_worker(faces: np.ndarray) -> DescribedRows:
     return _describer.describe(faces)
 
 
-def describe_all(
-    describer_arguments: tuple[object, ...],
-    faces: np.ndarray,
-    workers: int,
-    chunk_size: int,
-) -> Iterator[tuple[int, DescribedRows]]:
-    """(first row, rows) per chunk of `faces`, in order; in `workers` processes when there is
-    more than one chunk, else here. At most two chunks per worker are in flight (memory)."""
-    starts = list(range(0, len(faces), chunk_size))
-    if workers < 1 or len(starts) < 2:
-        describer = DlibDescriber(*describer_arguments)  # type: ignore[arg-type]
-        for start in starts:
-            yield start, describer.describe(np.asarray(faces[start : start + chunk_size]))
-        return
-    # spawn: a fork of a process holding torch's thread pools may deadlock in the child.
-    with ProcessPoolExecutor(
-        workers, get_context("spawn"), _start_worker, describer_arguments
-    ) as pool:
+class DlibPool:
+    """Describes faces chunk by chunk: here for a single chunk, else in `workers` processes
+    (started once, on the first set that needs them, and kept for the next sets)."""
+
+    def __init__(self, arguments: tuple[object, ...], workers: int, chunk_size: int) -> None:
+        self.arguments, self.workers, self.chunk_size = arguments, workers, chunk_size
+        self.local: DlibDescriber | None = None
+        self.pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> DlibPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+    def describe(self, faces: np.ndarray) -> Iterator[tuple[int, DescribedRows]]:
+        """(first row, rows) per chunk of `faces`, in order. At most two chunks per worker are
+        in flight, so a memory-mapped split is never read whole."""
+        starts = range(0, len(faces), self.chunk_size)
+        if self.workers < 1 or len(starts) < 2:
+            self.local = self.local or DlibDescriber(*self.arguments)  # type: ignore[arg-type]
+            for start in starts:
+                yield start, self.local.describe(np.asarray(faces[start : start + self.chunk_size]))
+            return
+        # spawn: a fork of a process holding torch's thread pools may deadlock in the child.
+        self.pool = self.pool or ProcessPoolExecutor(
+            self.workers, get_context("spawn"), _start_worker, self.arguments
+        )
         pending: list[tuple[int, Future[DescribedRows]]] = []
         for start in starts:
-            chunk = np.asarray(faces[start : start + chunk_size])
-            pending.append((start, pool.submit(_describe_in_worker, chunk)))
-            if len(pending) >= 2 * workers:
+            chunk = np.asarray(faces[start : start + self.chunk_size])
+            pending.append((start, self.pool.submit(_describe_in_worker, chunk)))
+            if len(pending) >= 2 * self.workers:
                 first, future = pending.pop(0)
                 yield first, future.result()
         for first, future in pending:

@@ -226,40 +226,49 @@ def backbone_part(cfg: DictConfig) -> Path:
 
 def dlib_identity(
     cfg: DictConfig, folder: FeatureFolder, faces: dict[str, np.ndarray]
-) -> tuple[Any, dict]:
-    """dlib descriptors of every split into `folder`, in worker processes; what was counted."""
-    from face_generation.features.dlib_face import load_dlib
-    from face_generation.features.dlib_rows import describe_all
+) -> tuple[dict[str, Any], dict]:
+    """dlib descriptors of every split into `folder` (dlib_rows.py); the network's description
+    and how each split's faces were described."""
+    from face_generation.features.dlib_face import DlibFaceRecogniser, dlib_files
+    from face_generation.features.dlib_rows import DlibPool
     from face_generation.features.face_boxes import FaceBoxes
 
     settings = cfg.encoder
-    network = load_dlib(settings, FaceBoxes.from_config(settings))  # checks the files exist
+    files = dlib_files(settings)
     arguments = (
-        *network.weights_files,
+        *files,
         str(settings.face_box),
         list(settings.fallback_box),
         int(settings.detector_upsample),
     )
     counts: dict[str, dict[str, int]] = {}
     dtype = np.dtype(str(cfg.features.dtype))
-    for split, images in faces.items():
-        identity = folder.create("identity", split, (len(images), network.num_features), dtype)
-        ok = folder.create("ok", split, (len(images),), bool)
-        tally: Counter[str] = Counter()
-        workers, chunk = int(settings.workers), int(settings.chunk_size)
-        for start, described in describe_all(arguments, images, workers, chunk):
-            identity[start : start + len(described.ok)] = described.vectors
-            ok[start : start + len(described.ok)] = described.ok
-            tally.update(described.counts)
-        counts[split] = dict(tally)
-        identity.flush()
-        ok.flush()
-    return network, counts
+    with DlibPool(arguments, int(settings.workers), int(settings.chunk_size)) as pool:
+        for split, images in faces.items():
+            identity = folder.create("identity", split, (len(images), 128), dtype)
+            ok = folder.create("ok", split, (len(images),), bool)
+            tally: Counter[str] = Counter()
+            for start, described in pool.describe(images):
+                identity[start : start + len(described.ok)] = described.vectors
+                ok[start : start + len(described.ok)] = described.ok
+                tally.update(described.counts)
+            counts[split] = dict(tally)
+            identity.flush()
+            ok.flush()
+    boxes = FaceBoxes.from_config(settings).cache_key
+    description = {
+        "name": str(settings.name),
+        "network": DlibFaceRecogniser.name,
+        "cache_key": f"{DlibFaceRecogniser.name}-{boxes}",
+        "weights_sha256": file_sha256(files),
+        "config": OmegaConf.to_container(settings, resolve=True),
+    }
+    return description, counts
 
 
 def torch_identity(
     cfg: DictConfig, folder: FeatureFolder, faces: dict[str, np.ndarray], device: Any
-) -> tuple[Any, dict]:
+) -> tuple[dict[str, Any], dict]:
     """FaceNet's or the fine-tuned encoder's unit embeddings of every split, in batches."""
     import torch
     import torch.nn.functional as F
@@ -299,7 +308,7 @@ def torch_identity(
         ok.flush()
     if settings.name == "facenet":
         counts["faces_detected"] = {"all": network.boxes.faces_detected}
-    return network, counts
+    return network_description(settings, network), counts
 
 
 def encoder_part(cfg: DictConfig) -> Path:
@@ -308,11 +317,11 @@ def encoder_part(cfg: DictConfig) -> Path:
     settings = cfg.encoder
     with FeatureFolder(features, str(settings.name)) as folder:
         if settings.name == "dlib":
-            network, counts = dlib_identity(cfg, folder, faces)
+            description, counts = dlib_identity(cfg, folder, faces)
         else:
-            network, counts = torch_identity(cfg, folder, faces, prepare_torch(cfg))
+            description, counts = torch_identity(cfg, folder, faces, prepare_torch(cfg))
         failed = {split: int(counts[split].get("failed", 0)) for split in faces}
-        meta = meta_of(cfg, "encoder", data_hash, network_description(settings, network))
+        meta = meta_of(cfg, "encoder", data_hash, description)
         return folder.commit({**meta, "how_embedded": counts, "failed_rows": failed})
 
 
