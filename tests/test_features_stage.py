@@ -410,3 +410,30 @@ def test_rows_align_with_the_packed_index_on_celeba_faces(
         with torch.inference_mode():
             last = network.forward(network.preprocess(faces[-1:])).embedding.numpy()
         np.testing.assert_allclose(embedding[-1:], last, rtol=2e-3, atol=2e-3)
+
+
+def test_feature_rows_reach_the_step_alike_on_the_device_and_cpu_paths(packed: Path) -> None:
+    from face_generation.runtime.family import IMAGES, RowInput
+    from face_generation.training.data import PackedBatches
+    from tests import tiny_family
+
+    tiny_family.write_features(packed, RESOLUTION, SPLIT_SIZES)
+    folder = features_dir(packed, RESOLUTION)
+    inputs = (IMAGES, RowInput("tiny/pyramid", flip="map"), RowInput("labels/identity"))
+    arrays = {"images": load_split(packed / "packed" / str(RESOLUTION), "train", RESOLUTION)}
+    for row_input in inputs[1:]:
+        arrays[row_input.name] = load_feature_split(
+            folder, row_input.name, "train", SPLIT_SIZES["train"]
+        )
+    cpu = torch.device("cpu")
+    # on_device: every array uploaded once and gathered there (the CUDA path, here on the CPU).
+    batches = [
+        next(PackedBatches(arrays, 8, 3, True, cpu, on_device, inputs=inputs).iterate(2, 3))
+        for on_device in (True, False)
+    ]
+    for name in ("tiny/pyramid", "labels/identity"):
+        assert torch.equal(batches[0].features[name], batches[1].features[name])
+    assert batches[0].features["tiny/pyramid"].dtype == torch.float16
+    rows = batches[0].rows.numpy()
+    expected = np.asarray(arrays["labels/identity"])[rows]
+    assert np.array_equal(batches[0].features["labels/identity"].numpy(), expected)
