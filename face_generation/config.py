@@ -124,14 +124,24 @@ def load_params(
 
 
 def select_model(cfg: DictConfig, name: str) -> DictConfig:
-    """One family of a pipeline config: `models.<name>` becomes `model`, `models` is dropped."""
-    models = cfg.get("models")
-    if models is None or name not in models:
-        known = sorted(models) if models is not None else []
+    """One model of a pipeline config: `models.<name>` becomes `model`; `models` and
+    `feature_models` are dropped.
+
+    A model under `feature_models.<name>` (trained by the pipeline but not evaluated as a
+    generator: the face encoder) brings its own loop settings: its `model` becomes `model` and
+    its `train` becomes `train`.
+    """
+    models = cfg.get("models") or {}
+    feature_models = cfg.get("feature_models") or {}
+    if name in models:
+        model, train = models[name], cfg.get("train")
+    elif name in feature_models:
+        model, train = feature_models[name].model, feature_models[name].train
+    else:
+        known = sorted([*models, *feature_models])
         raise UserError(f"no model '{name}' under `models` in this config; configured: {known}")
-    selected = OmegaConf.create(
-        {**{str(key): cfg[key] for key in cfg if key != "models"}, "model": models[name]}
-    )
+    kept = {str(key): cfg[key] for key in cfg if key not in ("models", "feature_models")}
+    selected = OmegaConf.create({**kept, "model": model, "train": train})
     OmegaConf.set_struct(selected, True)
     return selected
 
@@ -207,8 +217,8 @@ def model_stage_parser(description: str, verb: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         metavar="NAME",
-        help=f"model family to {verb} (vae, dcgan): with --params, picks models.NAME; "
-        "otherwise the same as the override model=NAME",
+        help=f"model family to {verb} (vae, dcgan, encoder): with --params, picks models.NAME "
+        "(or feature_models.NAME); otherwise the same as the override model=NAME",
     )
     return parser
 

@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"  {'MLflow UI':<24}{ui_url(uri)}: runs, curves, sample grids, registered models")
     print("  plots/report.md         one metrics table across the trained models")
     print(f"  {cfg.paths.models + '/<model>/':<24}model.pt, samples.png, losses.csv")
-    print("  metrics/                data.json and <model>.json (`dvc metrics show`)")
+    print("  metrics/                data.json, <model>.json, features.json (`dvc metrics show`)")
     print("  plots/                  sample, real-vs-generated, nearest-neighbour grids")
 
 

@@ -17,7 +17,7 @@ from face_generation.runtime.registry import family_names
 from face_generation.training.loop import train
 from face_generation.training.tracker import NullTracker
 from tests import tiny_family
-from tests.faces import RESOLUTION, SPLIT_SIZES, config, write_packed
+from tests.faces import RESOLUTION, SPLIT_SIZES, config, write_labels, write_packed
 from tests.tracking_fixtures import mlflow_server, tracking_cfg  # noqa: F401  (fixtures)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +83,7 @@ class TrainedModels:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedModels:
     root = tmp_path_factory.mktemp("trained")
     write_packed(root / "data")
+    write_labels(root / "data")  # what the face encoder trains on
     tiny_family.write_features(root / "data", RESOLUTION, SPLIT_SIZES)
     checkpoints = {
         name: train(config(name, root / "data", root / "models"), NullTracker()).checkpoint

@@ -80,6 +80,8 @@ SMALL_TRAINING = [
     "train.sample_every=2",
     "train.ckpt_every=2",
     "train.batch_size=16",
+    "feature_models.encoder.train.steps=4",
+    "feature_models.encoder.train.ckpt_every=2",
 ]
 
 
@@ -92,15 +94,24 @@ def test_dvc_repro_runs_the_pipeline_then_only_what_changed(
     write_params(overrides)
     first = run([*dvc, "repro"], project)
     assert {"download", "split", "crop", "pack", "train@vae", "train@dcgan"} <= stages_run(first)
+    features = {"labels", "features", "identity", "train_encoder", "verify"}
+    assert features <= stages_run(first)
+    assert (project / "data" / "features" / "32" / "effnet_lite0" / "meta.json").is_file()
+    assert "## Identity verification" in (project / "plots" / "report.md").read_text()
     assert (project / "data" / "packed" / "32" / "train.npy").is_file()
     assert (project / "models" / "vae" / "model.pt").is_file()
     assert "images_packed" in run([*dvc, "metrics", "show"], project)
     client = MlflowClient(mlflow_server.uri)
     experiment = client.get_experiment_by_name("test-dvc")
     runs = client.search_runs([experiment.experiment_id])
-    assert sorted(r.info.run_name for r in runs) == ["dcgan", "vae"]
-    assert {r.data.tags["dvc_stage"] for r in runs} == {"train@vae", "train@dcgan"}
-    assert all("eval/fd_effnet" in r.data.metrics for r in runs)
+    assert sorted(r.info.run_name for r in runs) == ["dcgan", "encoder", "vae"]
+    stages = {r.info.run_name: r.data.tags["dvc_stage"] for r in runs}
+    assert stages == {"vae": "train@vae", "dcgan": "train@dcgan", "encoder": "train_encoder"}
+    generators = [r for r in runs if r.info.run_name != "encoder"]
+    assert all("eval/fd_effnet" in r.data.metrics for r in generators)
+    encoder = next(r for r in runs if r.info.run_name == "encoder")
+    assert encoder.data.params["encoder.name"] == "dlib"  # which networks the run saw
+    assert encoder.data.params["backbone.name"] == "effnet_lite0"
     assert {"evaluate@vae", "evaluate@dcgan", "report"} <= stages_run(first)
     shown = run([*dvc, "metrics", "show"], project)
     assert "fd_effnet.value" in shown and "metrics/dcgan.json" in shown
@@ -110,6 +121,10 @@ def test_dvc_repro_runs_the_pipeline_then_only_what_changed(
 
     second = run([*dvc, "repro"], project)
     assert stages_run(second) == set()
+
+    # Another backbone setting reruns its folder and what reads it, nothing else.
+    write_params([*overrides, "backbone.image_size=96"])
+    assert stages_run(run([*dvc, "repro"], project)) == {"features", "verify", "report"}
 
     write_params([*overrides, "data.resolution=16"])
     third = run([*dvc, "repro"], project)
