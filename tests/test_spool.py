@@ -115,20 +115,22 @@ def test_the_cursor_outlives_the_process_and_numbering_goes_on(tmp_path: Path) -
 def test_acknowledged_artifacts_lose_their_copies_and_only_they(tmp_path: Path) -> None:
     spool = make_spool(tmp_path)
     events = []
-    for kind, record in (("files", "artifact"), ("models", "model")):
+    for kind, record in (("files", "artifact"), ("models", "model"), ("files", "artifact")):
         directory = spool.reserve_dir(kind)
         assert directory == spool.dir / kind / f"{spool.next_seq:08d}"
         (directory / "grid.png").write_bytes(b"png")
         path = str((directory / "grid.png").relative_to(spool.dir))
         events.append(spool.append({"kind": record, "path": path}))
-    assert [spool.files_of(e) for e in events] == [
+    copies = [spool.files_of(event) for event in events]
+    assert copies == [
         spool.dir / "files" / "00000001" / "grid.png",
         spool.dir / "models" / "00000002" / "grid.png",
+        spool.dir / "files" / "00000003" / "grid.png",
     ]
-    spool.acknowledge(1)
-    assert not spool.files_of(events[0]).parent.exists() and spool.files_of(events[1]).is_file()
-    spool.acknowledge(2)
-    assert not spool.files_of(events[1]).parent.exists()
+    spool.acknowledge(2)  # the server holds records 1 and 2
+    assert [copy.parent.exists() for copy in copies] == [False, False, True]
+    spool.acknowledge(3)
+    assert not copies[2].parent.exists()
     spool.release()
 
 
@@ -145,6 +147,7 @@ def test_resuming_drops_the_undelivered_metrics_of_the_lost_steps(tmp_path: Path
     params: Event = {"kind": "params", "params": {"lr": "0.1"}}
     spool = make_spool(tmp_path, [*metric_records(6), params])
     spool.acknowledge(2)  # steps 0 and 1 reached MLflow
+    spool = reopened(spool)  # the resumed run is a new process: it reads the records from disk
     before = spool.events_path.read_text()
     spool.drop_pending_metrics_after(5)  # nothing after step 5: the file is left as it is
     assert spool.events_path.read_text() == before
