@@ -104,7 +104,7 @@ def test_health_and_models_describe_every_model(client: TestClient) -> None:
     assert listed["vae"]["options"] == {"temperature": 1.0} and listed["tiny"]["options"] == {
         "scale": 1.0
     }
-    assert listed["tiny"]["condition"] == "embedding" and listed["vae"]["condition"] is None
+    assert listed["tiny"]["condition"] == "tiny/embedding" and listed["vae"]["condition"] is None
     for model in listed.values():
         assert model["version"] == "step 6" and model["resolution"] == RESOLUTION
         assert model["test_faces"] == SPLIT_SIZES["test"]
@@ -262,7 +262,7 @@ def test_a_conditional_family_without_the_photo_hook_is_named() -> None:
         condition_from_photos = Family.condition_from_photos  # the contract's default
 
     assert takes_photos(TinyFamily) and not takes_photos(Blind)
-    assert "conditions on 'embedding' but cannot compute it from photos" in photo_refusal(Blind)
+    assert "conditions on 'tiny/embedding' but cannot compute it from photos" in photo_refusal(Blind)
 
 
 def test_exif_orientation_is_applied() -> None:
