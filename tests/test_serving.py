@@ -262,7 +262,8 @@ def test_a_conditional_family_without_the_photo_hook_is_named() -> None:
         condition_from_photos = Family.condition_from_photos  # the contract's default
 
     assert takes_photos(TinyFamily) and not takes_photos(Blind)
-    assert "conditions on 'tiny/embedding' but cannot compute it from photos" in photo_refusal(Blind)
+    refused = photo_refusal(Blind)
+    assert "conditions on 'tiny/embedding' but cannot compute it from photos" in refused
 
 
 def test_exif_orientation_is_applied() -> None:
