@@ -241,15 +241,15 @@ def test_a_folder_left_by_a_crashed_create_is_taken_over(tmp_path: Path) -> None
 
 
 def test_a_record_torn_by_a_crash_is_dropped_and_a_corrupt_one_refused(tmp_path: Path) -> None:
-    spool = make_spool(tmp_path, metric_records(2))
+    spool = make_spool(tmp_path, metric_records(3))
     spool.release()
     with spool.events_path.open("a") as events:
-        events.write('{"seq": 3, "kind": "metr')  # the process died mid-write
-    spool = reopened(spool)
-    assert seqs(spool.pending) == [1, 2]
-    assert spool.append({"kind": "tags", "tags": {}})["seq"] == 3  # on a line of its own
+        events.write('{"seq": 4, "kind": "metr')  # the process died mid-write
     spool = reopened(spool)
     assert seqs(spool.pending) == [1, 2, 3]
+    assert spool.append({"kind": "tags", "tags": {}})["seq"] == 4  # on a line of its own
+    spool = reopened(spool)
+    assert seqs(spool.pending) == [1, 2, 3, 4]
     spool.release()
 
     # A whole line (it ends in a newline) that is not JSON was not torn by a crash: refused.
@@ -266,6 +266,7 @@ def test_a_run_is_found_by_its_mlflow_id_and_meta_is_read_without_the_lock(
 ) -> None:
     first, second = make_spool(tmp_path), make_spool(tmp_path)
     second.update_meta(run_id="run-2")
+    assert (first.run_id, second.run_id) == (None, "run-2")
     assert spool_key_of_run(tmp_path, "run-2") == second.key
     assert spool_key_of_run(tmp_path, "run-3") is None
     assert read_meta(second.dir)["run_id"] == "run-2"  # while `second` holds its lock
