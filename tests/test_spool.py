@@ -144,8 +144,8 @@ def test_a_reserved_folder_is_emptied_of_a_crashed_attempt(tmp_path: Path) -> No
 
 
 def test_resuming_drops_the_undelivered_metrics_of_the_lost_steps(tmp_path: Path) -> None:
-    params: Event = {"kind": "params", "params": {"lr": "0.1"}}
-    spool = make_spool(tmp_path, [*metric_records(6), params])
+    grid: Event = {"kind": "artifact", "path": "files/00000007/grid.png", "to": "samples"}
+    spool = make_spool(tmp_path, [*metric_records(6), grid])
     spool.acknowledge(2)  # steps 0 and 1 reached MLflow
     spool = reopened(spool)  # the resumed run is a new process: it reads the records from disk
     before = spool.events_path.read_text()
