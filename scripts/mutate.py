@@ -62,11 +62,16 @@ TARGETS = (
 
 
 def copy_tree(destination: Path) -> None:
-    """The committed tree (HEAD), without the working tree's uncommitted changes."""
+    """The committed tree (HEAD), without the working tree's uncommitted changes, as a git
+    repository of one commit (the tracking tests read the commit a run was logged from)."""
     archive = subprocess.run(
         ["git", "archive", "HEAD"], cwd=REPO_ROOT, capture_output=True, check=True
     )
     subprocess.run(["tar", "-x", "-C", str(destination)], input=archive.stdout, check=True)
+    git = ["git", "-C", str(destination), "-c", "user.name=mutate", "-c", "user.email=mutate@"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "HEAD, for mutation testing"], check=True)
 
 
 def annotation_spans(module: Path) -> list[tuple[tuple[int, int], tuple[int, int]]]:
