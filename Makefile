@@ -7,11 +7,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Extra pytest arguments, e.g. make test PYTEST_ARGS='-m "not slow" -x'
 PYTEST_ARGS ?=
+# Extra scripts/mutate.py arguments, e.g. make mutate MUTATE_ARGS='--only face_generation/training/ema.py'
+MUTATE_ARGS ?=
 
-.PHONY: install params lint test run lock
+.PHONY: install mutate params lint test run serve lock
 
 install:
 	$(PYTHON) scripts/install.py
+
+# Mutation testing of the modules that carry guarantees, on a copy of HEAD (not run by CI:
+# minutes to an hour per module); scores in docs/mutation.md.
+mutate: install
+	$(BIN)/python scripts/mutate.py $(MUTATE_ARGS)
 
 # Write to a temporary file first so a failing compose never leaves a truncated params.yaml.
 params: install
@@ -33,6 +40,12 @@ test: install lint
 
 run: install
 	$(BIN)/python -m face_generation.pipeline
+
+# The web page and HTTP API over the trained models (models/<name>/model.pt), on 127.0.0.1;
+# settings in configs/serve/, e.g. make serve SERVE_ARGS=serve.port=8080
+SERVE_ARGS ?=
+serve: install
+	$(BIN)/python -m face_generation.serve $(SERVE_ARGS)
 
 lock:
 	$(PYTHON) scripts/lock_dependencies.py

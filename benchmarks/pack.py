@@ -90,9 +90,11 @@ def remove_outputs(cfg: DictConfig) -> None:
 
 
 def core(cfg: DictConfig, rows: list[dict[str, str]]) -> np.ndarray:
-    kept = crop.crop_centered(rows, cfg.data.crop, Counter())
+    kept = crop.crop_centered(rows, cfg.data.crop, int(cfg.data.max_pixels), Counter())
     in_split_order = [row for split in SPLITS for row in kept if row["split"] == split]
-    faces, _, _ = pack.pack_rows(in_split_order, int(cfg.data.resolution), cfg.data.pack, "pack")
+    faces, _, _ = pack.pack_rows(
+        in_split_order, int(cfg.data.resolution), cfg.data.pack, int(cfg.data.max_pixels), "pack"
+    )
     return faces
 
 

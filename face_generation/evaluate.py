@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from face_generation.config import model_config_from_args, model_stage_parser
-from face_generation.data.packed import DataError
+from face_generation.errors import reported_errors
 from face_generation.evaluation.evaluate_model import evaluate
 from face_generation.features.weights import WeightsUnavailableError
 from face_generation.runtime.checkpoint import CheckpointError
@@ -29,11 +29,8 @@ from face_generation.runtime.checkpoint import CheckpointError
 def main(argv: Sequence[str] | None = None) -> None:
     parser = model_stage_parser(__doc__ or "", "evaluate")
     args = parser.parse_args(argv)
-    cfg = model_config_from_args(args, "evaluate")
-    try:
-        evaluate(cfg)
-    except (CheckpointError, DataError, WeightsUnavailableError, FileNotFoundError) as error:
-        raise SystemExit(f"[evaluate] error: {error}") from None
+    with reported_errors("evaluate", CheckpointError, WeightsUnavailableError):
+        evaluate(model_config_from_args(args))
 
 
 if __name__ == "__main__":

@@ -22,42 +22,20 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from face_generation.config import compose
+from face_generation.errors import reported_errors
 from face_generation.runtime.checkpoint import CheckpointError
 from face_generation.runtime.device import pick_device
 from face_generation.runtime.family import RECONSTRUCT
-from face_generation.runtime.generator import TrainedGenerator, load_generator, sampling_options
+from face_generation.runtime.generator import TrainedGenerator, generate, sampling_options
 from face_generation.runtime.images import load_faces, save_each, save_grid
-
-
-def is_mlflow_uri(model: str) -> bool:
-    """runs:/..., models:/..., any scheme:/... URI, or a folder holding an MLmodel file."""
-    if Path(model).is_file():
-        return False
-    return (Path(model) / "MLmodel").is_file() or re.match(
-        r"^[a-z][a-z0-9+.-]*:/", model
-    ) is not None
-
-
-def load_model(model: str, device: torch.device, use_ema: bool = True) -> TrainedGenerator:
-    """The trained generator of a checkpoint or an MLflow model URI."""
-    if is_mlflow_uri(model):
-        import mlflow.pyfunc  # imported only when needed: it takes seconds
-
-        from face_generation.runtime.mlflow_model import GeneratorModel
-
-        python_model = mlflow.pyfunc.load_model(model).unwrap_python_model()
-        if not isinstance(python_model, GeneratorModel) or python_model.generator is None:
-            raise SystemExit(f"{model} is not a face_generation generator model")
-        python_model.generator.network.to(device)
-        return python_model.generator
-    return load_generator(model, device, use_ema=use_ema)
+from face_generation.runtime.sources import load_model
 
 
 def parse_options(pairs: Sequence[str], trained: TrainedGenerator) -> dict[str, Any]:
@@ -75,20 +53,16 @@ def parse_options(pairs: Sequence[str], trained: TrainedGenerator) -> dict[str, 
     return options
 
 
-def generate(trained: TrainedGenerator, n: int, seed: int, **options: Any) -> torch.Tensor:
-    """n samples in [-1, 1]; the noise comes from a CPU generator seeded with `seed`."""
-    return trained.sample(n, generator=torch.Generator().manual_seed(seed), **options).cpu()
-
-
 def reconstruct(
-    trained: TrainedGenerator, paths: Sequence[Path]
+    trained: TrainedGenerator, paths: Sequence[Path], max_pixels: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs, reconstructions), both N×3×R×R in [-1, 1]."""
+    """(inputs, reconstructions), both N×3×R×R in [-1, 1]; images of more than `max_pixels`
+    pixels are refused before decoding."""
     if RECONSTRUCT not in trained.family.capabilities:
         raise ValueError(
             f"--input needs a model that reconstructs; the {trained.name} family does not"
         )
-    inputs = load_faces(paths, trained.resolution)
+    inputs = load_faces(paths, trained.resolution, max_pixels)
     return inputs, trained.reconstruct(inputs).cpu()
 
 
@@ -126,10 +100,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.n < 1:
         parser.error("--n must be at least 1")
 
-    try:
+    with reported_errors("inference", CheckpointError, ValueError):
         trained = load_model(args.model, pick_device(args.device), use_ema=not args.no_ema)
         if args.input:
-            inputs, outputs = reconstruct(trained, args.input)
+            # The data stages' limit (configs/data/): the same files are refused everywhere.
+            max_pixels = int(compose("config").data.max_pixels)
+            inputs, outputs = reconstruct(trained, args.input, max_pixels)
             pairs = torch.stack([inputs, outputs], dim=1).flatten(0, 1)  # input, its output, ...
             columns = 2 * max(1, round(len(inputs) ** 0.5))
             grid = save_grid(pairs, args.out / "reconstructions.png", columns=columns)
@@ -138,8 +114,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             images = generate(trained, args.n, args.seed, **parse_options(args.option, trained))
             grid = save_grid(images, args.out / "samples.png")
             files = save_each(images, args.out / "samples")
-    except (CheckpointError, ValueError) as error:
-        raise SystemExit(f"[inference] error: {error}") from None
     print(f"[inference] {grid} and {len(files)} images in {files[0].parent}/")
 
 

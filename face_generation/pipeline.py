@@ -19,7 +19,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from face_generation.config import compose
+from face_generation.config import add_config_options, compose, job_config, refuse_multirun
+from face_generation.errors import reported_errors
+from face_generation.tracking.server import ui_url
 
 PARAMS_HEADER = (
     "# Generated from configs/ by `python -m face_generation.config`; never edit by hand.\n"
@@ -76,27 +78,35 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Example: python -m face_generation.pipeline data=folder data.path=../shared/data/celeba-sample-10k",
+        epilog=(
+            "Example: python -m face_generation.pipeline data=folder "
+            "data.path=../shared/data/celeba-sample-10k\n"
+            "Sweeps (Hydra's -m) run as DVC experiments, one per combination:\n"
+            "  dvc exp run --queue -S 'train.steps=1000,2000' && dvc queue start"
+        ),
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for configs/pipeline.yaml")
     parser.add_argument(
         "--force", action="store_true", help="rerun every stage (dvc repro --force)"
     )
+    add_config_options(parser)
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    with reported_errors("pipeline"):
+        refuse_multirun(args)
+        cfg = job_config(compose("pipeline", args.overrides), args)
     if write_params(args.overrides):
         print("[pipeline] params.yaml rewritten from configs/")
-    cfg = compose("pipeline", args.overrides)
     uri = start_tracking(cfg.tracking) if cfg.tracking.enabled else None
     run_dvc(["repro", *(["--force"] if args.force else [])])
     if uri is not None:
         deliver_pending(cfg.tracking)
     print(f"[pipeline] done in {time.perf_counter() - started:.0f} s. Look at:")
     if uri is not None:
-        print(f"  {uri:<24}MLflow UI: runs, loss curves, sample grids, registered models")
+        print(f"  {'MLflow UI':<24}{ui_url(uri)}: runs, curves, sample grids, registered models")
     print("  plots/report.md         one metrics table across the trained models")
     print(f"  {cfg.paths.models + '/<model>/':<24}model.pt, samples.png, losses.csv")
-    print("  metrics/                data.json and <model>.json (`dvc metrics show`)")
+    print("  metrics/                data.json, <model>.json, features.json (`dvc metrics show`)")
     print("  plots/                  sample, real-vs-generated, nearest-neighbour grids")
 
 

@@ -20,30 +20,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from face_generation.config import model_config_from_args, model_stage_parser
-from face_generation.data.packed import DataError
+from face_generation.errors import reported_errors
 from face_generation.runtime.checkpoint import CheckpointError
-from face_generation.runtime.registry import UnknownFamilyError
 from face_generation.training.loop import TrainingDiverged, train
 from face_generation.training.output import OutputBusyError
-from face_generation.training.settings import SettingsError
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = model_stage_parser(__doc__ or "", "train")
     args = parser.parse_args(argv)
-    cfg = model_config_from_args(args, "train")
-    try:
-        result = train(cfg)
-    except (
-        CheckpointError,
-        TrainingDiverged,
-        DataError,
-        UnknownFamilyError,
-        SettingsError,
-        OutputBusyError,
-        FileNotFoundError,
-    ) as error:
-        raise SystemExit(f"[train] error: {error}") from None
+    with reported_errors("train", CheckpointError, TrainingDiverged, OutputBusyError):
+        result = train(model_config_from_args(args))
     if result.stopped_by is not None:
         raise SystemExit(128 + {"SIGINT": 2, "SIGTERM": 15}[result.stopped_by])
 

@@ -17,7 +17,7 @@ from face_generation.runtime.registry import family_names
 from face_generation.training.loop import train
 from face_generation.training.tracker import NullTracker
 from tests import diffusion_family, tiny_family  # noqa: F401  (importing registers them)
-from tests.faces import RESOLUTION, SPLIT_SIZES, config, write_packed
+from tests.faces import RESOLUTION, SPLIT_SIZES, config, write_labels, write_packed
 from tests.tracking_fixtures import mlflow_server, tracking_cfg  # noqa: F401  (fixtures)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -44,14 +44,17 @@ def utkface_sample() -> Path:
     return _require(UTKFACE_SAMPLE)
 
 
+def path_overrides(base: Path) -> list[str]:
+    """Overrides that put every output path inside `base`: base/data, base/metrics, ..."""
+    return [f"paths.{key}={base / key}" for key in ("data", "metrics", "models", "plots")]
+
+
 @pytest.fixture
 def make_config(tmp_path: Path) -> Callable[..., DictConfig]:
     """Compose configs/config.yaml with overrides, every output path inside tmp_path."""
 
     def make(*overrides: str, root: Path | None = None, config_name: str = "config") -> DictConfig:
-        base = root or tmp_path
-        paths = [f"paths.{key}={base / key}" for key in ("data", "metrics", "models", "plots")]
-        return compose(config_name, [*paths, *overrides])
+        return compose(config_name, [*path_overrides(root or tmp_path), *overrides])
 
     return make
 
@@ -80,6 +83,7 @@ class TrainedModels:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedModels:
     root = tmp_path_factory.mktemp("trained")
     write_packed(root / "data")
+    write_labels(root / "data")  # what the face encoder trains on
     tiny_family.write_features(root / "data", RESOLUTION, SPLIT_SIZES)
     checkpoints = {
         name: train(config(name, root / "data", root / "models"), NullTracker()).checkpoint

@@ -63,6 +63,35 @@ def write_packed(data_dir: Path, resolution: int = RESOLUTION) -> Path:
     return data_dir
 
 
+def identities(count: int) -> np.ndarray:
+    """Made-up identity codes for `count` rows: people of three faces, then unknown (-1) rows."""
+    known = (count * 3 // 4) // 3 * 3
+    return np.r_[np.arange(known) // 3, np.full(count - known, -1)].astype(np.int64)
+
+
+def write_labels(data_dir: Path, resolution: int = RESOLUTION) -> Path:
+    """data_dir/features/<res>/labels/ for the faces of `write_packed`, as the labels stage
+    writes it, with `identities` as the people (different people in each split)."""
+    from face_generation.data.packed import features_dir, load_split
+    from face_generation.features.stage import write_labels as write_label_folder
+
+    packed = data_dir / "packed" / str(resolution)
+    faces = {split: load_split(packed, split, resolution) for split in SPLIT_SIZES}
+    offsets = np.cumsum([0, *SPLIT_SIZES.values()])
+    labels = {
+        split: np.where(codes >= 0, codes + offset, -1)
+        for (split, size), offset in zip(SPLIT_SIZES.items(), offsets, strict=False)
+        for codes in [identities(size)]
+    }
+    meta = {"stage": "labels", "data_hash": "test", "network": {"name": "labels"}}
+    return write_label_folder(features_dir(data_dir, resolution), faces, labels, meta, seed=0)
+
+
+# Per family: settings that keep its smoke training cheap (the encoder's backbone at the
+# faces' own 32 px instead of upsampling them).
+SMOKE = {"encoder": ["model.image_size=32"]}
+
+
 def overrides(model: str, data_dir: Path, models_dir: Path, *extra: str) -> list[str]:
     """Train `model` for a few steps on the CPU (train=smoke), untracked, on `data_dir`."""
     return [
@@ -72,6 +101,7 @@ def overrides(model: str, data_dir: Path, models_dir: Path, *extra: str) -> list
         f"paths.data={data_dir}",
         f"paths.models={models_dir}",
         "tracking.enabled=false",
+        *SMOKE.get(model, []),
         *extra,
     ]
 

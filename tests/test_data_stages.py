@@ -6,18 +6,22 @@ import csv
 import json
 import os
 import shutil
+import subprocess
+import sys
 import zipfile
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import DictConfig
 from PIL import Image
 
 from face_generation.data import crop, download, images, pack, split
 from face_generation.data.download import UTKFACE_NAME
-from face_generation.data.tables import SPLITS, packed_dir
-from tests.conftest import link_images
+from face_generation.data.tables import SPLITS, crops_path, packed_dir, summary_path
+from tests.bad_images import save_oriented, save_png16, write_bomb_png, write_huge_png
+from tests.conftest import REPO_ROOT, link_images, path_overrides
 
 
 def run_stages(cfg) -> dict:
@@ -189,7 +193,7 @@ def bad_folder(celeba_sample: Path, tmp_path: Path) -> Path:
     folder.mkdir()
     faces = [
         Image.open(celeba_sample / "img_align_celeba" / f"{i:06d}.jpg").convert("RGB")
-        for i in range(1, 25)
+        for i in range(1, 27)
     ]
     for i, face in enumerate(faces[:20]):
         save(face, folder / f"good_{i:02d}.jpg")
@@ -208,6 +212,22 @@ def bad_folder(celeba_sample: Path, tmp_path: Path) -> Path:
     (folder / "subdir_loop").symlink_to(folder, target_is_directory=True)
     shutil.copy(folder / "good_01.jpg", folder / "duplicate_of_good_01.jpg")
     (folder / "readme.txt").write_text("ignored: not an image extension")
+    # What the reliability issue found: sizes that only the header tells, EXIF orientation,
+    # and 16-bit samples, whether they span 0..65535 or hold 8-bit values (narrow).
+    write_bomb_png(folder / "bomb.png")
+    write_huge_png(folder / "huge.png", faces[23])
+    save(faces[23], folder / "upright.jpg")
+    for orientation in (3, 6, 8):
+        save_oriented(faces[23], folder / f"exif_{orientation}.jpg", orientation)
+    grey = np.asarray(faces[24].convert("L"))
+    save(Image.fromarray(grey), folder / "grey_8_bit.png")
+    for suffix in ("png", "tif"):
+        save(Image.fromarray(grey.astype(np.uint16)), folder / f"grey_16_bit_narrow.{suffix}")
+        save(Image.fromarray(grey.astype(np.uint16) * 257), folder / f"grey_16_bit_full.{suffix}")
+    colour = np.asarray(faces[25])
+    save(faces[25], folder / "colour_8_bit.png")
+    save_png16(colour.astype(np.uint16), folder / "colour_16_bit_narrow.png")
+    save_png16(colour.astype(np.uint16) * 257, folder / "colour_16_bit_full.png")
     return folder
 
 
@@ -220,31 +240,49 @@ def test_bad_inputs_are_skipped_and_counted(make_config, bad_folder: Path) -> No
         "corrupt": 1,  # truncated.jpg
         "not_an_image": 1,  # notes.jpg
         "too_small": 1,  # one_pixel.png
+        "too_large": 2,  # bomb.png, huge.png: refused by their headers
         "unreadable": 1,  # loop.jpg
         "duplicate": 1,  # duplicate_of_good_01.jpg
     }
-    assert report["images_found"] == 29 and report["images_packed"] == 24
+    assert report["images_found"] == 43 and report["images_packed"] == 36
+    crops = json.loads(summary_path(crops_path(cfg)).read_text())
+    assert crops["skipped"]["too_large"] == 2
+    assert not list(packed_dir(cfg).glob("*.tmp.npy"))
     arrays, index = packed(cfg)
     faces = {Path(row["path"]).name: arrays[row["split"]][int(row["row"])] for row in index}
     assert faces["alpha.png"].min() == 255  # transparent -> white
     assert faces["sixteen_bit.png"].min() == 255  # 16-bit full scale -> 255, not clipped garbage
+    upright = faces["upright.jpg"].astype(float)
+    for orientation in (3, 6, 8):  # packed as shown; 6 and 8 are not refused as corrupt either
+        turned = faces[f"exif_{orientation}.jpg"].astype(float)
+        assert np.abs(turned - upright).mean() < 3, orientation  # JPEG noise; upside down: about 50
+    for name in ("grey_16_bit_narrow", "grey_16_bit_full"):
+        for suffix in ("png", "tif"):
+            np.testing.assert_array_equal(faces[f"{name}.{suffix}"], faces["grey_8_bit.png"])
+    for name in ("colour_16_bit_narrow.png", "colour_16_bit_full.png"):
+        np.testing.assert_array_equal(faces[name], faces["colour_8_bit.png"])
     grey = faces["grey.jpg"].astype(int)
     assert np.abs(grey[..., 0] - grey[..., 2]).max() <= 2
     cmyk, reference = faces["cmyk.jpg"].astype(float), faces["good_02.jpg"].astype(float)
     assert cmyk.std() > 20 and reference.std() > 20  # decoded to a real picture, not noise
 
 
-def header_or_reason(path: str, prefix_size: int | None) -> images.ImageHeader | str:
+def header_or_reason(
+    path: str, prefix_size: int | None, max_pixels: int
+) -> images.ImageHeader | str:
     """The header read from a prefix of the file, or by PIL from all of it (None)."""
     try:
         if prefix_size is None:
-            return images.read_header(images.read_bytes(path))
-        return images.read_file_header(path, prefix_size)
+            return images.read_header(images.read_bytes(path), max_pixels)
+        return images.read_file_header(path, prefix_size, max_pixels)
     except images.ImageError as error:
         return error.reason
 
 
-def test_file_headers_read_from_a_prefix_match_pil(bad_folder: Path, tmp_path: Path) -> None:
+def test_file_headers_read_from_a_prefix_match_pil(
+    make_config, bad_folder: Path, tmp_path: Path
+) -> None:
+    max_pixels = make_config().data.max_pixels
     face = Image.open(bad_folder / "good_00.jpg")
     # The size of these lies beyond a 1 kB prefix: a long comment before the frame header,
     # or a file cut short inside it; the first falls back to PIL on the whole file.
@@ -259,14 +297,17 @@ def test_file_headers_read_from_a_prefix_match_pil(bad_folder: Path, tmp_path: P
     paths += [f"{archive}{images.ZIP_SEPARATOR}{name}" for name in ("good_01.jpg", "notes.jpg")]
     found = {}
     for path in paths:
-        found[Path(path).name] = header_or_reason(path, 1024)
-        assert found[Path(path).name] == header_or_reason(path, None), path
+        found[Path(path).name] = header_or_reason(path, 1024, max_pixels)
+        assert found[Path(path).name] == header_or_reason(path, None, max_pixels), path
     long_comment = (bad_folder / "long_comment.jpg").read_bytes()
     assert images.parse_header(long_comment[:1024]) is None  # so PIL read the whole file
     assert found["long_comment.jpg"] == images.ImageHeader(89, 109, "JPEG")
     assert found["cmyk.jpg"] == images.ImageHeader(89, 109, "JPEG")
     assert found["sixteen_bit.png"] == images.ImageHeader(89, 109, "PNG")
     assert found["loop.jpg"] == images.UNREADABLE and found["notes.jpg"] == images.NOT_AN_IMAGE
+    assert found["bomb.png"] == found["huge.png"] == images.TOO_LARGE
+    # Stored 109 x 89, turned by a quarter when shown: the size as shown, as PIL gives it.
+    assert found["exif_6.jpg"] == images.ImageHeader(89, 109, "JPEG", orientation=6)
 
 
 def test_threads_pack_the_same_faces_as_one_thread(
@@ -324,3 +365,151 @@ def test_too_few_images_for_the_splits_is_a_clear_error(
     download.run(cfg)
     with pytest.raises(ValueError, match="would be empty"):
         split.run(cfg)
+
+
+def celeba_folder(
+    make_config, celeba_sample: Path, tmp_path: Path, count: int
+) -> tuple[Path, DictConfig, list[str]]:
+    """A folder of the first `count` CelebA-sample faces, its config, and the command-line
+    arguments that give a stage the same config."""
+    names = [f"{i:06d}.jpg" for i in range(1, count + 1)]
+    folder = link_images(celeba_sample / "img_align_celeba", tmp_path / "faces", names)
+    data = ["data=folder", f"data.path={folder}"]
+    return folder, make_config(*data), [*path_overrides(tmp_path), *data]
+
+
+def test_pack_refuses_too_large_images_that_crop_let_through(
+    make_config, celeba_sample: Path, tmp_path: Path
+) -> None:
+    folder, cfg, settings = celeba_folder(make_config, celeba_sample, tmp_path, 20)
+    write_bomb_png(folder / "bomb.png")
+    download.run(cfg)
+    split.run(cfg)
+    crop.main([*settings, "data.max_pixels=1000000000"])  # a limit raised for crop alone
+    assert json.loads(summary_path(crops_path(cfg)).read_text())["skipped"] == {}
+    # pack's own limit, then PIL's (2 x 89 MP), which raises DecompressionBombError.
+    for limit in ("40000000", "1000000000"):
+        pack.main([*settings, f"data.max_pixels={limit}"])
+        report = json.loads((Path(cfg.paths.metrics) / "data.json").read_text())
+        assert report["skipped"] == {"too_large": 1} and report["images_packed"] == 20
+        assert not list(packed_dir(cfg).glob("*.tmp.npy"))
+
+
+def test_mtcnn_sees_faces_upright_and_skips_bombs(
+    make_config, utkface_sample: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    names = sorted(os.listdir(utkface_sample))[100:109]
+    for name, orientation in zip(names, (3, 6, 8) * 3, strict=True):
+        save_oriented(Image.open(utkface_sample / name), folder / name, orientation)
+    write_bomb_png(folder / "bomb.png")
+    cfg = make_config(
+        "data=folder",
+        f"data.path={folder}",
+        "data.crop.method=mtcnn",
+        "data.resolution=64",
+        "data.split.fractions.train=0.4",
+        "data.split.fractions.val=0.3",
+        "data.split.fractions.test=0.3",
+    )
+    report = run_stages(cfg)
+    # Every face found: stored sideways or upside down, they are turned upright first.
+    assert report["skipped"] == {"too_large": 1} and report["images_packed"] == 9
+
+
+STAGES = {"download": download, "split": split, "crop": crop, "pack": pack}
+
+
+@pytest.mark.parametrize(
+    ("stage", "overrides", "named"),
+    [
+        ("download", ["data=folder"], "data.path"),
+        ("download", ["data=folder", "data.path={tmp}/missing"], "data.path={tmp}/missing"),
+        ("download", ["data=folder", "data.path={tmp}/empty"], "no images found in {tmp}/empty"),
+        ("pack", ["data.resolution=0"], "data.resolution=0"),
+        ("pack", ["data.resolution=7"], "data.resolution=7"),
+    ],
+)
+def test_user_mistakes_are_one_line_errors(
+    stage: str, overrides: list[str], named: str, tmp_path: Path
+) -> None:
+    (tmp_path / "empty").mkdir()
+    argv = [*path_overrides(tmp_path), *(item.format(tmp=tmp_path) for item in overrides)]
+    with pytest.raises(SystemExit) as exited:
+        STAGES[stage].main(argv)
+    message = exited.value.code  # a message: Python prints it alone and exits with status 1
+    assert isinstance(message, str) and "\n" not in message
+    assert message.startswith(f"[{stage}] error: ") and named.format(tmp=tmp_path) in message
+    assert not (tmp_path / "data" / "packed").exists()  # no 7 x 7 arrays
+
+
+def run_stage(stage: str, *arguments: str, prefix: tuple[str, ...] = (), **env: str):
+    command = [*prefix, sys.executable, "-m", f"face_generation.data.{stage}", *arguments]
+    return subprocess.run(
+        command,
+        cwd=REPO_ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_stage_errors_are_one_line_and_a_traceback_on_request(tmp_path: Path) -> None:
+    settings = [*path_overrides(tmp_path), "data.resolution=7"]
+    result = run_stage("pack", *settings)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "[pack] error: data.resolution=7 cannot be trained on: use a power of two of at least 8 "
+        "(the networks halve it down to 4x4), e.g. data.resolution=64"
+    ]
+    debug = run_stage("pack", *settings, FACE_GENERATION_DEBUG="1")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "UserError" in debug.stderr
+
+
+def permissions_apply() -> tuple[str, ...]:
+    """A command prefix under which file permissions hold even for root, who ignores them."""
+    if os.geteuid() != 0:
+        return ()
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root, and without setpriv to drop root's file access")
+    return ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--")
+
+
+def test_unwritable_output_folder_is_a_one_line_error(
+    make_config, celeba_sample: Path, tmp_path: Path
+) -> None:
+    _, cfg, settings = celeba_folder(make_config, celeba_sample, tmp_path, 20)
+    download.run(cfg)
+    split.run(cfg)
+    crop.run(cfg)
+    output = packed_dir(cfg)
+    output.mkdir(parents=True)
+    output.chmod(0o555)
+    try:
+        result = run_stage("pack", *settings, prefix=permissions_apply())
+    finally:
+        output.chmod(0o755)
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"[pack] error: {output}/") and "Permission denied" in line
+    assert "paths.data" in line and not list(output.iterdir())
+
+
+def test_a_split_left_empty_by_crop_stops_pack(
+    make_config, celeba_sample: Path, tmp_path: Path
+) -> None:
+    _, cfg, settings = celeba_folder(make_config, celeba_sample, tmp_path, 30)
+    download.run(cfg)
+    for row in split.run(cfg):
+        if row["split"] == "test":  # every test face too small for crop
+            Path(row["path"]).unlink()
+            save(Image.new("RGB", (8, 8)), Path(row["path"]), format="JPEG")
+    crop.run(cfg)
+    with pytest.raises(SystemExit) as exited:
+        pack.main(settings)
+    message = str(exited.value.code)
+    assert message.startswith("[pack] error: no face left in the test split")
+    assert "'test': 0" in message and "too_small" in message  # counts per split, and why
+    assert not list(packed_dir(cfg).iterdir())  # no arrays, no temporary ones

@@ -28,6 +28,7 @@ from face_generation.evaluation.real_stats import cache_path
 from face_generation.evaluation.report import main as report_main
 from face_generation.evaluation.report import write_report
 from face_generation.runtime.checkpoint import load_checkpoint
+from face_generation.tracking.provenance import registered_model_name
 from face_generation.training.loop import train
 from tests.conftest import TrainedModels
 from tests.faces import RESOLUTION, SPLIT_SIZES
@@ -347,6 +348,16 @@ def test_the_training_run_receives_the_eval_metrics_and_plots(
     assert "eval/vae.json" in logged
     plots = {artifact.path for artifact in client.list_artifacts(trained.run_id, "eval/plots")}
     assert plots == {f"eval/plots/{plot.name}" for plot in result.plots}
+    # The registered version carries the key numbers, and is the champion on its data.
+    name = registered_model_name(cfg.tracking, "vae")
+    version = client.get_model_version_by_alias(name, "champion")
+    assert version.run_id == trained.run_id and version.tags["data_hash"] == record["data_hash"]
+    assert float(version.tags["fd_effnet"]) == pytest.approx(  # 6 significant digits
+        record["metrics"]["fd_effnet"]["value"], rel=1e-5
+    )
+    (output,) = run.outputs.model_outputs  # the generator's model page shows the numbers
+    model_metrics = {m.key for m in client.get_logged_model(output.model_id).metrics}
+    assert "eval/fd_effnet" in model_metrics and "train/loss" not in model_metrics
 
 
 def test_a_checkpoint_without_a_run_on_the_server_gets_a_new_run(

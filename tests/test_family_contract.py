@@ -15,12 +15,14 @@ import pytest
 import torch
 from PIL import Image
 
+from face_generation.data.packed import features_dir
 from face_generation.evaluation.evaluate_model import evaluate
 from face_generation.inference import main as inference_main
 from face_generation.runtime.checkpoint import CheckpointError, load_checkpoint
 from face_generation.runtime.device import pick_device
 from face_generation.runtime.family import SAMPLE, Batch
-from face_generation.runtime.generator import load_generator, sampling_options
+from face_generation.runtime.generator import load_generator, sampling_options, takes_photos
+from face_generation.runtime.pixels import to_float_nchw
 from face_generation.runtime.registry import UnknownFamilyError, family_class, family_names
 from face_generation.training.data import PackedBatches
 from face_generation.training.device import step_context
@@ -28,6 +30,7 @@ from face_generation.training.loop import train, training_arrays
 from face_generation.training.tracker import NullTracker
 from tests.conftest import TrainedModels
 from tests.faces import RESOLUTION, config
+from tests.unsafe_pickle import RunsCode
 
 FAMILIES = family_names()
 SAMPLING = [name for name in FAMILIES if SAMPLE in family_class(name).capabilities]
@@ -152,21 +155,31 @@ def test_sampling_is_seeded_takes_options_and_refuses_unknown_ones(
         assert not torch.equal(images, conditioned)
 
 
+@pytest.mark.parametrize("name", FAMILIES)
+def test_photos_become_conditions_shaped_like_the_condition_rows(
+    name: str, trained: TrainedModels
+) -> None:
+    generator = load_generator(trained.checkpoints[name])
+    faces = np.load(trained.data / "packed" / str(RESOLUTION) / "test.npy")
+    photos = to_float_nchw(faces, None)
+    if not takes_photos(generator.family):  # the web service refuses reference photos with this
+        with pytest.raises(ValueError, match=r"takes no reference photos|cannot compute it"):
+            generator.conditions_from_photos(photos)
+        return
+    conditions = generator.conditions_from_photos(photos)
+    condition = str(generator.family.condition)
+    rows = np.load(features_dir(trained.data, RESOLUTION) / condition / "test.npy")
+    assert conditions.shape == rows.shape  # one row per photo, as the condition array holds
+    assert torch.equal(conditions, generator.conditions_from_photos(photos))
+    images = generator.sample(len(faces), cond=conditions, generator=torch.Generator())
+    assert images.shape == (len(faces), 3, RESOLUTION, RESOLUTION)
+
+
 @pytest.mark.parametrize("name", SAMPLING)
 def test_training_logs_a_preview_grid(name: str, trained: TrainedModels) -> None:
     grid = np.asarray(Image.open(trained.root / "models" / name / "samples.png"))
     columns = 4  # train=smoke's 16 images: a 4×4 grid with 2-pixel gutters
     assert grid.shape == (columns * (RESOLUTION + 2) + 2, columns * (RESOLUTION + 2) + 2, 3)
-
-
-class RunsCode:
-    """Unpickling this calls Path.touch on `marker`: what a malicious checkpoint would do."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return (Path.touch, (self.marker,))
 
 
 @pytest.mark.parametrize("name", FAMILIES)

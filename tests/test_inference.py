@@ -16,6 +16,7 @@ from face_generation.families.vae import VAEFamily
 from face_generation.inference import generate, main
 from face_generation.runtime.generator import load_generator
 from face_generation.runtime.images import to_uint8
+from tests.bad_images import save_oriented, save_png16, write_bomb_png
 from tests.conftest import TrainedModels
 from tests.faces import REPO, RESOLUTION
 
@@ -83,6 +84,28 @@ def test_vae_reconstructs_given_images(trained_models: dict[str, Path], tmp_path
     )
 
 
+def test_vae_reads_input_images_as_the_data_stages_do(
+    trained_models: dict[str, Path], tmp_path: Path
+) -> None:
+    real = np.load(trained_models["data"] / "packed" / str(RESOLUTION) / "test.npy")[0]
+    face = Image.fromarray(real).resize((3 * RESOLUTION, 4 * RESOLUTION))  # a portrait
+    face.save(tmp_path / "upright.png")
+    inputs = [tmp_path / "upright.png"]
+    for orientation in (3, 6, 8):
+        inputs.append(save_oriented(face, tmp_path / f"exif_{orientation}.png", orientation))
+    pixels = np.asarray(face).astype(np.uint16)
+    inputs.append(save_png16(pixels, tmp_path / "sixteen_bit_narrow.png"))
+    inputs.append(save_png16(pixels * 257, tmp_path / "sixteen_bit_full.png"))
+    main([str(trained_models["vae"]), "--input", *map(str, inputs), "--out", str(tmp_path / "out")])
+    first, *others = read_pngs(tmp_path / "out" / "reconstructions")
+    assert len(others) == 5 and all(np.array_equal(first, other) for other in others)
+
+    bomb = write_bomb_png(tmp_path / "bomb.png")
+    with pytest.raises(SystemExit, match=rf"cannot use image {bomb}: too_large") as exited:
+        main([str(trained_models["vae"]), "--input", str(bomb), "--out", str(tmp_path / "out")])
+    assert "\n" not in str(exited.value.code)
+
+
 def test_dcgan_refuses_input_images(trained_models: dict[str, Path], tmp_path: Path) -> None:
     image = tmp_path / "face.png"
     Image.new("RGB", (RESOLUTION, RESOLUTION)).save(image)
@@ -148,3 +171,16 @@ def test_help_explains_the_command() -> None:
     )
     for expected in ("checkpoint", "MLflow model URI", "--seed", "--input", "plots"):
         assert expected in result.stdout
+
+
+def test_a_registry_uri_without_a_tracking_server_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        SystemExit, match=r"^\[inference\] error: .*set MLFLOW_TRACKING_URI"
+    ) as failure:
+        main(["models:/face_generation-vae/1", "--out", str(tmp_path / "out")])
+    assert "\n" not in str(failure.value)
+    assert list(tmp_path.iterdir()) == []  # no stray mlflow.db

@@ -10,6 +10,7 @@ import json
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,12 +20,17 @@ from mlflow.pyfunc import PythonModel, load_model
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema, TensorSpec
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 
 from face_generation.config import compose
 from face_generation.tracking import server as server_cli
 from face_generation.tracking import sync as sync_cli
 from face_generation.tracking.delivery import deliver_spool
-from face_generation.tracking.provenance import flatten_config, registered_model_name
+from face_generation.tracking.provenance import (
+    flatten_config,
+    registered_model_name,
+    version_metadata,
+)
 from face_generation.tracking.run import SYNC_COMMAND, TrackedRun
 from face_generation.tracking.server import (
     ServerError,
@@ -33,7 +39,9 @@ from face_generation.tracking.server import (
     stop_server,
 )
 from face_generation.tracking.spool import Spool
-from tests.tracking_fixtures import MlflowServer, free_port, server_overrides
+from face_generation.training.tracker import close_orphaned_runs
+from tests.killed_process import run_until_killed
+from tests.tracking_fixtures import MlflowServer, free_port, server_overrides, tracked
 
 IMAGE_SHAPE = (3, 8, 8)
 
@@ -50,6 +58,24 @@ GENERATOR_SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("long", "num_samples"), ColSpec("long", "seed")]),
     outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *IMAGE_SHAPE))]),
 )
+
+
+def log_generator(run: TrackedRun, registered_name: str, **version: Any) -> None:
+    """What training does at its end: log the generator, registered as `registered_name`
+    (`version`: its description and tags)."""
+    run.log_model(
+        NoiseGenerator(),
+        "generator",
+        GENERATOR_SIGNATURE,
+        registered_model_name=registered_name,
+        pip_requirements=["mlflow", "numpy"],
+        **version,
+    )
+
+
+def write_png(path: Path, value: int) -> Path:
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(path)
+    return path
 
 
 def live_processes(pids: list[int]) -> list[int]:
@@ -99,7 +125,8 @@ def test_start_reuses_the_running_server(
     server_cli.main(["start", *mlflow_server.overrides])
     server_cli.main(["status", *mlflow_server.overrides])
     out = capsys.readouterr().out
-    assert f"UI: {mlflow_server.uri}" in out
+    # the UI's machine-learning view: MLflow 3 opens on GenAI traces otherwise
+    assert f"UI: {mlflow_server.uri}/#/experiments?workflowType=machine_learning" in out
     assert f"pid {status.pid}" in out
     assert server_status(mlflow_server.cfg).pid == status.pid
 
@@ -113,6 +140,37 @@ def test_start_refuses_a_port_taken_by_another_program(tmp_path: Path) -> None:
         with pytest.raises(ServerError, match=r"tracking\.port"):
             start_server(cfg)
     assert not Path(cfg.pid_file).exists()
+
+
+def test_start_and_stop_on_another_port_leave_the_running_server_alone(
+    mlflow_server: MlflowServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The project's server runs; another program holds a second port. `start` and `stop` on
+    that port (with the same pid file) must neither wait for, blame nor stop the server."""
+    running = server_status(mlflow_server.cfg)
+    assert running.healthy and running.pid is not None
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        # A short start timeout: were the server's pid waited for, the message would say so.
+        other_port = [
+            *mlflow_server.overrides,
+            f"tracking.port={port}",
+            "tracking.start_timeout_s=5",
+        ]
+        with pytest.raises(SystemExit) as exit_info:
+            server_cli.main(["start", *other_port])
+        message = str(exit_info.value.code)
+        assert f"port {port} " in message and "tracking.port=PORT" in message
+        assert "\n" not in message and str(running.pid) not in message
+
+        server_cli.main(["stop", *other_port])
+        assert f"port {port} is held by another program" in capsys.readouterr().out
+
+    after = server_status(mlflow_server.cfg)
+    assert after.healthy and after.pid == running.pid
+    assert live_processes([running.pid]) == [running.pid]
 
 
 def test_a_server_that_does_not_come_up_is_stopped_and_its_log_named(tmp_path: Path) -> None:
@@ -206,19 +264,31 @@ def test_run_logs_params_metrics_artifacts_and_tags(
     assert len(logged.data.tags["git_commit"]) == 40  # the tests run inside the repository
 
 
+def test_links_and_experiments_open_the_ui_on_training_runs(
+    tracking_cfg: DictConfig, mlflow_server: MlflowServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = MlflowClient(mlflow_server.uri)
+    older = client.create_experiment(str(tracking_cfg.experiment))  # made before, with no kind
+    with TrackedRun(tracking_cfg, "links") as run:
+        pass
+    page = f"{mlflow_server.uri}/#/experiments/{older}/runs/{run.run_id}"
+    assert run.url == f"{page}?workflowType=machine_learning"
+    assert f"MLflow run started: {run.url}" in capsys.readouterr().err
+    fresh = OmegaConf.merge(tracking_cfg, {"experiment": f"{tracking_cfg.experiment}-new"})
+    with TrackedRun(fresh, "links"):  # type: ignore[arg-type]
+        pass
+    for name in (tracking_cfg.experiment, fresh.experiment):
+        tags = client.get_experiment_by_name(str(name)).tags
+        assert tags["mlflow.experimentKind"] == "custom_model_development"  # the UI shows runs
+
+
 def test_model_is_logged_with_signature_and_registered(
     tracking_cfg: DictConfig, mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)  # where models:/ URIs resolve
     name = registered_model_name(tracking_cfg, "test_family")
     with TrackedRun(tracking_cfg, "model") as run:
-        run.log_model(
-            NoiseGenerator(),
-            "generator",
-            GENERATOR_SIGNATURE,
-            registered_model_name=name,
-            pip_requirements=["mlflow", "numpy"],
-        )
+        log_generator(run, name)
         version = run.model_version("generator")
     assert version is not None
 
@@ -235,6 +305,61 @@ def test_model_is_logged_with_signature_and_registered(
     (output,) = client.get_run(run.run_id).outputs.model_outputs
     assert registered.source == f"models:/{output.model_id}"
     assert client.get_logged_model(output.model_id).status == "READY"
+
+
+def test_versions_are_described_and_the_champion_is_the_best_on_the_same_data(
+    tracking_cfg: DictConfig, mlflow_server: MlflowServer
+) -> None:
+    client = MlflowClient(mlflow_server.uri)
+    name = registered_model_name(tracking_cfg, "champion")
+
+    def trained_and_evaluated(data_hash: str, fd: float) -> tuple[str, TrackedRun]:
+        """A run as training and evaluation log it: the generator, then its numbers."""
+        with TrackedRun(tracking_cfg, "champion") as run:
+            description, tags = version_metadata("noise", 8, 6, data_hash)
+            log_generator(run, name, version_description=description, version_tags=tags)
+            run.log_metrics({"eval/fd_effnet": fd}, step=6, model="generator")
+            champion = {"alias": "champion", "metric": "fd_effnet", "data_hash": data_hash}
+            run.update_version(name, {"fd_effnet": str(fd)}, champion)
+        version = run.model_version("generator")
+        assert version is not None
+        return version, run
+
+    def champion() -> str:
+        return str(client.get_model_version_by_alias(name, "champion").version)
+
+    first, run = trained_and_evaluated("aaaa", 10.0)
+    version = client.get_model_version(name, first)
+    assert version.description.startswith("noise generator, 8x8 px, 6 steps on data aaaa, code ")
+    assert version.tags["data_hash"] == "aaaa" and version.tags["fd_effnet"] == "10.0"
+    assert version.tags["family"] == "noise" and len(version.tags["git_commit"]) == 40
+    assert champion() == first
+    (output,) = client.get_run(str(run.run_id)).outputs.model_outputs  # the model's own page
+    assert [m.key for m in client.get_logged_model(output.model_id).metrics] == ["eval/fd_effnet"]
+
+    better, _ = trained_and_evaluated("aaaa", 5.0)
+    assert champion() == better
+    trained_and_evaluated("aaaa", 7.0)
+    assert champion() == better
+    other, _ = trained_and_evaluated("bbbb", 50.0)  # new data: numbers on other data do not compare
+    assert champion() == other
+
+
+def test_a_finished_run_resumed_registers_no_second_version(
+    tracking_cfg: DictConfig, mlflow_server: MlflowServer
+) -> None:
+    name = registered_model_name(tracking_cfg, "finished")
+    with TrackedRun(tracking_cfg, "finished") as run:
+        log_generator(run, name)
+    # `train.resume=auto` on the final checkpoint: the end of training runs again.
+    with TrackedRun(tracking_cfg, resume=run.state(), resume_step=6) as again:
+        log_generator(again, name)
+        assert again.model_version("generator") == run.model_version("generator")
+
+    client = MlflowClient(mlflow_server.uri)
+    assert len(client.search_model_versions(f"name = '{name}'")) == 1
+    finished = client.get_run(str(run.run_id))
+    assert finished.info.status == "FINISHED" and len(finished.outputs.model_outputs) == 1
 
 
 # Outages. ---------------------------------------------------------------------------------------
@@ -268,20 +393,16 @@ def test_server_outage_loses_nothing(
             run_a.log_metrics({"loss": float(step), "images_per_s": 10.0 * step}, step)
         grid.write_bytes(b"grid at step 5")
         run_a.log_artifact(grid, "samples")
+        run_a.log_image(write_png(tmp_path / "step-5.png", 5), "samples", 5)
+        run_a.log_input("faces-8px", "d41d8cd9", "data/packed/8", {"rows": 3}, "training")
         run_b = TrackedRun(tracking_cfg, "b")
         assert run_b.run_id is None  # unreachable at start: a local key only
         for step in range(6):
             run_b.log_metrics({"loss": float(step)}, step)
-        run_b.log_model(
-            NoiseGenerator(),
-            "generator",
-            GENERATOR_SIGNATURE,
-            registered_model_name=model_name,
-            pip_requirements=["mlflow", "numpy"],
-        )
+        log_generator(run_b, model_name)
         told = capsys.readouterr().err
         assert told.count("could not deliver to the MLflow server") == 2  # once per run
-        assert len(run_a.spool.pending) == 4 and len(run_b.spool.pending) > 6
+        assert len(run_a.spool.pending) == 6 and len(run_b.spool.pending) > 6
     finally:
         start_server(mlflow_server.cfg)
 
@@ -298,6 +419,9 @@ def test_server_outage_loses_nothing(
             assert steps_logged(client, run.run_id, key) == list(range(7))  # each exactly once
         assert client.get_run(run.run_id).info.status == "FINISHED"
     assert [a.path for a in client.list_artifacts(run_a.run_id, "samples")] == ["samples/grid.png"]
+    assert len(client.list_artifacts(run_a.run_id, "images")) == 2  # the image and its preview
+    (dataset,) = client.get_run(run_a.run_id).inputs.dataset_inputs
+    assert (dataset.dataset.name, dataset.dataset.digest) == ("faces-8px", "d41d8cd9")
     assert client.get_model_version(model_name, run_b.model_version("generator")).run_id == (
         run_b.run_id
     )
@@ -342,14 +466,19 @@ def test_replaying_delivered_records_does_not_duplicate_them(
     for step in range(3):
         run.log_metrics({"loss": float(step)}, step)
     run.log_params({"lr": 0.1})
+    run.log_image(write_png(Path(cfg.spool_dir).parent / "grid.png", 9), "samples", 2)
+    run.log_input("faces-8px", "d41d8cd9", "data/packed/8", {"rows": 3}, "training")
     assert run.close()
 
     (run.spool.dir / "cursor").write_text("0")
     spool = Spool.open(run.spool.dir.parent, run.local_key)
-    assert spool is not None and len(spool.pending) == 6
+    assert spool is not None and len(spool.pending) == 8
     assert deliver_spool(spool, cfg) == []
     spool.release()
-    assert steps_logged(MlflowClient(mlflow_server.uri), str(run.run_id), "loss") == [0, 1, 2]
+    client = MlflowClient(mlflow_server.uri)
+    assert steps_logged(client, str(run.run_id), "loss") == [0, 1, 2]
+    assert len(client.list_artifacts(str(run.run_id), "images")) == 2  # once, with its preview
+    assert len(client.get_run(str(run.run_id)).inputs.dataset_inputs) == 1
 
 
 def test_a_record_mlflow_refuses_is_kept_and_blocks_nothing(
@@ -424,6 +553,111 @@ def test_resume_continues_the_same_run(
     assert run.data.params["lr"] == "0.1"
     assert run.info.status == "FINISHED"
     assert len(client.search_runs([run.info.experiment_id])) == 1
+
+
+def test_a_resumed_run_logs_each_step_once(
+    mlflow_server: MlflowServer, tracking_cfg: DictConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Killed at step 10 with its checkpoint at step 6, the run resumes there and logs 7-12:
+    MLflow holds each step once, whether the lost steps had reached it (7, 8) or not (9, 10)."""
+    client = MlflowClient(mlflow_server.uri)
+    by_hand = OmegaConf.merge(tracking_cfg, {"flush_interval_s": 3600})  # delivers on flush()
+    assert isinstance(by_hand, DictConfig)
+    first = TrackedRun(by_hand, "resumed")
+    for step in range(1, 11):
+        first.log_metrics({"loss": float(step), "lr": 0.1}, step)
+        if step == 6:
+            checkpoint = json.loads(json.dumps(first.state()))
+        if step == 8:
+            assert first.flush()
+    first.spool.release()  # killed: no close()
+
+    second = TrackedRun(tracking_cfg, resume=checkpoint, resume_step=6)
+    for step in range(7, 13):
+        second.log_metrics({"loss": 100.0 + step, "lr": 0.1}, step)
+    assert second.close()
+    run_id = str(second.run_id)
+    for key in ("loss", "lr"):
+        assert steps_logged(client, run_id, key) == list(range(1, 13))
+    # What MLflow held keeps its values (it cannot delete a point); the rest is the rerun's.
+    losses = {m.step: m.value for m in client.get_metric_history(run_id, "loss")}
+    assert losses == {**{s: float(s) for s in range(1, 9)}, **{s: 100.0 + s for s in range(9, 13)}}
+
+    # Resumed from the same checkpoint again while the server is away; delivered by sync.
+    away = OmegaConf.merge(tracking_cfg, {"uri": f"http://127.0.0.1:{free_port()}"})
+    assert isinstance(away, DictConfig)
+    third = TrackedRun(away, resume=checkpoint, resume_step=6)
+    for step in range(7, 13):
+        third.log_metrics({"loss": 200.0 + step, "lr": 0.1}, step)
+    assert third.close() is False
+    spool_dir = f"tracking.spool_dir={tracking_cfg.spool_dir}"
+    sync_cli.main([*mlflow_server.overrides, spool_dir, "--tracking-uri", mlflow_server.uri])
+    assert "0 pending" in capsys.readouterr().out
+    for key in ("loss", "lr"):
+        assert steps_logged(client, run_id, key) == list(range(1, 13))
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+# A training process that logs three steps, says its spool's key, then waits to be killed.
+KILLED_TRAINING = """
+import sys
+from face_generation.config import compose
+from face_generation.tracking.run import TrackedRun
+run = TrackedRun(compose("config", sys.argv[1:]).tracking, "killed")
+for step in range(3):
+    run.log_metrics({"loss": float(step)}, step)
+print(run.local_key, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_sync_ends_a_run_whose_process_was_killed(
+    mlflow_server: MlflowServer,
+    tracking_cfg: DictConfig,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """SIGKILLed before its first checkpoint, with records not yet delivered: sync delivers
+    them, ends the run as KILLED and removes its spool; a run still logging is left alone."""
+    overrides = [*tracked(mlflow_server, tmp_path, "orphan"), "tracking.flush_interval_s=3600"]
+    key = run_until_killed(KILLED_TRAINING, overrides)
+    live = TrackedRun(tracking_cfg, "live")  # the same spool folder
+
+    sync_cli.main([*overrides])
+    out = capsys.readouterr().out
+    assert f"{key} (run " in out and "marked KILLED, delivered" in out and "0 pending" in out
+    assert "skipped: a training process is still logging it" in out
+    spool_dir = tmp_path / "spool"
+    assert not (spool_dir / key).exists() and live.spool.dir.is_dir()
+
+    client = MlflowClient(mlflow_server.uri)
+    experiment = client.get_experiment_by_name("test-orphan")
+    (killed,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'killed'")
+    assert killed.info.status == "KILLED"
+    assert steps_logged(client, killed.info.run_id, "loss") == [0, 1, 2]
+    assert live.close() and client.get_run(str(live.run_id)).info.status == "FINISHED"
+
+
+def test_a_fresh_start_ends_the_runs_of_its_model_left_running(
+    mlflow_server: MlflowServer, tracking_cfg: DictConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only this model's runs whose process died are ended; another model's and live ones stay."""
+    orphan, other_model, live = (TrackedRun(tracking_cfg, n) for n in ("vae", "dcgan", "vae"))
+    for run in (orphan, other_model, live):
+        run.log_metrics({"loss": 1.0}, 1)
+    orphan.spool.release()  # its process died: no close()
+    other_model.spool.release()
+
+    close_orphaned_runs(OmegaConf.create({"model": {"name": "vae"}, "tracking": tracking_cfg}))
+    assert f"run {orphan.run_id}: left RUNNING by a process that died" in capsys.readouterr().out
+
+    client = MlflowClient(mlflow_server.uri)
+    status = {
+        run: client.get_run(str(run.run_id)).info.status for run in (orphan, other_model, live)
+    }
+    assert status == {orphan: "KILLED", other_model: "RUNNING", live: "RUNNING"}
+    assert not orphan.spool.dir.exists() and other_model.spool.dir.is_dir()
+    assert live.close()
 
 
 def test_spool_drops_a_record_cut_short_by_a_crash(tracking_cfg: DictConfig) -> None:

@@ -3,6 +3,7 @@ packs them in the documented format in a temporary folder)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -27,7 +28,6 @@ from face_generation.runtime.images import to_uint8
 from face_generation.tracking.provenance import registered_model_name
 from face_generation.train import main as train_main
 from face_generation.training.checkpoint import list_checkpoints
-from face_generation.training.data import PackedBatches, batch_rows
 from face_generation.training.loop import TrainingDiverged, train
 from face_generation.training.tracker import NullTracker
 from tests.faces import REPO, RESOLUTION, config, overrides, write_packed
@@ -67,46 +67,6 @@ def test_networks_reject_a_resolution_they_cannot_reach() -> None:
         VAE(48, latent_dim=8, base_channels=4, max_channels=16, leaky_slope=0.2)
 
 
-# --- data -----------------------------------------------------------------------------
-
-
-def test_batches_cover_each_epoch_and_restart_at_any_step(data_dir: Path) -> None:
-    images = np.load(data_dir / "packed" / str(RESOLUTION) / "train.npy")
-    batches = PackedBatches(
-        {"images": images}, 16, seed=3, hflip=True, device=torch.device("cpu"), on_device=False
-    )
-    run = list(batches.iterate(0, 6))
-    resumed = list(batches.iterate(4, 6))
-    for original, again in zip(run[4:], resumed, strict=True):
-        assert torch.equal(original.images, again.images) and torch.equal(original.rows, again.rows)
-    # 48 images, batches of 16: steps 0-2 are one permutation of all rows, so are steps 3-5
-    first_epoch = torch.cat([batch.rows for batch in run[:3]])
-    assert sorted(first_epoch.tolist()) == list(range(48))
-    assert not torch.equal(first_epoch, torch.cat([batch.rows for batch in run[3:]]))
-    # the CUDA path (whole array resident on the device, gathered there) gives the same batches
-    resident = PackedBatches(
-        {"images": images}, 16, seed=3, hflip=True, device=torch.device("cpu"), on_device=True
-    )
-    for original, again in zip(run, resident.iterate(0, 6), strict=True):
-        assert torch.equal(original.images, again.images)
-    batch = run[0]
-    assert (
-        batch.images.shape == (16, 3, RESOLUTION, RESOLUTION)
-        and batch.images.dtype == torch.float32
-    )
-    assert batch.images.min() >= -1 and batch.images.max() <= 1
-    expected = torch.from_numpy(images[batch.rows.numpy()]).permute(0, 3, 1, 2).float() / 127.5 - 1
-    mirrored = [not torch.equal(batch.images[i], expected[i]) for i in range(16)]
-    assert any(mirrored) and not all(mirrored)
-    for i in range(16):
-        assert torch.allclose(batch.images[i], expected[i].flip(2) if mirrored[i] else expected[i])
-
-
-def test_batch_rows_span_epoch_boundaries() -> None:
-    rows = np.concatenate([batch_rows(5, 4, seed=0, step=step) for step in range(5)])
-    assert all(sorted(rows[i : i + 5].tolist()) == list(range(5)) for i in range(0, 20, 5))
-
-
 # --- the loop -------------------------------------------------------------------------
 
 
@@ -129,11 +89,12 @@ def test_training_writes_checkpoints_samples_and_metrics(
     assert all(np.isfinite(value) for _, logged in tracker.metrics for value in logged.values())
     assert tracker.params["model.name"] == model and tracker.params["train.steps"] == "6"
     assert tracker.tags["data_hash"] == "test"
-    assert {path.name for path in tracker.artifacts} == {
-        "step-00000003.png",
-        "step-00000006.png",
-        "losses.csv",
-    }
+    assert [path.name for path in tracker.artifacts] == ["losses.csv"]
+    assert [(key, step, path.name) for key, step, path in tracker.images] == [
+        ("samples", 3, "step-00000003.png"),  # the UI's step slider
+        ("samples", 6, "step-00000006.png"),
+    ]
+    assert tracker.datasets == [(data_dir / "packed" / "32", "test", 48)]
 
     state = load_checkpoint(result.checkpoint, expected_model=model)
     assert state["step"] == 6 and state["run_id"] == tracker.run_id
@@ -166,10 +127,11 @@ def test_tracked_run_logs_curves_samples_and_a_registered_generator(
     assert run.data.tags["data_hash"] == "test" and len(run.data.tags["git_commit"]) == 40
     history = client.get_metric_history(result.run_id, "train/d_loss")
     assert [metric.step for metric in history] == [2, 3, 4, 6]
-    assert {a.path for a in client.list_artifacts(result.run_id, "samples")} == {
-        "samples/step-00000003.png",
-        "samples/step-00000006.png",
-    }
+    images = [a.path for a in client.list_artifacts(result.run_id, "images")]
+    assert [sum(f"samples+step+{step}+" in path for path in images) for step in (3, 6)] == [2, 2]
+    (dataset,) = run.inputs.dataset_inputs  # the training data: the DVC output and its hash
+    assert dataset.dataset.digest == "test" and dataset.dataset.name == "lfw_subset-32px"
+    assert json.loads(dataset.dataset.source)["uri"] == str(data_dir / "packed" / "32")
     losses = (tmp_path / "models" / "dcgan" / "losses.csv").read_text().splitlines()
     assert losses[0].startswith("step,d_loss,") and [line.split(",")[0] for line in losses[1:]] == [
         "2",
@@ -181,6 +143,16 @@ def test_tracked_run_logs_curves_samples_and_a_registered_generator(
     name = registered_model_name(cfg.tracking, "dcgan")
     [version] = client.search_model_versions(f"name='{name}'")
     assert version.run_id == result.run_id
+    assert version.description.startswith("dcgan generator, 32x32 px, 6 steps on data test")
+    assert {key: version.tags[key] for key in ("family", "resolution", "steps", "data_hash")} == {
+        "family": "dcgan",
+        "resolution": "32",
+        "steps": "6",
+        "data_hash": "test",
+    }
+    link = json.loads((tmp_path / "models" / "dcgan" / "mlflow_run.json").read_text())
+    assert link["run_id"] == result.run_id and link["version"] == version.version
+    assert link["url"].endswith(f"/runs/{result.run_id}?workflowType=machine_learning")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
     model = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
     served = model.predict(pd.DataFrame({"n": [3], "seed": [5]}))
@@ -284,7 +256,7 @@ def test_params_file_selects_one_model(tmp_path: Path) -> None:
         "model.latent_dim=7",
     ]
     parser = model_stage_parser("test", "train")
-    cfg = model_config_from_args(parser.parse_args(parser_args), "train")
+    cfg = model_config_from_args(parser.parse_args(parser_args))
     assert cfg.model.name == "dcgan" and cfg.model.latent_dim == 7 and "models" not in cfg
     assert (
         cfg.train.steps == 2

@@ -111,7 +111,7 @@ def test_matching_resume_continues_an_interrupted_run_and_nothing_else(
     changed = config("vae", data_dir, models, "train.resume=matching", "model.beta=2")
     assert train(changed, NullTracker()).step == 6
     out = capsys.readouterr().out
-    assert "starting afresh" in out and "model.beta: 1.0 → 2" in out
+    assert "starting afresh" in out and "model.beta: 1.0 → 2.0" in out
 
 
 def test_resume_auto_on_a_finished_run_does_nothing(
@@ -134,3 +134,11 @@ def test_resume_auto_without_a_checkpoint_says_so(
     result = train(config("vae", data_dir, tmp_path / "models", "train.resume=auto"), NullTracker())
     assert result.step == 6
     assert "nothing to resume: no checkpoint in" in capsys.readouterr().out
+
+
+def test_an_unknown_family_is_one_line_naming_the_known_ones(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(SystemExit, match=r"^\[train\] error: .*model/nonexistent.*vae") as failure:
+        train_main(overrides("nonexistent", data_dir, tmp_path / "models"))
+    assert "\n" not in str(failure.value)

@@ -1,9 +1,10 @@
 """A third model family that exists only in the tests: proof that a family is added by adding
 files, and a user of every part of the contract that VAE and DCGAN leave unused.
 
-It is conditional (on a per-row `embedding` feature array), trains on a spatial feature map
-(`pyramid`, mirrored with the images), holds a frozen network (never trained, never saved),
-keeps state of its own (steps seen, in checkpoints), and has a sampling option (`scale`).
+It is conditional (on a per-row `tiny/embedding` feature array), trains on a spatial feature
+map (`tiny/pyramid`, mirrored with the images), holds a frozen network (never trained, never saved),
+keeps state of its own (steps seen, in checkpoints), has a sampling option (`scale`), and computes
+its condition from photos (the web service's reference photos).
 Its config is stored in Hydra's ConfigStore as `model=tiny`, beside configs/model/*.yaml.
 
 Importing this module registers it; conftest.py does so for the whole session.
@@ -24,6 +25,7 @@ from torch import nn
 from face_generation.data.packed import features_dir
 from face_generation.families.latents import gaussian_latents
 from face_generation.families.optimization import adam, optimizer_step, place
+from face_generation.features.store import FeatureFolder
 from face_generation.runtime.family import IMAGES, SAMPLE, Batch, Family, RowInput, StepContext
 from face_generation.runtime.registry import register_family
 
@@ -55,12 +57,12 @@ class TinyFamily(Family):
     name: ClassVar[str] = "tiny"
     inputs: ClassVar[tuple[RowInput, ...]] = (
         IMAGES,
-        RowInput("embedding", flip="none"),
-        RowInput("pyramid", flip="map"),
+        RowInput("tiny/embedding", flip="none"),
+        RowInput("tiny/pyramid", flip="map"),
     )
     generator_key: ClassVar[str] = "generator"
     capabilities: ClassVar[frozenset[str]] = frozenset({SAMPLE})
-    condition: ClassVar[str | None] = "embedding"
+    condition: ClassVar[str | None] = "tiny/embedding"
 
     def __init__(self, model_cfg: DictConfig, resolution: int, context: StepContext) -> None:
         super().__init__(model_cfg, resolution, context)
@@ -76,7 +78,7 @@ class TinyFamily(Family):
 
     def train_step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         assert step == self.steps_seen, "the loop passes the number of steps done before"
-        embedding, pyramid = batch.features["embedding"], batch.features["pyramid"]
+        embedding, pyramid = batch.features["tiny/embedding"], batch.features["tiny/pyramid"]
         latents = torch.randn(len(embedding), self.generator.latent_dim)
         fake = self.generator(latents.to(embedding.device), embedding.float())
         judged = F.adaptive_avg_pool2d(self.judge(fake), PYRAMID_SHAPE[1:])
@@ -113,16 +115,22 @@ class TinyFamily(Family):
         embedding = torch.zeros(n, EMBEDDING_DIM) if cond is None else cond.float()
         return network(latents, embedding.to(device))
 
+    @classmethod
+    def condition_from_photos(cls, images: torch.Tensor, model_cfg: DictConfig) -> torch.Tensor:
+        """Stands for a face encoder: each photo's mean red, green and blue, and its contrast."""
+        return torch.cat([images.mean(dim=(2, 3)), images.std(dim=(1, 2, 3))[:, None]], dim=1)
+
 
 def write_features(data_dir: Path, resolution: int, counts: dict[str, int]) -> None:
-    """The feature arrays the tiny family trains on, row-aligned with the packed splits."""
+    """The feature folder the tiny family trains on, data/features/<res>/tiny/, row-aligned
+    with the packed splits (tests/faces.write_packed: data hash "test")."""
     rng = np.random.default_rng(0)
-    folder = features_dir(data_dir, resolution)
-    for name, shape in (("embedding", (EMBEDDING_DIM,)), ("pyramid", PYRAMID_SHAPE)):
-        (folder / name).mkdir(parents=True, exist_ok=True)
-        for split, count in counts.items():
-            values = rng.standard_normal((count, *shape)).astype(np.float16)
-            np.save(folder / name / f"{split}.npy", values)
+    with FeatureFolder(features_dir(data_dir, resolution), "tiny") as folder:
+        for name, shape in (("embedding", (EMBEDDING_DIM,)), ("pyramid", PYRAMID_SHAPE)):
+            for split, count in counts.items():
+                values = rng.standard_normal((count, *shape)).astype(np.float16)
+                folder.create(name, split, values.shape, values.dtype)[:] = values
+        folder.commit({"stage": "features", "data_hash": "test", "network": {"name": "tiny"}})
 
 
 register_family(TinyFamily)

@@ -105,6 +105,8 @@ class RecordingTracker(NullTracker):
         self.params: dict[str, Any] = {}
         self.metrics: list[tuple[int, dict[str, float]]] = []
         self.artifacts: list[Path] = []
+        self.images: list[tuple[str, int, Path]] = []  # key, step, file
+        self.datasets: list[tuple[Path, str, int]] = []  # folder, digest, rows
         self.tags: dict[str, Any] = {}
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -115,6 +117,12 @@ class RecordingTracker(NullTracker):
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.artifacts.append(Path(path))
+
+    def log_image(self, path: Path, key: str, step: int) -> None:
+        self.images.append((key, step, path))
+
+    def log_dataset(self, path: Path, digest: str, rows: int) -> None:
+        self.datasets.append((path, digest, rows))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self.tags.update(tags)

@@ -6,8 +6,10 @@
   mtcnn   photos in the wild: facenet-pytorch's MTCNN (its weights ship in the wheel) finds
           the most confident face; its box is enlarged by `margin` and made square.
 
-Unreadable, non-image, corrupt and too-small files, and images with no confident face, are
-skipped and counted by reason in data/crops.json.
+Images are taken as shown: turned as their EXIF orientation says. Unreadable, non-image,
+corrupt, too-small and too-large files (more pixels than `data.max_pixels`, read from the
+header before any decoding), and images with no confident face, are skipped and counted by
+reason in data/crops.json.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from face_generation.data.tables import (
     write_json,
     write_table,
 )
+from face_generation.errors import UserError, reported_errors
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom in pixels, right/bottom exclusive
 
@@ -72,15 +75,19 @@ def with_box(row: Row, box: Box) -> Row:
     }
 
 
-def header_or_reason(path: str, header_bytes: int) -> images.ImageHeader | str:
+def header_or_reason(
+    path: str, header_bytes: int, max_pixels: int
+) -> images.ImageHeader | str:
     """The header of one image, or the reason to skip it."""
     try:
-        return images.read_file_header(path, header_bytes)
+        return images.read_file_header(path, header_bytes, max_pixels)
     except images.ImageError as error:
         return error.reason
 
 
-def crop_centered(rows: list[Row], crop_cfg: DictConfig, skipped: Counter[str]) -> list[Row]:
+def crop_centered(
+    rows: list[Row], crop_cfg: DictConfig, max_pixels: int, skipped: Counter[str]
+) -> list[Row]:
     """Rows with their centred boxes, from the images' headers.
 
     In this thread: a header costs under 10 us, two threads measured no faster (the GIL),
@@ -91,7 +98,7 @@ def crop_centered(rows: list[Row], crop_cfg: DictConfig, skipped: Counter[str]) 
     boxes: dict[tuple[int, int], Box] = {}  # a dataset's images come in a few sizes
     kept = []
     for row in tqdm(rows, desc="crop: headers", unit="img", mininterval=1.0):
-        header = header_or_reason(row["path"], header_bytes)
+        header = header_or_reason(row["path"], header_bytes, max_pixels)
         if isinstance(header, str):
             skipped[header] += 1
         elif min(header.width, header.height) < min_size:
@@ -105,11 +112,11 @@ def crop_centered(rows: list[Row], crop_cfg: DictConfig, skipped: Counter[str]) 
 
 
 def decoded(
-    rows: Iterable[Row], min_size: int, skipped: Counter[str]
+    rows: Iterable[Row], min_size: int, max_pixels: int, skipped: Counter[str]
 ) -> Iterable[tuple[Row, np.ndarray]]:
     for row in rows:
         try:
-            pixels = images.decode_rgb(images.read_bytes(row["path"]))
+            pixels = images.decode_rgb(images.read_bytes(row["path"]), max_pixels)
         except images.ImageError as error:
             skipped[error.reason] += 1
             continue
@@ -119,7 +126,9 @@ def decoded(
         yield row, pixels
 
 
-def crop_detected(rows: list[Row], crop_cfg: DictConfig, skipped: Counter[str]) -> list[Row]:
+def crop_detected(
+    rows: list[Row], crop_cfg: DictConfig, max_pixels: int, skipped: Counter[str]
+) -> list[Row]:
     import torch
     from facenet_pytorch import MTCNN
 
@@ -142,7 +151,7 @@ def crop_detected(rows: list[Row], crop_cfg: DictConfig, skipped: Counter[str]) 
             boxes[row["path"]] = face_box(detections[0], crop_cfg.margin, width, height)
 
     progress = tqdm(rows, desc="crop: detecting faces", unit="img", mininterval=1.0)
-    for row, pixels in decoded(progress, crop_cfg.min_size, skipped):
+    for row, pixels in decoded(progress, crop_cfg.min_size, max_pixels, skipped):
         batch = batches[pixels.shape]
         batch.append((row, pixels))
         if len(batch) == crop_cfg.batch_size:
@@ -159,14 +168,15 @@ def run(cfg: DictConfig) -> list[Row]:
     rows = read_table(split_path(cfg), "split")
     crop_cfg = cfg.data.crop
     skipped: Counter[str] = Counter()
+    max_pixels = int(cfg.data.max_pixels)
     if crop_cfg.method == "center":
-        kept = crop_centered(rows, crop_cfg, skipped)
+        kept = crop_centered(rows, crop_cfg, max_pixels, skipped)
     elif crop_cfg.method == "mtcnn":
-        kept = crop_detected(rows, crop_cfg, skipped)
+        kept = crop_detected(rows, crop_cfg, max_pixels, skipped)
     else:
-        raise ValueError(f"unknown data.crop.method {crop_cfg.method!r}: use center or mtcnn")
+        raise UserError(f"unknown data.crop.method {crop_cfg.method!r}: use center or mtcnn")
     if not kept:
-        raise ValueError(
+        raise UserError(
             f"no usable image among {len(rows)}: skipped {dict(skipped)}; "
             "check data.path and data.crop (min_size, method)"
         )
@@ -188,7 +198,8 @@ def run(cfg: DictConfig) -> list[Row]:
 
 def main(argv: list[str] | None = None) -> None:
     args = stage_parser(__doc__ or "").parse_args(argv)
-    run(config_from_args(args))
+    with reported_errors("crop"):
+        run(config_from_args(args))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from face_generation.data.tables import (
     write_json,
     write_table,
 )
+from face_generation.errors import UserError, reported_errors
 
 CELEBA_IMAGE_DIR = "img_align_celeba"
 CELEBA_IDENTITY_FILE = "identity_CelebA.txt"
@@ -99,10 +100,12 @@ def utkface_labels(file_name: str) -> dict[str, str] | None:
 def scan_images(root: Path) -> tuple[list[Row], Counter[str]]:
     """Manifest rows for every readable image under `root`, and counts of what was skipped."""
     if not root.exists():
-        raise FileNotFoundError(f"data.path {root} does not exist")
+        raise FileNotFoundError(
+            f"data.path={root} does not exist: point data.path at a folder or .zip of face images"
+        )
     paths = list_image_files(root)
     if not paths:
-        raise ValueError(
+        raise UserError(
             f"no images found in {root} (looked for {', '.join(images.IMAGE_EXTENSIONS)} files); "
             "point data.path at a folder or .zip of face images"
         )
@@ -144,14 +147,14 @@ def source_root(cfg: DictConfig) -> Path:
         return write_lfw_subset(raw / "lfw_subset")
     if source == "folder":
         if not cfg.data.path:
-            raise ValueError("data=folder needs data.path=/path/to/images (a folder or a .zip)")
+            raise UserError("data=folder needs data.path=/path/to/images (a folder or a .zip)")
         return Path(cfg.data.path)
     if source == "celeba":
         from face_generation.data.celeba import download_celeba
 
         files = download_celeba(cfg.data.download, raw / "celeba")
         return files[f"{CELEBA_IMAGE_DIR}.zip"]
-    raise ValueError(f"unknown data.source {source!r}: use lfw_subset, folder or celeba")
+    raise UserError(f"unknown data.source {source!r}: use lfw_subset, folder or celeba")
 
 
 def run(cfg: DictConfig) -> list[Row]:
@@ -185,7 +188,8 @@ def run(cfg: DictConfig) -> list[Row]:
 
 def main(argv: list[str] | None = None) -> None:
     args = stage_parser(__doc__ or "").parse_args(argv)
-    run(config_from_args(args))
+    with reported_errors("download"):
+        run(config_from_args(args))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,10 @@ crops table plus split and row, row-aligned with the arrays), meta.json (resolut
 a hash of the arrays that training and evaluation record), and metrics/data.json, the data
 report of the whole data pipeline (images in, out, skipped by reason in every stage).
 
+`data.resolution` must be a power of two of at least 8, as the networks need. Images that fail
+to decode or declare more than `data.max_pixels` pixels are skipped and counted; a split that
+ends up empty stops the stage, and no temporary array is left behind by any failure.
+
 Speed (benchmarks/pack.py): JPEGs are decoded by libjpeg-turbo through torchvision; faces of
 one size are resized together by torch's vectorised uint8 kernel with an antialiasing
 (triangle) filter; chunks of rows go to worker threads, which write the faces straight into
@@ -40,9 +44,12 @@ from face_generation.data.tables import (
     split_path,
     stage_summary,
     summary_path,
+    wanted_splits,
     write_json,
     write_table,
 )
+from face_generation.errors import UserError, reported_errors
+from face_generation.models.stages import is_supported_resolution
 
 INDEX_COLUMNS = ("split", "row", *CROP_COLUMNS)
 
@@ -63,7 +70,7 @@ def resize_batch(faces: torch.Tensor, resolution: int, antialias: bool) -> np.nd
 
 
 def load_faces(
-    rows: Sequence[Row], resolution: int, antialias: bool
+    rows: Sequence[Row], resolution: int, antialias: bool, max_pixels: int
 ) -> tuple[np.ndarray, list[int], Counter[str]]:
     """Decode, crop and resize rows; returns the faces, the indices kept and skip reasons."""
     skipped: Counter[str] = Counter()
@@ -74,7 +81,7 @@ def load_faces(
         except images.ImageError as error:
             skipped[error.reason] += 1
     crops_by_side: dict[int, list[tuple[int, np.ndarray]]] = {}
-    decoded = images.decode_rgb_many([data for _, data in read])
+    decoded = images.decode_rgb_many([data for _, data in read], max_pixels)
     for (index, _), pixels in zip(read, decoded, strict=True):
         if isinstance(pixels, images.ImageError):
             skipped[pixels.reason] += 1
@@ -118,6 +125,7 @@ def pack_groups(
     outputs: Sequence[np.ndarray],
     resolution: int,
     pack_cfg: DictConfig,
+    max_pixels: int,
     desc: str,
     hash_faces: bool = False,
 ) -> Packed:
@@ -133,7 +141,9 @@ def pack_groups(
 
     def pack_chunk(task: tuple[int, int, int]) -> tuple[list[int], list[bytes], Counter[str]]:
         group, start, stop = task
-        faces, kept, skipped = load_faces(groups[group][start:stop], resolution, antialias)
+        faces, kept, skipped = load_faces(
+            groups[group][start:stop], resolution, antialias, max_pixels
+        )
         kept = [start + index for index in kept]
         outputs[group][kept] = faces
         # Hashed here, in parallel and while the faces are in the cache, not re-read later.
@@ -164,11 +174,11 @@ def pack_groups(
 
 
 def pack_rows(
-    rows: list[Row], resolution: int, pack_cfg: DictConfig, desc: str
+    rows: list[Row], resolution: int, pack_cfg: DictConfig, max_pixels: int, desc: str
 ) -> tuple[np.ndarray, list[Row], Counter[str]]:
     """Faces of all rows, in row order, in memory, using `pack_cfg.workers` threads."""
     faces = np.empty((len(rows), resolution, resolution, 3), np.uint8)
-    (kept,), _, skipped = pack_groups([rows], [faces], resolution, pack_cfg, desc)
+    (kept,), _, skipped = pack_groups([rows], [faces], resolution, pack_cfg, max_pixels, desc)
     if len(kept) < len(rows):
         faces = faces[kept]
     return faces, [rows[index] for index in kept], skipped
@@ -178,6 +188,58 @@ def save_array(path: Path, array: np.ndarray) -> None:
     temporary = path.with_name(path.name + ".tmp.npy")
     np.save(temporary, array)
     temporary.replace(path)
+
+
+def checked_resolution(cfg: DictConfig) -> int:
+    """data.resolution, refused before any work unless the networks can train on it."""
+    resolution = cfg.data.resolution
+    if not isinstance(resolution, int) or not is_supported_resolution(resolution):
+        raise UserError(
+            f"data.resolution={resolution!r} cannot be trained on: use a power of two of at "
+            "least 8 (the networks halve it down to 4x4), e.g. data.resolution=64"
+        )
+    return resolution
+
+
+def write_splits(
+    cfg: DictConfig, by_split: dict[str, list[Row]], output: Path, resolution: int
+) -> Packed:
+    """{train,val,test}.npy in `output`, or a UserError, before any is written, if a split
+    with a share in data.split.fractions would be empty."""
+    # Worker threads write the faces straight into the pages of the .npy files: no copy to
+    # save them afterwards.
+    temporaries = {split: output / f"{split}.tmp.npy" for split in SPLITS}
+    arrays = {
+        split: np.lib.format.open_memmap(
+            temporaries[split], "w+", np.uint8, (len(by_split[split]), resolution, resolution, 3)
+        )
+        for split in SPLITS
+    }
+    packed = pack_groups(
+        list(by_split.values()),
+        list(arrays.values()),
+        resolution,
+        cfg.data.pack,
+        int(cfg.data.max_pixels),
+        "pack",
+        hash_faces=True,
+    )
+    counts = {split: len(kept) for split, kept in zip(SPLITS, packed.kept, strict=True)}
+    empty = [split for split in wanted_splits(cfg) if counts[split] == 0]
+    if empty:
+        crop_skipped = read_json(summary_path(crops_path(cfg))).get("skipped", {})
+        raise UserError(
+            f"no face left in the {' and '.join(empty)} split (faces per split: {counts}; "
+            f"skipped by crop: {crop_skipped}, by pack: {dict(packed.skipped)}); every split "
+            "needs faces for training and evaluation: add images, or loosen data.crop "
+            "(method, min_confidence, min_size)"
+        )
+    for split, kept in zip(SPLITS, packed.kept, strict=True):
+        if len(kept) == len(arrays[split]):
+            temporaries[split].replace(output / f"{split}.npy")
+        else:  # rows skipped: their slots hold nothing, so write the kept faces anew
+            save_array(output / f"{split}.npy", arrays[split][kept])
+    return packed
 
 
 def data_report(cfg: DictConfig, pack_summary: dict) -> dict:
@@ -203,39 +265,22 @@ def data_report(cfg: DictConfig, pack_summary: dict) -> dict:
 
 def run(cfg: DictConfig) -> dict:
     started = time.perf_counter()
+    resolution = checked_resolution(cfg)
     rows = read_table(crops_path(cfg), "crop")
-    resolution = int(cfg.data.resolution)
     output = packed_dir(cfg)
     output.mkdir(parents=True, exist_ok=True)
     by_split = {split: [row for row in rows if row["split"] == split] for split in SPLITS}
-    # Worker threads write the faces straight into the pages of the .npy files: no copy to
-    # save them afterwards.
-    temporaries = {split: output / f"{split}.tmp.npy" for split in SPLITS}
-    arrays = {
-        split: np.lib.format.open_memmap(
-            temporaries[split], "w+", np.uint8, (len(by_split[split]), resolution, resolution, 3)
-        )
-        for split in SPLITS
-    }
-    kept, face_digests, skipped = pack_groups(
-        list(by_split.values()),
-        list(arrays.values()),
-        resolution,
-        cfg.data.pack,
-        "pack",
-        hash_faces=True,
-    )
+    try:
+        kept, face_digests, skipped = write_splits(cfg, by_split, output, resolution)
+    finally:
+        # Whatever stopped it, no temporary array stays behind: at full scale they take GBs.
+        for temporary in output.glob("*.tmp.npy"):
+            temporary.unlink()
     # The data hash: over each split's name and the sha256 of each of its faces, in order.
     digest = hashlib.sha256()
     counts: dict[str, int] = {}
     index_rows: list[Row] = []
     for split, split_kept, digests in zip(SPLITS, kept, face_digests, strict=True):
-        faces = arrays[split]
-        if len(split_kept) == len(faces):
-            temporaries[split].replace(output / f"{split}.npy")
-        else:  # rows skipped: their slots hold nothing, so write the kept faces anew
-            save_array(output / f"{split}.npy", faces[split_kept])
-            temporaries[split].unlink()
         digest.update(split.encode())
         digest.update(b"".join(digests))
         counts[split] = len(split_kept)
@@ -266,7 +311,8 @@ def run(cfg: DictConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = stage_parser(__doc__ or "").parse_args(argv)
-    run(config_from_args(args))
+    with reported_errors("pack"):
+        run(config_from_args(args))
 
 
 if __name__ == "__main__":

@@ -25,9 +25,11 @@ from face_generation.data.tables import (
     split_path,
     stage_summary,
     summary_path,
+    wanted_splits,
     write_json,
     write_table,
 )
+from face_generation.errors import UserError, reported_errors
 
 
 def unit_hash(key: str, seed: int) -> float:
@@ -98,16 +100,15 @@ def run(cfg: DictConfig) -> list[Row]:
     started = time.perf_counter()
     rows = read_table(manifest_path(cfg), "download")
     if not rows:
-        raise ValueError(f"{manifest_path(cfg)} lists no images: nothing to split")
+        raise UserError(f"{manifest_path(cfg)} lists no images: nothing to split")
     rows, duplicates = drop_duplicates(rows)
     splits, method = assign_splits(rows, cfg.data.split)
     for row, split in zip(rows, splits, strict=True):
         row["split"] = split
     counts = Counter(splits)
-    wanted = [name for name in SPLITS if float(cfg.data.split.fractions.get(name, 0.0)) > 0]
-    empty = [name for name in wanted if counts[name] == 0]
+    empty = [name for name in wanted_splits(cfg) if counts[name] == 0]
     if empty:
-        raise ValueError(
+        raise UserError(
             f"split {', '.join(empty)} would be empty ({len(rows)} images, "
             f"{dict(counts)} by {method}); add images or change data.split.fractions"
         )
@@ -135,7 +136,8 @@ def run(cfg: DictConfig) -> list[Row]:
 
 def main(argv: list[str] | None = None) -> None:
     args = stage_parser(__doc__ or "").parse_args(argv)
-    run(config_from_args(args))
+    with reported_errors("split"):
+        run(config_from_args(args))
 
 
 if __name__ == "__main__":

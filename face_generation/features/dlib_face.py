@@ -61,6 +61,7 @@ class DlibFaceRecogniser:
         self.landmarks = dlib.shape_predictor(str(landmarks))
         self.recogniser = dlib.face_recognition_model_v1(str(recognition))
         self.boxes = boxes
+        self.weights_files = (landmarks, recognition)
 
     @property
     def cache_key(self) -> str:
@@ -86,9 +87,22 @@ class DlibFaceRecogniser:
         return Features(embedding=torch.from_numpy(descriptors))
 
 
-def load_dlib(settings: DictConfig, boxes: FaceBoxes) -> DlibFaceRecogniser:
-    """From `eval.identity.dlib`: `weights_path` is a folder with both .dat files, else the wheel's."""
+def dlib_folder(settings: DictConfig) -> Path:
+    """`weights_path`, a folder with both .dat files, else the wheel's; dlib must be installed."""
     if importlib.util.find_spec("dlib") is None:
         raise WeightsUnavailableError(dlib_advice("dlib is not installed"))
-    folder = Path(settings.weights_path).expanduser() if settings.weights_path else dlib_model_dir()
-    return DlibFaceRecogniser(folder, boxes)
+    return Path(settings.weights_path).expanduser() if settings.weights_path else dlib_model_dir()
+
+
+def dlib_files(settings: DictConfig) -> tuple[Path, Path]:
+    """(landmark model, recogniser) files of `dlib_folder`, checked to exist, not loaded."""
+    folder = dlib_folder(settings)
+    return (
+        local_file(folder / LANDMARKS_FILE, dlib_advice),
+        local_file(folder / RECOGNITION_FILE, dlib_advice),
+    )
+
+
+def load_dlib(settings: DictConfig, boxes: FaceBoxes) -> DlibFaceRecogniser:
+    """From `eval.identity.dlib`: `weights_path` is a folder with both .dat files, else the wheel's."""
+    return DlibFaceRecogniser(dlib_folder(settings), boxes)

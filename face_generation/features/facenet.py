@@ -9,6 +9,7 @@ to `image_size` and standardised as facenet-pytorch's `fixed_image_standardizati
 from __future__ import annotations
 
 import importlib.util
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +25,13 @@ from face_generation.runtime.pixels import ImageBatch, ValueRange, resize, to_ui
 FACENET_VGGFACE2_URL = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt"
 
 
-def facenet_advice(reason: str) -> str:
+def facenet_advice(reason: str, option: str = "eval.identity.facenet") -> str:
+    """`option`: the config node whose `weights_path` is set."""
     return (
         f"FaceNet (InceptionResnetV1, VGGFace2) weights cannot be loaded: {reason}. Use "
         "encoder=dlib (dlib's face recogniser ships in PyPI wheels and works offline), or "
         "download 20180402-114759-vggface2.pt where there is network and set "
-        "eval.identity.facenet.weights_path=/path/to/20180402-114759-vggface2.pt"
+        f"{option}.weights_path=/path/to/20180402-114759-vggface2.pt"
     )
 
 
@@ -50,6 +52,7 @@ class FaceNet(FrozenNetwork):
         self.network.load_state_dict(state)
         self.image_size = image_size
         self.boxes = boxes
+        self.weights_files = (Path(weights_file),)
 
     @property
     def cache_key(self) -> str:
@@ -61,7 +64,8 @@ class FaceNet(FrozenNetwork):
         for image in to_uint8_nhwc(images, value_range):
             image = np.ascontiguousarray(image)
             left, top, right, bottom = self.boxes.box(image)
-            face = torch.from_numpy(image[top : bottom + 1, left : right + 1]).permute(2, 0, 1)
+            face = torch.from_numpy(image[top : bottom + 1, left : right + 1].copy())
+            face = face.permute(2, 0, 1)
             face = resize(face[None].float(), self.image_size, antialias=True)
             faces.append((face - 127.5) / 128.0)  # facenet-pytorch's fixed_image_standardization
         size = (0, 3, self.image_size, self.image_size)
@@ -72,13 +76,19 @@ class FaceNet(FrozenNetwork):
 
 
 def load_facenet(
-    settings: DictConfig, boxes: FaceBoxes, timeout_s: float, url: str = FACENET_VGGFACE2_URL
+    settings: DictConfig,
+    boxes: FaceBoxes,
+    timeout_s: float,
+    url: str = FACENET_VGGFACE2_URL,
+    option: str = "eval.identity.facenet",
 ) -> FaceNet:
-    """From `eval.identity.facenet`: `weights_path`, torch.hub's cache, or a download from `url`."""
+    """From `eval.identity.facenet` (`option` names that node in the advice): `weights_path`,
+    torch.hub's cache, or a download from `url`."""
+    advice = partial(facenet_advice, option=option)
     if importlib.util.find_spec("facenet_pytorch") is None:
-        raise WeightsUnavailableError(facenet_advice("facenet-pytorch is not installed"))
-    path = torch_hub_weights(url, settings.weights_path, facenet_advice, timeout_s)
+        raise WeightsUnavailableError(advice("facenet-pytorch is not installed"))
+    path = torch_hub_weights(url, settings.weights_path, advice, timeout_s)
     try:
         return FaceNet(path, int(settings.image_size), boxes)
     except Exception as error:  # a corrupt or foreign file
-        raise WeightsUnavailableError(facenet_advice(f"{path}: {error}")) from error
+        raise WeightsUnavailableError(advice(f"{path}: {error}")) from error

@@ -46,7 +46,7 @@ class Features:
     """What an embedding network returns for a batch of N images."""
 
     embedding: torch.Tensor  # N x num_features: one vector per image
-    pyramid: tuple[torch.Tensor, ...] = ()  # N x C x H x W maps, finest first (none exposed yet)
+    pyramid: tuple[torch.Tensor, ...] = ()  # N x C x H x W maps, finest first (backbones only)
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,14 @@ from __future__ import annotations
 import math
 
 
+def is_supported_resolution(resolution: int) -> bool:
+    """A power of two of at least 8: the networks halve it, stage by stage, down to 4×4."""
+    return resolution >= 8 and resolution & (resolution - 1) == 0
+
+
 def stage_channels(resolution: int, base_channels: int, max_channels: int) -> list[int]:
     """Channels after each halving of `resolution` down to 4×4: base, 2·base, ... (capped)."""
-    if resolution < 8 or resolution & (resolution - 1):
+    if not is_supported_resolution(resolution):
         raise ValueError(
             f"data.resolution must be a power of two of at least 8 for these networks; got {resolution}"
         )

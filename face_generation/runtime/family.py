@@ -39,6 +39,9 @@ Class methods, usable without a training run (the runtime calls them on loaded w
     network_evaluations(**options)  forward passes of the network one `sample` call makes
                    with these options (1 by default; a diffusion sampler's step count):
                    evaluation writes it beside the scores, which depend on it
+    condition_from_photos(images, model_cfg)  conditional families that can: the `condition`
+                   rows for N photos (N×3×H×W in [-1, 1]), computed with the encoder the
+                   condition array was made with; the web service's reference photos use it
 """
 
 from __future__ import annotations
@@ -174,6 +177,10 @@ class Family:
     def network_evaluations(cls, **options: Any) -> int:
         """Forward passes of the network per `sample` call with these (complete) options."""
         return 1
+
+    @classmethod
+    def condition_from_photos(cls, images: torch.Tensor, model_cfg: DictConfig) -> torch.Tensor:
+        raise NotImplementedError(f"the {cls.name} family computes no condition from photos")
 
 
 def sampling_options(family: type[Family]) -> dict[str, Any]:

@@ -20,6 +20,22 @@ from face_generation.runtime.family import RECONSTRUCT, SAMPLE, Family, sampling
 from face_generation.runtime.registry import family_class
 
 
+def takes_photos(family: type[Family]) -> bool:
+    """Whether the family samples from conditions it can compute from reference photos."""
+    hook = family.condition_from_photos.__func__  # type: ignore[attr-defined]
+    return family.condition is not None and hook is not Family.condition_from_photos.__func__  # type: ignore[attr-defined]
+
+
+def photo_refusal(family: type[Family]) -> str:
+    """Why a family takes no reference photos, in one line."""
+    if family.condition is None:
+        return f"the {family.name} family is unconditional: it takes no reference photos"
+    return (
+        f"the {family.name} family conditions on {family.condition!r} but cannot compute it "
+        "from photos"
+    )
+
+
 @dataclass
 class TrainedGenerator:
     family: type[Family]
@@ -79,12 +95,33 @@ class TrainedGenerator:
         return self.family.network_evaluations(**self.options(**options))
 
     @torch.no_grad()
+    def conditions_from_photos(self, images: torch.Tensor) -> torch.Tensor:
+        """The condition rows for N×3×H×W photos in [-1, 1], for conditional families that
+        compute their condition from photos (`takes_photos`)."""
+        if not takes_photos(self.family):
+            raise ValueError(photo_refusal(self.family))
+        return self.family.condition_from_photos(images.to(self.device), self.config.model)
+
+    @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         """Reconstructions of N×3×H×W images in [-1, 1], for families that reconstruct."""
         if RECONSTRUCT not in self.family.capabilities:
             raise ValueError(f"the {self.name} family does not reconstruct images")
         self.network.eval()
         return self.family.reconstruct(self.network, images.to(self.device))
+
+
+def generate(
+    trained: TrainedGenerator,
+    n: int,
+    seed: int,
+    cond: torch.Tensor | None = None,
+    **options: Any,
+) -> torch.Tensor:
+    """n samples in [-1, 1] on the CPU; the noise comes from a CPU generator seeded with `seed`,
+    so inference, the MLflow model and the web service give the same images for a seed."""
+    noise = torch.Generator().manual_seed(seed)
+    return trained.sample(n, cond=cond, generator=noise, **options).cpu()
 
 
 def build_generator(model_cfg: DictConfig, resolution: int) -> nn.Module:

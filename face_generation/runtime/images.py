@@ -3,6 +3,7 @@ image files to model inputs. Files are written atomically (temporary name, then 
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from face_generation.data.images import ImageError, decode_rgb, read_bytes
+from face_generation.errors import UserError
 from face_generation.runtime.pixels import to_uint8_nhwc
 
 
@@ -19,11 +22,18 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return to_uint8_nhwc(images.detach(), (-1.0, 1.0))
 
 
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """An H×W×3 uint8 array as the bytes of a PNG file."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def save_png(pixels: np.ndarray, path: Path) -> Path:
     """Write an H×W×3 uint8 array as a PNG atomically (a reader never sees half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    Image.fromarray(pixels).save(temporary, format="PNG")
+    temporary.write_bytes(png_bytes(pixels))
     temporary.replace(path)
     return path
 
@@ -32,7 +42,11 @@ def save_grid(
     images: torch.Tensor, path: Path, columns: int | None = None, gutter: int = 2
 ) -> Path:
     """One PNG of all images in a near-square grid with black gutters."""
-    pixels = to_uint8(images)
+    return save_png(grid_pixels(to_uint8(images), columns, gutter), path)
+
+
+def grid_pixels(pixels: np.ndarray, columns: int | None = None, gutter: int = 2) -> np.ndarray:
+    """N×H×W×3 uint8 images as one H'×W'×3 grid (near-square unless `columns` is given)."""
     count, height, width, _ = pixels.shape
     columns = columns or math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)
@@ -43,7 +57,7 @@ def save_grid(
         top = gutter + (index // columns) * (height + gutter)
         left = gutter + (index % columns) * (width + gutter)
         grid[top : top + height, left : left + width] = image
-    return save_png(grid, path)
+    return grid
 
 
 def save_each(images: torch.Tensor, folder: Path, prefix: str = "") -> list[Path]:
@@ -54,8 +68,13 @@ def save_each(images: torch.Tensor, folder: Path, prefix: str = "") -> list[Path
     ]
 
 
-def load_faces(paths: Sequence[Path], resolution: int) -> torch.Tensor:
-    """Image files → N×3×R×R in [-1, 1]: centre square crop, antialiased resize, RGB.
+def load_faces(
+    paths: Sequence[Path], resolution: int, max_pixels: int | None = None
+) -> torch.Tensor:
+    """Image files → N×3×R×R in [-1, 1]: decoded as the pack stage decodes them (upright by
+    their EXIF orientation, 16-bit scaled, transparency on white), centre square crop,
+    antialiased resize. An image that cannot be used (unreadable, corrupt, more pixels than
+    `max_pixels`) is a UserError that names it.
 
     Faces should already be roughly aligned crops (as in the training data); this does no
     detection.
@@ -63,14 +82,14 @@ def load_faces(paths: Sequence[Path], resolution: int) -> torch.Tensor:
     faces = []
     for path in paths:
         try:
-            with Image.open(path) as file:
-                image = file.convert("RGB")
-                side = min(image.size)
-                left, top = (image.width - side) // 2, (image.height - side) // 2
-                square = image.crop((left, top, left + side, top + side))
-                square = square.resize((resolution, resolution), Image.Resampling.LANCZOS)
-                faces.append(np.asarray(square))
-        except OSError as error:
-            raise ValueError(f"cannot read image {path}: {error}") from error
-    pixels = torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).float()
-    return pixels / 127.5 - 1.0
+            pixels = decode_rgb(read_bytes(str(path)), max_pixels)
+        except ImageError as error:
+            raise UserError(f"cannot use image {path}: {error}") from error
+        image = Image.fromarray(pixels)
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        square = image.crop((left, top, left + side, top + side))
+        square = square.resize((resolution, resolution), Image.Resampling.LANCZOS)
+        faces.append(np.asarray(square))
+    batch = torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).float()
+    return batch / 127.5 - 1.0

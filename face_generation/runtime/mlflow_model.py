@@ -12,12 +12,16 @@ Training logs it (tracking code), along the lines of
 `predict` takes a DataFrame with integer columns `n` and `seed`, plus optional columns named
 after the family's sampling options (e.g. `temperature`; missing or empty: the model's
 default), and returns one uint8 array of shape (sum of n, H, W, 3): the images of each row in
-row order. The same (n, seed, options) give the same images as
+row order; with the param `format=png`, a list of base64-encoded PNG files instead (a tenth of
+the JSON an array takes). The same (n, seed, options) give the same images as
 `python -m face_generation.inference CHECKPOINT --n N --seed SEED --option NAME=VALUE`.
+A request the model cannot serve (`n=-3`, an unknown format) is an MlflowException with
+INVALID_PARAMETER_VALUE, which `mlflow models serve` answers as HTTP 400 with its reason.
 """
 
 from __future__ import annotations
 
+import base64
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -25,22 +29,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel, PythonModelContext
-from mlflow.types import ColSpec, Schema, TensorSpec
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
 from face_generation.runtime.device import pick_device
 from face_generation.runtime.family import Family
 from face_generation.runtime.generator import TrainedGenerator, load_generator, sampling_options
-from face_generation.runtime.images import to_uint8
+from face_generation.runtime.images import png_bytes, to_uint8
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 # What `python_model=` gets when logging: the file that builds a GeneratorModel.
 MODEL_CODE = Path(__file__).with_name("mlflow_model_code.py")
 MAX_IMAGES_PER_CALL = 4096  # one request must not exhaust the server's memory
 # What serving the model imports (its code travels with it as code_paths).
-SERVING_PACKAGES = ("torch", "numpy", "pandas", "omegaconf", "mlflow")
+SERVING_PACKAGES = ("torch", "numpy", "pandas", "pillow", "omegaconf", "mlflow")
 COLUMN_TYPES = {bool: "boolean", int: "long", float: "double", str: "string"}
+FORMATS = ("array", "png")  # the `format` param: uint8 arrays, or base64-encoded PNG files
 
 
 def requirements() -> list[str]:
@@ -53,7 +60,7 @@ def requirements() -> list[str]:
 
 def model_signature(family: type[Family], resolution: int) -> ModelSignature:
     """Input: columns n, seed (long) and the family's sampling options (optional);
-    output: uint8 images N×resolution×resolution×3."""
+    output: uint8 images N×resolution×resolution×3 (param `format=png`: base64 PNG files)."""
     options = [
         ColSpec(COLUMN_TYPES[type(default)], name, required=False)
         for name, default in sampling_options(family).items()
@@ -61,7 +68,13 @@ def model_signature(family: type[Family], resolution: int) -> ModelSignature:
     return ModelSignature(
         inputs=Schema([ColSpec("long", "n"), ColSpec("long", "seed"), *options]),
         outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, resolution, resolution, 3))]),
+        params=ParamSchema([ParamSpec("format", "string", FORMATS[0])]),
     )
+
+
+def bad_request(message: str) -> MlflowException:
+    """A request the model cannot serve: MLflow's scoring server answers 400 with `message`."""
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def row_options(row: pd.Series, generator: TrainedGenerator) -> dict[str, Any]:
@@ -88,25 +101,35 @@ class GeneratorModel(PythonModel):
         context: PythonModelContext | None,
         model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,
-    ) -> np.ndarray:
+    ) -> np.ndarray | list[str]:
         if self.generator is None:
             raise RuntimeError("the model has no weights: load it with mlflow.pyfunc.load_model")
+        output = (params or {}).get("format") or FORMATS[0]
+        if output not in FORMATS:
+            raise bad_request(f"format={output!r} is not an output format; use one of {FORMATS}")
         missing = {"n", "seed"} - set(model_input.columns)
         if missing:
-            raise ValueError(f"input needs integer columns n and seed; missing {sorted(missing)}")
+            raise bad_request(f"input needs integer columns n and seed; missing {sorted(missing)}")
         counts = [int(n) for n in model_input["n"]]
         if any(n < 1 for n in counts) or sum(counts) > MAX_IMAGES_PER_CALL:
-            raise ValueError(
-                f"each n must be at least 1 and all n at most {MAX_IMAGES_PER_CALL} in total"
+            raise bad_request(
+                f"n={counts}: each n must be at least 1 and all n at most "
+                f"{MAX_IMAGES_PER_CALL} in total"
             )
-        batches = [
-            to_uint8(
-                self.generator.sample(
-                    n,
-                    generator=torch.Generator().manual_seed(int(row["seed"])),
-                    **row_options(row, self.generator),
+        try:
+            batches = [
+                to_uint8(
+                    self.generator.sample(
+                        n,
+                        generator=torch.Generator().manual_seed(int(row["seed"])),
+                        **row_options(row, self.generator),
+                    )
                 )
-            )
-            for n, (_, row) in zip(counts, model_input.iterrows(), strict=True)
-        ]
-        return np.concatenate(batches)
+                for n, (_, row) in zip(counts, model_input.iterrows(), strict=True)
+            ]
+        except ValueError as error:  # an option value the family refuses
+            raise bad_request(str(error)) from None
+        images = np.concatenate(batches)
+        if output == "png":
+            return [base64.b64encode(png_bytes(image)).decode("ascii") for image in images]
+        return images

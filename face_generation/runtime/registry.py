@@ -12,6 +12,7 @@ import importlib
 import pkgutil
 from types import ModuleType
 
+from face_generation.errors import UserError
 from face_generation.runtime.family import Family
 
 FAMILY_PACKAGE = "face_generation.families"
@@ -19,7 +20,7 @@ FAMILY_PACKAGE = "face_generation.families"
 _registered: dict[str, type[Family]] = {}
 
 
-class UnknownFamilyError(ValueError):
+class UnknownFamilyError(UserError):
     """`model.name` names no family; the message lists the known ones."""
 
 

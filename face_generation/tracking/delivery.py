@@ -1,11 +1,19 @@
 """Delivery of a spool's records to the MLflow server.
 
 Pending records are sent in order with MLflow's batch API: consecutive metrics, params and tags
-share a request; an artifact, a model or a status change goes alone. The spool's cursor
-advances after each acknowledged request. Replays never double-log: the cursor records what was
-acknowledged, and the server drops a metric identical to one it holds (same key, value, step
-and timestamp), which covers a reply lost in transit. The MLflow run (and experiment) is
-created on first delivery, found again by its local key tag when that reply was lost.
+share a request; an artifact, an image, a dataset, a model, a registry version's update, a
+status change or a resume point goes alone. The
+spool's cursor advances after each acknowledged request. Replays never double-log: the cursor
+records what was acknowledged, and the server drops a metric identical to one it holds (same
+key, value, step and timestamp), which covers a reply lost in transit. Resumes never double-log
+either: a run resumed from the checkpoint of step S logs the steps after S again, so a resume
+record asks the server which steps after S it holds, and those (key, step) points are not sent
+again (MLflow cannot delete a metric point). The MLflow run (and experiment) is created on
+first delivery, found again by its local key tag when that reply was lost; an image already on
+the server (same key, step and time) is not sent again. A run registers at most one version of
+a registered model (with the description and tags training gave it): a finished run resumed
+and ended again adds none. Evaluation's "version" record tags that version with its numbers and
+moves the champion alias (`crown_champion`).
 
 A record the server refuses as invalid (HTTP 400) is kept in the spool's rejected.jsonl and
 does not block the rest; any other failure stops delivery, leaving the records pending.
@@ -14,14 +22,25 @@ does not block the rest; any other failure stops delivery, leaving the records p
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from http import HTTPStatus
 
 import requests
-from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, Param, RunTag
+from mlflow.entities import (
+    Dataset,
+    DatasetInput,
+    InputTag,
+    LoggedModelOutput,
+    LoggedModelStatus,
+    Metric,
+    Param,
+    RunTag,
+)
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from mlflow.utils.validation import MAX_ENTITIES_PER_BATCH
 from omegaconf import DictConfig
 
@@ -30,6 +49,9 @@ from face_generation.tracking.spool import Event, Spool
 LOCAL_KEY_TAG = "face_generation.local_key"  # ties an MLflow run (or model) to its spool
 END_STATUSES = ("FINISHED", "FAILED", "KILLED")
 BATCHED_KINDS = ("metrics", "params", "tags")  # records that go to MLflow by log_batch
+# The experiment tag the MLflow 3 UI reads to open an experiment on its training runs (and
+# its machine-learning view) instead of GenAI traces.
+EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 def deliver(spool: Spool, client: MlflowClient, upload_timeout_s: float) -> list[Event]:
@@ -99,14 +121,18 @@ def ensure_run(spool: Spool, client: MlflowClient) -> str:
 
 
 def ensure_experiment(spool: Spool, client: MlflowClient) -> str:
-    """The id of the spool's experiment, creating the experiment when the server has none."""
+    """The id of the spool's experiment, creating the experiment when the server has none.
+
+    It is marked as model training (EXPERIMENT_KIND_TAG), so that the UI opens it on its runs; an
+    experiment made before without a kind gets it too, one a user set is left alone.
+    """
     if spool.meta.get("experiment_id"):
         return str(spool.meta["experiment_id"])
     name = spool.meta["experiment"]
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return client.create_experiment(name)
+            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
         except MlflowException:  # created meanwhile by another process
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
@@ -116,6 +142,8 @@ def ensure_experiment(spool: Spool, client: MlflowClient) -> str:
             f"MLflow experiment {name!r} is deleted; restore it in the UI "
             "or choose another with tracking.experiment=NAME"
         )
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
     return str(experiment.experiment_id)
 
 
@@ -171,37 +199,135 @@ def _send(
     """One request: a batch of metrics/params/tags, or one artifact, model or status record."""
     kind = group[0]["kind"]
     if kind in BATCHED_KINDS:
+        models = _logged_models(client, run_id, {e["model"] for e in group if e.get("model")})
         metrics, params, tags = [], [], []
         for event in group:
             if event["kind"] == "metrics":
+                model_id = models.get(event.get("model", ""))  # the model page shows these too
                 metrics += [
-                    Metric(key, float(value), event["timestamp"], event["step"])
+                    Metric(key, float(value), event["timestamp"], event["step"], model_id=model_id)
                     for key, value in event["metrics"].items()
+                    if event["step"] not in spool.held_steps.get(key, ())
                 ]
             elif event["kind"] == "params":
                 params += [Param(key, value) for key, value in event["params"].items()]
             else:
                 tags += [RunTag(key, value) for key, value in event["tags"].items()]
-        client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+        if metrics or params or tags:
+            client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
     elif kind == "artifact":
         with http_settings(upload_timeout_s, None):
             client.log_artifact(run_id, str(spool.files_of(group[0])), group[0]["to"])
+    elif kind == "image":
+        _send_image(spool, client, run_id, group[0], upload_timeout_s)
+    elif kind == "dataset":
+        _send_dataset(client, run_id, group[0])
     elif kind == "model":
         _send_model(spool, client, run_id, group[0], upload_timeout_s)
+    elif kind == "version":
+        _send_version(client, run_id, group[0])
     elif kind == "status":
         event = group[0]
         if event["status"] in END_STATUSES:
             client.set_terminated(run_id, event["status"], event["timestamp"])
         else:
             client.update_run(run_id, status=event["status"])
+    elif kind == "resume":
+        spool.hold_steps(_steps_after(client, run_id, group[0]["step"]))
     else:
         raise ValueError(f"unknown record kind {kind!r} in {spool.events_path}")
+
+
+def _logged_models(client: MlflowClient, run_id: str, names: set[str]) -> dict[str, str]:
+    """The ids of the models the run logged under `names`."""
+    if not names:
+        return {}
+    outputs = client.get_run(run_id).outputs
+    ids = [output.model_id for output in outputs.model_outputs] if outputs else []
+    models = {client.get_logged_model(model_id).name: model_id for model_id in ids}
+    return {name: model_id for name, model_id in models.items() if name in names}
+
+
+def _send_image(
+    spool: Spool, client: MlflowClient, run_id: str, event: Event, upload_timeout_s: float
+) -> None:
+    """An image at its step; nothing when an earlier try already logged it (a lost reply)."""
+    from PIL import Image
+
+    # MLflow's file name: images/<key, / as ~>+step+<step>+timestamp+<ms>+<uuid>.png
+    key = str(event["key"]).replace("/", "~")
+    logged = f"images/{key}+step+{event['step']}+timestamp+{event['timestamp']}+"
+    if any(
+        artifact.path.startswith(logged) for artifact in client.list_artifacts(run_id, "images")
+    ):
+        return
+    with Image.open(spool.files_of(event)) as image, http_settings(upload_timeout_s, None):
+        client.log_image(
+            run_id,
+            image.convert("RGB"),
+            key=event["key"],
+            step=event["step"],
+            timestamp=event["timestamp"],
+        )
+
+
+def _send_dataset(client: MlflowClient, run_id: str, event: Event) -> None:
+    """A dataset input of the run (the server keeps one per dataset and run: retries add none)."""
+    dataset = Dataset(
+        name=event["name"],
+        digest=event["digest"],
+        source_type="local",  # a folder the UI shows as a path
+        source=json.dumps({"uri": event["source"]}),
+        profile=json.dumps(event["profile"]),
+    )
+    context = InputTag(MLFLOW_DATASET_CONTEXT, event["context"])
+    client.log_inputs(run_id, [DatasetInput(dataset, [context])])
+
+
+def _send_version(client: MlflowClient, run_id: str, event: Event) -> None:
+    """Tag the version the run registered, then move the champion alias; nothing when the run
+    registered no version (its training was not tracked on this server)."""
+    name = event["registered_model_name"]
+    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if not versions:
+        return
+    for key, value in event["tags"].items():
+        client.set_model_version_tag(name, versions[0].version, key, value)
+    crown_champion(client, name, **event["champion"])
+
+
+def crown_champion(
+    client: MlflowClient, name: str, alias: str, metric: str, data_hash: str
+) -> str | None:
+    """Point `alias` at the version of `name` with the lowest `metric` (a distance) among the
+    versions trained on `data_hash` and evaluated (tagged with `metric`); its version number,
+    None when there is no such version. Numbers on other data do not compare."""
+    candidates = [
+        version
+        for version in client.search_model_versions(f"name = '{name}'")
+        if version.tags.get("data_hash") == data_hash and metric in version.tags
+    ]
+    if not candidates:
+        return None
+    best = min(candidates, key=lambda v: (float(v.tags[metric]), -int(v.version)))  # tie: newest
+    client.set_registered_model_alias(name, alias, str(best.version))
+    return str(best.version)
+
+
+def _steps_after(client: MlflowClient, run_id: str, step: int) -> dict[str, set[int]]:
+    """The steps after `step` at which the server holds each metric of the run."""
+    held: dict[str, set[int]] = {}
+    for key in client.get_run(run_id).data.metrics:
+        history = client.get_metric_history(run_id, key)
+        held[key] = {metric.step for metric in history if metric.step > step}
+    return held
 
 
 def _send_model(
     spool: Spool, client: MlflowClient, run_id: str, event: Event, upload_timeout_s: float
 ) -> None:
-    """Upload a locally saved MLflow model as a LoggedModel of the run, then register it.
+    """Upload a locally saved MLflow model as a LoggedModel of the run, then register it;
+    nothing when the run already has a version of that registered model.
 
     Each step is recorded in models.json so that a retry resumes where delivery stopped.
     """
@@ -210,6 +336,12 @@ def _send_model(
     seq = event["seq"]
     state = spool.model_state(seq)
     local_dir = spool.files_of(event)
+    name = event.get("registered_model_name")
+    if name and "model_id" not in state:
+        earlier = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+        if earlier:  # a finished run, resumed and ended again: its model is registered
+            spool.update_model_state(seq, version=str(earlier[0].version))
+            return
     if "model_id" not in state:
         logged = client.create_logged_model(
             ensure_experiment(spool, client),
@@ -231,7 +363,6 @@ def _send_model(
             client.log_model_artifacts(model_id, str(local_dir))
         client.finalize_logged_model(model_id, LoggedModelStatus.READY)
         state = spool.update_model_state(seq, uploaded=True)
-    name = event.get("registered_model_name")
     if name and "version" not in state:
         try:
             client.create_registered_model(name)
@@ -248,5 +379,12 @@ def _send_model(
         ]
         version = existing[0] if existing else None
         if version is None:
-            version = client.create_model_version(name, source, run_id=run_id, model_id=model_id)
+            version = client.create_model_version(
+                name,
+                source,
+                run_id=run_id,
+                model_id=model_id,
+                tags=event.get("version_tags"),
+                description=event.get("version_description"),
+            )
         spool.update_model_state(seq, version=str(version.version))

@@ -2,7 +2,8 @@
 
 `run_tags` ties an MLflow run to the git commit (and whether the work tree differed from it),
 the data hash and the DVC stage or experiment that ran it; `flatten_config` turns a config into
-MLflow params; `registered_model_name` names a model family in the Model Registry.
+MLflow params; `registered_model_name` names a model family in the Model Registry and
+`version_metadata` describes one of its versions.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+GENERATOR = "generator"  # the name a training run logs its model under
 
 
 def flatten_config(cfg: DictConfig | Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -80,6 +83,31 @@ def run_tags(data_hash: str | None = None) -> dict[str, str]:
         if os.environ.get(variable):
             tags[tag] = os.environ[variable]
     return tags
+
+
+def version_metadata(
+    family: str, resolution: int, steps: int, data_hash: str
+) -> tuple[str, dict[str, str]]:
+    """The description and tags of a registered model version: what it is, and the code and
+    data it was trained from."""
+    tags = {
+        "family": family,
+        "resolution": str(resolution),
+        "steps": str(steps),
+        **{
+            key: value
+            for key, value in run_tags(data_hash).items()
+            if not key.startswith("mlflow.")
+        },
+    }
+    commit = tags.get("git_commit", "unknown")[:12]
+    if tags.get("git_dirty") == "true":
+        commit += " with uncommitted changes"
+    description = (
+        f"{family} generator, {resolution}x{resolution} px, {steps} steps on data {data_hash}, "
+        f"code {commit}"
+    )
+    return description, tags
 
 
 def registered_model_name(cfg: DictConfig, family: str) -> str:

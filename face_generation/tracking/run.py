@@ -1,13 +1,15 @@
 """One training run in MLflow, logged so that an outage of the server loses nothing.
 
-Every record (params, metrics, tags, artifacts, the final model, the run's status) is first
-appended to the run's on-disk spool (tracking/spool.py) and then delivered in order
-(tracking/delivery.py). When the server does not answer, the user is told once, training goes
-on, and delivery is tried again after a back-off, at `close()`, or later by
-`python -m face_generation.tracking.sync`. A run that starts while the server is down has a
-local key at once and gets its MLflow run when the server answers; a run resumed from a
-checkpoint (`TrackedRun.state()`) continues the same MLflow run. Its tags tie it to its code,
-data and DVC experiment (tracking/provenance.py).
+Every record (params, metrics, tags, artifacts, images, datasets, the final model and its
+registry version, the run's status) is first appended to the run's on-disk spool
+(tracking/spool.py) and then delivered in order (tracking/delivery.py). When the server does not
+answer, the user is told once, training goes on, and delivery is tried again after a back-off,
+at `close()`, or later by `python -m face_generation.tracking.sync`. A run that starts while the
+server is down has a local key at once and gets its MLflow run when the server answers; a run
+resumed from a checkpoint (`TrackedRun.state()`) continues the same MLflow run, and with the
+checkpoint's step (`resume_step`) each metric step stays once in MLflow although the steps after
+it are logged again. Its tags tie it to its code, data and DVC experiment
+(tracking/provenance.py).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from tqdm import tqdm
 
 from face_generation.tracking.delivery import deliver, http_settings
 from face_generation.tracking.provenance import flatten_config, run_tags
-from face_generation.tracking.server import tracking_uri
+from face_generation.tracking.server import tracking_uri, ui_url
 from face_generation.tracking.spool import (
     LOCAL_KEY_PATTERN,
     Event,
@@ -64,18 +66,20 @@ class TrackedRun:
     """An MLflow run for the training loop, resilient to the server being away.
 
         run = TrackedRun(cfg.tracking, run_name="vae", data_hash=meta["data_hash"],
-                         resume=checkpoint.get("tracking"))
+                         resume=checkpoint.get("tracking"), resume_step=checkpoint["step"])
         run.log_params(flatten_config(cfg))
         for step in ...:
             run.log_metrics({"loss": loss, "images_per_s": ips}, step)
             ... checkpoint["tracking"] = run.state()
-        run.log_artifact("plots/vae/samples_000100.png", "samples")
+        run.log_image("models/vae/samples/step-00000250.png", "samples", step=250)
         run.log_model(generator_pyfunc, "generator", signature,
                       registered_model_name=registered_model_name(cfg.tracking, "vae"))
         run.close()
 
-    Also a context manager: leaving it by an exception ends the run as FAILED (KILLED on
-    Ctrl-C). Use it on one process only (rank 0 under DDP).
+    Resuming from a checkpoint, give its step as `resume_step`: the steps after it are run and
+    logged again, and each stays once in MLflow. Also a context manager: leaving it by an
+    exception ends the run as FAILED (KILLED on Ctrl-C). Use it on one process only (rank 0
+    under DDP).
     """
 
     def __init__(
@@ -84,6 +88,7 @@ class TrackedRun:
         run_name: str | None = None,
         *,
         resume: Mapping[str, Any] | str | None = None,
+        resume_step: int | None = None,
         data_hash: str | None = None,
         tags: Mapping[str, str] | None = None,
         experiment: str | None = None,
@@ -125,6 +130,11 @@ class TrackedRun:
         if resume:
             self.spool.update_meta(closed=False)
             self.spool.append({"kind": "status", "status": "RUNNING", "timestamp": now_ms()})
+        if resume and resume_step is not None:
+            # The steps after the checkpoint are run and logged again: what the lost steps
+            # logged is dropped here, or not sent again once the server holds it (delivery.py).
+            self.spool.drop_pending_metrics_after(resume_step)
+            self.spool.append({"kind": "resume", "step": int(resume_step)})
         # provenance=False: another stage adds to this run; its git/DVC tags stay the run's own.
         self.set_tags({**(run_tags(data_hash) if provenance else {}), **(tags or {})})
         self.flush()
@@ -147,10 +157,10 @@ class TrackedRun:
         """The run's page in the MLflow UI (the experiment's page until the run exists)."""
         experiment = self.spool.meta.get("experiment_id")
         if experiment is None:
-            return self.uri
+            return ui_url(self.uri)
         if self.run_id is None:
-            return f"{self.uri}/#/experiments/{experiment}"
-        return f"{self.uri}/#/experiments/{experiment}/runs/{self.run_id}"
+            return ui_url(self.uri, f"experiments/{experiment}")
+        return ui_url(self.uri, f"experiments/{experiment}/runs/{self.run_id}")
 
     def state(self) -> dict[str, str | None]:
         """What a checkpoint stores so that a resumed run continues this MLflow run."""
@@ -173,13 +183,18 @@ class TrackedRun:
         """Log a (resolved, flattened) config as params."""
         self.log_params(flatten_config(cfg))
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+    def log_metrics(
+        self, metrics: Mapping[str, float], step: int, model: str | None = None
+    ) -> None:
+        """Log metrics at `step`; with `model`, the name this run logged a model under, they
+        also describe that model (its page in the UI shows them)."""
         self.spool.append(
             {
                 "kind": "metrics",
                 "step": int(step),
                 "timestamp": now_ms(),
                 "metrics": {key: float(value) for key, value in metrics.items()},
+                **({"model": model} if model else {}),
             }
         )
         self._deliver_when_due()
@@ -191,19 +206,47 @@ class TrackedRun:
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Log a file; it is copied now, so the caller may overwrite or delete it at once."""
+        self.spool.append({"kind": "artifact", "path": self._copy(path), "to": artifact_path})
+        self._deliver_when_due()
+
+    def log_image(self, path: str | Path, key: str, step: int) -> None:
+        """Log an image file as the image `key` at `step` (the UI's step slider), copied now."""
+        self.spool.append(
+            {
+                "kind": "image",
+                "path": self._copy(path),
+                "key": key,
+                "step": int(step),
+                "timestamp": now_ms(),
+            }
+        )
+        self._deliver_when_due()
+
+    def log_input(
+        self, name: str, digest: str, source: str, profile: Mapping[str, Any], context: str
+    ) -> None:
+        """Log a dataset this run used: `source` is where it lives (a DVC-tracked folder),
+        `digest` its content hash, `context` its role (training)."""
+        self.spool.append(
+            {
+                "kind": "dataset",
+                "name": name,
+                "digest": digest,
+                "source": source,
+                "profile": dict(profile),
+                "context": context,
+            }
+        )
+        self._deliver_when_due()
+
+    def _copy(self, path: str | Path) -> str:
+        """Copy a file into the spool; its place there, relative to the spool."""
         source = Path(path)
         if not source.is_file():
             raise FileNotFoundError(f"cannot log artifact {source}: no such file")
         directory = self.spool.reserve_dir("files")
         shutil.copy2(source, directory / source.name)
-        self.spool.append(
-            {
-                "kind": "artifact",
-                "path": str((directory / source.name).relative_to(self.spool.dir)),
-                "to": artifact_path,
-            }
-        )
-        self._deliver_when_due()
+        return str((directory / source.name).relative_to(self.spool.dir))
 
     def log_model(
         self,
@@ -212,6 +255,8 @@ class TrackedRun:
         signature: Any,
         *,
         registered_model_name: str | None = None,
+        version_description: str = "",
+        version_tags: Mapping[str, str] | None = None,
         step: int = 0,
         input_example: Any = None,
         artifacts: Mapping[str, str] | None = None,
@@ -222,7 +267,8 @@ class TrackedRun:
 
         The model is saved into the spool first, so it survives an outage; delivery makes it
         a LoggedModel of this run and, with `registered_model_name`, a new version in the
-        Model Registry (see `model_version()`). Give `pip_requirements`: without them MLflow
+        Model Registry with `version_description` and `version_tags` (see
+        `model_version()`). Give `pip_requirements`: without them MLflow
         infers them by loading the model in a subprocess, which is slow. Returns the local
         model folder (loadable with `mlflow.pyfunc.load_model`).
         """
@@ -246,11 +292,29 @@ class TrackedRun:
                 "path": str(model_dir.relative_to(self.spool.dir)),
                 "name": name,
                 "registered_model_name": registered_model_name,
+                "version_description": version_description,
+                "version_tags": dict(version_tags or {}),
                 "step": int(step),
             }
         )
         self._deliver_when_due(now=True)
         return model_dir
+
+    def update_version(
+        self, registered_model_name: str, tags: Mapping[str, str], champion: Mapping[str, str]
+    ) -> None:
+        """Tag the version of `registered_model_name` that this run registered (evaluation's
+        numbers), then point the alias `champion["alias"]` at the version with the lowest
+        `champion["metric"]` among those trained on `champion["data_hash"]`."""
+        self.spool.append(
+            {
+                "kind": "version",
+                "registered_model_name": registered_model_name,
+                "tags": {key: str(value) for key, value in tags.items()},
+                "champion": dict(champion),
+            }
+        )
+        self._deliver_when_due(now=True)
 
     def model_version(self, name: str) -> str | None:
         """The registry version the model logged as `name` got (None until delivered)."""
@@ -271,8 +335,7 @@ class TrackedRun:
         if self._closed:
             return not self.spool.pending
         self._closed = True
-        self.spool.append({"kind": "status", "status": status, "timestamp": now_ms()})
-        self.spool.update_meta(closed=True)
+        self.spool.end(status, now_ms())
         delivered = self.flush()
         self.spool.finish(keep=self.cfg.keep_spool_after_delivery)
         if delivered:

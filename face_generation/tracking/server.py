@@ -4,6 +4,10 @@ One server per project: SQLite backend store and an artifact store under `mlflow
 127.0.0.1 on the configured port, artifacts served through it (`--serve-artifacts`). It runs
 detached in its own process group with a pid file, so `stop` ends it and every process it
 started (the uvicorn worker too). `start` reuses a healthy server already on the port.
+
+The pid file records the port with the pid, and `start`, `stop` and `status` act only on the
+server of the port asked for: a server on another port is never waited for, blamed or stopped.
+A port held by another program is reported at once.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import requests
 from omegaconf import DictConfig
 
 LOG_TAIL_LINES = 20  # how much of the server log a start failure shows
+ML_WORKFLOW = "workflowType=machine_learning"  # the UI's query parameter for its training view
 
 # The servers this process started: kept so that `stop_server` can reap them (no zombies).
 _STARTED: dict[int, subprocess.Popen[bytes]] = {}
@@ -35,14 +40,14 @@ class ServerError(RuntimeError):
 class ServerStatus:
     uri: str
     healthy: bool
-    pid: int | None  # from the pid file; None when this project has not started a server
+    pid: int | None  # from the pid file; None when this project started no server on this port
     running: bool  # the pid file's process group is alive
     log_file: Path
 
     def describe(self) -> str:
         if self.healthy:
             owner = f"pid {self.pid}" if self.running else "not started by this project"
-            return f"MLflow server running at {self.uri} ({owner}); UI: {self.uri}"
+            return f"MLflow server running at {self.uri} ({owner}); UI: {ui_url(self.uri)}"
         if self.running:
             return f"MLflow server (pid {self.pid}) is running but {self.uri} does not answer yet"
         return f"no MLflow server at {self.uri}"
@@ -51,6 +56,12 @@ class ServerStatus:
 def tracking_uri(cfg: DictConfig) -> str:
     """Where runs are logged: `tracking.uri` when set (a shared server), else the local one."""
     return str(cfg.uri) if cfg.get("uri") else f"http://{cfg.host}:{cfg.port}"
+
+
+def ui_url(uri: str, page: str = "experiments") -> str:
+    """A page of the MLflow UI (`experiments/1/runs/<id>`, `models/<name>`) in its
+    machine-learning view: MLflow 3 opens the GenAI view (traces, no Model registry) otherwise."""
+    return f"{uri.rstrip('/')}/#/{page}?{ML_WORKFLOW}"
 
 
 def is_healthy(uri: str, timeout_s: float) -> bool:
@@ -84,7 +95,7 @@ def wait_until_healthy(
 
 
 def server_status(cfg: DictConfig) -> ServerStatus:
-    pid = _read_pid(Path(cfg.pid_file))
+    pid = _read_pid(Path(cfg.pid_file), int(cfg.port))
     return ServerStatus(
         uri=tracking_uri(cfg),
         healthy=is_healthy(tracking_uri(cfg), cfg.health_timeout_s),
@@ -109,7 +120,7 @@ def start_server(cfg: DictConfig, wait: bool = True) -> str:
             "or set tracking.uri=null to use the local server this project starts"
         )
     pid_file, log_file = Path(cfg.pid_file), Path(cfg.log_file)
-    pid = _read_pid(pid_file)
+    pid = _read_pid(pid_file, int(cfg.port))
     if pid is not None and _group_members(pid):
         # Ours, still starting up (or wedged): wait for it rather than start a second one.
         if not wait or _wait_for(cfg, pid):
@@ -119,13 +130,18 @@ def start_server(cfg: DictConfig, wait: bool = True) -> str:
             f"{cfg.start_timeout_s} s; see {log_file}, then "
             "`python -m face_generation.tracking.server stop` and start it again"
         )
-    pid_file.unlink(missing_ok=True)  # stale: its process group is gone
     if _port_taken(str(cfg.host), int(cfg.port), cfg.health_timeout_s):
         raise ServerError(
-            f"port {cfg.port} on {cfg.host} is in use, but nothing there answers MLflow's /health "
-            "and no server started by this project owns it; stop that program or choose "
-            "another port with tracking.port=PORT"
+            f"port {cfg.port} on {cfg.host} is in use by another program (not an MLflow server); "
+            "stop that program or choose another port with tracking.port=PORT"
         )
+    other = _read_record(pid_file)
+    if other is not None and _group_members(other[0]):
+        raise ServerError(
+            f"{pid_file} is the pid file of the MLflow server (pid {other[0]}) on another port; "
+            f"give the server on port {cfg.port} its own with tracking.pid_file=PATH"
+        )
+    pid_file.unlink(missing_ok=True)  # stale: its process group is gone
 
     process = _launch(cfg)
     if not wait or _wait_for(cfg, process.pid):
@@ -141,12 +157,14 @@ def start_server(cfg: DictConfig, wait: bool = True) -> str:
 
 
 def stop_server(cfg: DictConfig) -> bool:
-    """Stop the server this project started (its whole process group); False if none ran."""
+    """Stop the server this project started on `tracking.port` (its whole process group);
+    False if none ran there. A pid file of another port's server is left alone."""
     pid_file = Path(cfg.pid_file)
-    pid = _read_pid(pid_file)
-    if pid is None or not _group_members(pid):
-        pid_file.unlink(missing_ok=True)
-        _reap(pid)
+    pid = _read_pid(pid_file, int(cfg.port))
+    if pid is None:
+        return False
+    if not _group_members(pid):
+        pid_file.unlink(missing_ok=True)  # stale: its process group is gone
         return False
     _terminate_group(pid, cfg.stop_timeout_s, cfg.health_poll_s)
     pid_file.unlink(missing_ok=True)
@@ -193,7 +211,7 @@ def _launch(cfg: DictConfig) -> subprocess.Popen[bytes]:
             start_new_session=True,
         )
     _STARTED[process.pid] = process
-    pid_file.write_text(f"{process.pid}\n")
+    pid_file.write_text(f"{process.pid} {cfg.port}\n")  # read by _read_record
     return process
 
 
@@ -207,11 +225,19 @@ def _wait_for(cfg: DictConfig, pid: int) -> bool:
     )
 
 
-def _read_pid(pid_file: Path) -> int | None:
+def _read_record(pid_file: Path) -> tuple[int, int | None] | None:
+    """(pid, port) from the pid file; the port is None in a file that does not record it."""
     try:
-        return int(pid_file.read_text().strip())
+        fields = [int(field) for field in pid_file.read_text().split()]
     except (FileNotFoundError, ValueError):
         return None
+    return (fields[0], fields[1] if len(fields) > 1 else None) if fields else None
+
+
+def _read_pid(pid_file: Path, port: int) -> int | None:
+    """The pid in the pid file when it is the server started on `port`, else None."""
+    record = _read_record(pid_file)
+    return record[0] if record is not None and record[1] == port else None
 
 
 def _group_members(pgid: int) -> list[int]:
@@ -239,9 +265,9 @@ def _group_members(pgid: int) -> list[int]:
     return members
 
 
-def _reap(pid: int | None) -> None:
+def _reap(pid: int) -> None:
     """Collect the exit status of a server this process started, so it leaves no zombie."""
-    process = _STARTED.get(pid) if pid is not None else None
+    process = _STARTED.get(pid)
     if process is not None and process.poll() is not None:
         del _STARTED[process.pid]
 
@@ -278,6 +304,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import argparse
 
     from face_generation.config import config_from_args, stage_parser
+    from face_generation.errors import reported_errors
 
     parser = argparse.ArgumentParser(
         prog="python -m face_generation.tracking.server",
@@ -306,7 +333,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             formatter_class=shared.formatter_class,
         )
     args = parser.parse_args(argv)
-    cfg = config_from_args(args).tracking
+    with reported_errors("tracking"):
+        cfg = config_from_args(args).tracking
     if args.action == "start":
         started = time.perf_counter()
         try:
@@ -314,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         except ServerError as error:
             raise SystemExit(f"[tracking] {error}") from None
         print(f"[tracking] MLflow server ready in {time.perf_counter() - started:.1f} s")
-        print(f"[tracking] UI: {uri}")
+        print(f"[tracking] UI: {ui_url(uri)}")
     elif args.action == "stop":
         stopped = stop_server(cfg)
         status = server_status(cfg)
@@ -323,7 +351,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         elif status.healthy:
             print(
                 f"[tracking] the server at {status.uri} was not started by this project "
-                f"(no live process in {cfg.pid_file}); stop it where it was started"
+                f"(no live process for port {cfg.port} in {cfg.pid_file}); stop it where it "
+                "was started"
+            )
+        elif _port_taken(str(cfg.host), int(cfg.port), cfg.health_timeout_s):
+            print(
+                f"[tracking] port {cfg.port} is held by another program, not an MLflow server "
+                "this project started; nothing stopped"
             )
         else:
             print(f"[tracking] no MLflow server was running at {status.uri}")

@@ -6,13 +6,15 @@ appended to a spool, `<tracking.spool_dir>/<local key>/`:
     run.json        the run's identity: local key, tracking URI, experiment, MLflow run id
     events.jsonl    append-only records, numbered by `seq`
     cursor          the last `seq` the server has acknowledged
-    files/<seq>/    copies of logged artifact files, taken when they were logged
+    files/<seq>/    copies of logged artifact and image files, taken when they were logged
     models/<seq>/   MLflow models saved locally, uploaded on delivery
     models.json     how far the delivery of each model record got
+    held.json       metric steps the server held past the last resume point: not sent again
     rejected.jsonl  records the server refused as invalid (kept, and reported)
 
 A spool is locked by the process that opened it, so a training run and
-`python -m face_generation.tracking.sync` never deliver the same records twice.
+`python -m face_generation.tracking.sync` never deliver the same records twice. The lock goes
+with the process: a spool that is unlocked but not closed was left by a process that died.
 """
 
 from __future__ import annotations
@@ -37,10 +39,15 @@ def new_local_key() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
 
 
+def read_meta(directory: Path) -> dict[str, Any]:
+    """A spool's run.json, read without locking it; {} when the spool is gone."""
+    return dict(json.loads(_read_text(directory / "run.json") or "{}"))
+
+
 def spool_key_of_run(root: Path, run_id: str) -> str | None:
     """The local key of the spool kept on disk for MLflow run `run_id`, if there is one."""
     for meta_path in sorted(root.glob("*/run.json")):
-        meta = json.loads(_read_text(meta_path) or "{}")
+        meta = read_meta(meta_path.parent)
         if meta.get("run_id") == run_id:
             return str(meta["local_key"])
     return None
@@ -65,13 +72,16 @@ class Spool:
         self.pending: list[Event] = [e for e in events if e["seq"] > self.delivered_seq]
         self._events: TextIO | None = self.events_path.open("a", encoding="utf-8")
         self._models = json.loads(_read_text(directory / "models.json") or "{}")
+        held = json.loads(_read_text(directory / "held.json") or "{}")
+        self.held_steps: dict[str, set[int]] = {key: set(steps) for key, steps in held.items()}
 
     @classmethod
     def create(cls, root: Path, key: str, meta: dict[str, Any]) -> Spool:
         directory = root / key
         directory.mkdir(parents=True, exist_ok=True)
-        _write_json(directory / "run.json", {"local_key": key, **meta})
-        return cls(directory, json.loads((directory / "run.json").read_text()))
+        spool = cls(directory, {"local_key": key, **meta})
+        spool.update_meta()  # run.json last: sync sees the spool only once it is locked
+        return spool
 
     @classmethod
     def open(cls, root: Path, key: str) -> Spool | None:
@@ -99,6 +109,16 @@ class Spool:
         self.meta.update(values)
         _write_json(self.dir / "run.json", self.meta)
 
+    def end(self, status: str, timestamp: int) -> None:
+        """Record the end of the run (FINISHED, FAILED or KILLED): the spool is closed."""
+        self.append({"kind": "status", "status": status, "timestamp": timestamp})
+        self.update_meta(closed=True)
+
+    @property
+    def last_written_ms(self) -> int:
+        """When a record was last written (epoch milliseconds)."""
+        return self.events_path.stat().st_mtime_ns // 1_000_000
+
     def append(self, event: Event) -> Event:
         """Write one record to disk; it is pending until the server acknowledges it."""
         assert self._events is not None, "spool closed"
@@ -108,6 +128,27 @@ class Spool:
         self.next_seq += 1
         self.pending.append(event)
         return event
+
+    def drop_pending_metrics_after(self, step: int) -> None:
+        """Forget the undelivered metric records of steps after `step`.
+
+        A run resumed from the checkpoint of `step` logs those steps again: the records of the
+        lost steps would double them.
+        """
+        dropped = {e["seq"] for e in self.pending if e["kind"] == "metrics" and e["step"] > step}
+        if not dropped:
+            return
+        assert self._events is not None, "spool closed"
+        self._events.close()
+        kept = [e for e in _read_events(self.events_path) if e["seq"] not in dropped]
+        _write_text(self.events_path, "".join(json.dumps(e) + "\n" for e in kept))
+        self._events = self.events_path.open("a", encoding="utf-8")
+        self.pending = [e for e in self.pending if e["seq"] not in dropped]
+
+    def hold_steps(self, steps: dict[str, set[int]]) -> None:
+        """The steps of each metric that the server already holds: delivery skips them."""
+        self.held_steps = steps
+        _write_json(self.dir / "held.json", {key: sorted(v) for key, v in steps.items()})
 
     def reserve_dir(self, kind: str) -> Path:
         """A fresh folder for the files of the next record (`files/<seq>`, `models/<seq>`)."""
@@ -129,7 +170,7 @@ class Spool:
         self.pending = [e for e in self.pending if e["seq"] > seq]
         _write_text(self.dir / "cursor", str(seq))
         for event in done:  # the copies of files MLflow now holds
-            if event["kind"] in ("artifact", "model"):
+            if event["kind"] in ("artifact", "image", "model"):
                 shutil.rmtree(self.files_of(event).parent, ignore_errors=True)
 
     def reject(self, event: Event, error: Exception) -> None:

@@ -59,7 +59,12 @@ from face_generation.training.output import (
 )
 from face_generation.training.resume import check_same_model, plan_resume
 from face_generation.training.settings import check_train_settings
-from face_generation.training.tracker import NullTracker, Tracker, create_tracker
+from face_generation.training.tracker import (
+    NullTracker,
+    Tracker,
+    close_orphaned_runs,
+    create_tracker,
+)
 
 
 class TrainingDiverged(RuntimeError):
@@ -310,9 +315,12 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
     # Tracking, on rank 0 only.
     if not context.is_main:
         tracker = NullTracker(run_id)
-    tracker = tracker or create_tracker(cfg, run_id)
+    if tracker is None and plan.checkpoint is None:
+        close_orphaned_runs(cfg)  # runs of this model killed before their first checkpoint
+    tracker = tracker or create_tracker(cfg, run_id, resume_step=start_step)
     if plan.checkpoint is None:
         tracker.log_params(flatten_config(cfg))
+        tracker.log_dataset(packed, data_hash, len(arrays["images"]))
     tracker.set_tags(
         {
             "model": str(cfg.model.name),
@@ -359,7 +367,7 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
         sampler.train(was_training)
         if grid is not None:
             path = save_grid(grid, samples / f"step-{step:08d}.png")
-            tracker.log_artifact(path, "samples")
+            tracker.log_image(path, "samples", step)
 
     # The steps.
     sums: dict[str, torch.Tensor] = {}

@@ -5,6 +5,7 @@ previous run lost before the new run has a checkpoint of its own.
     checkpoints/    step checkpoints, the newest `train.keep_checkpoints`
     samples/        a sample grid every `train.sample_every` steps; samples.png is the last
     losses.csv      the logged metrics (DVC draws it)
+    mlflow_run.json the run's MLflow run id, page and registered version (tracked runs)
     .lock           held by the training process while it runs (released by the OS on death)
     .previous/      a fresh start moves the earlier run's files here, and deletes them only
                     once the new run has written its first checkpoint; a run that fails or is
@@ -20,7 +21,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-RUN_FILES = ("checkpoints", "samples", "model.pt", "samples.png", "losses.csv")
+RUN_LINK = "mlflow_run.json"
+RUN_FILES = ("checkpoints", "samples", "model.pt", "samples.png", "losses.csv", RUN_LINK)
 
 
 class OutputBusyError(RuntimeError):

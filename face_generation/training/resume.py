@@ -22,7 +22,7 @@ from face_generation.runtime.checkpoint import CheckpointError, load_checkpoint
 from face_generation.training.checkpoint import newest_checkpoint
 
 # Settings that do not change what is trained: `matching` ignores them.
-NOT_TRAINING = ("tracking", "paths", "eval", "ckpt")
+NOT_TRAINING = ("tracking", "paths", "eval", "ckpt", "serve")
 NOT_TRAINING_TRAIN = ("resume", "steps", "keep_checkpoints", "log_every", "sample_every",
                       "ckpt_every", "num_workers")  # fmt: skip
 

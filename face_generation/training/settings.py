@@ -1,51 +1,26 @@
-"""The `train` settings (configs/train/), typed and checked before training touches anything.
+"""The `train` settings (configs/train/), checked before training touches anything.
 
-A wrong type (`train.steps=abc`), an unknown key (`train.stepz=5`) or a value out of range
-(`train.batch_size=0`) is a `SettingsError` with one line naming the setting and what it
-accepts, raised before any file is moved or any MLflow run is created.
+Their schema is `TrainSettings` (config_schema.py), the train group's schema in Hydra, so a
+wrong type (`train.steps=abc`) or an unknown key (`train.stepz=5`) already fails when the config
+is composed. Here, for any config handed to `train()`, the same schema again plus the ranges:
+a value out of range (`train.batch_size=0`) is a `SettingsError` with one line naming the
+setting and what it accepts, raised before any file is moved or any MLflow run is created.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from face_generation.config_schema import TrainSettings
+from face_generation.errors import UserError
 
 PRECISIONS = ("bf16", "fp32")
 RESUME_MODES = ("auto", "matching")
 
 
-class SettingsError(ValueError):
+class SettingsError(UserError):
     """A setting the run cannot use; the message names it and what it accepts."""
-
-
-@dataclass
-class EmaSettings:
-    enabled: bool = True
-    decay: float = 0.999
-
-
-@dataclass
-class TrainSettings:
-    """The schema of configs/train/*.yaml (the defaults there are the documented ones)."""
-
-    steps: int = 1000
-    batch_size: int = 64
-    device: str = "auto"
-    precision: str = "bf16"
-    compile: bool = False
-    num_workers: int = 0
-    hflip: bool = True
-    grad_clip: float | None = None
-    ema: EmaSettings = field(default_factory=EmaSettings)
-    log_every: int = 25
-    sample_every: int = 250
-    sample_grid: int = 64
-    ckpt_every: int = 250
-    keep_checkpoints: int = 2
-    resume: str | None = None
-    seed: int = 0
 
 
 def check_train_settings(train_cfg: DictConfig) -> TrainSettings:

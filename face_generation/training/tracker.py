@@ -7,6 +7,8 @@ decides which implementation a run gets (MLflow through face_generation.tracking
 
 from __future__ import annotations
 
+import json
+import os
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 from omegaconf import DictConfig
 
 from face_generation.runtime.family import Family
+from face_generation.training.output import RUN_LINK
 
 
 @runtime_checkable
@@ -29,6 +32,14 @@ class Tracker(Protocol):
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+
+    def log_image(self, path: Path, key: str, step: int) -> None:
+        """An image file as the image `key` at `step` (the sample grids)."""
+        ...
+
+    def log_dataset(self, path: Path, digest: str, rows: int) -> None:
+        """The training data: its folder (a DVC output), its hash and its number of rows."""
+        ...
 
     def set_tags(self, tags: Mapping[str, Any]) -> None: ...
 
@@ -57,6 +68,12 @@ class NullTracker:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         pass
 
+    def log_image(self, path: Path, key: str, step: int) -> None:
+        pass
+
+    def log_dataset(self, path: Path, digest: str, rows: int) -> None:
+        pass
+
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         pass
 
@@ -71,18 +88,46 @@ class MlflowTracker:
     """The training run in MLflow, through the outage-proof `TrackedRun` (tracking/run.py).
 
     `run_id` is what checkpoints store: the MLflow run id once the server has answered, the
-    run's local spool key before that; either continues the same run on resume.
+    run's local spool key before that; either continues the same run on resume, from the
+    checkpoint's step `resume_step` (the steps after it are logged once, not twice). The run's
+    id, page and registered version are written to models/<name>/mlflow_run.json (RUN_LINK)
+    at its start and end, for the DVC side.
     """
 
-    def __init__(self, cfg: DictConfig, run_id: str | None) -> None:
+    def __init__(self, cfg: DictConfig, run_id: str | None, resume_step: int | None = None) -> None:
+        from face_generation.tracking.provenance import registered_model_name
         from face_generation.tracking.run import TrackedRun  # mlflow imports take seconds
 
         self.cfg = cfg
-        self.run = TrackedRun(cfg.tracking, run_name=str(cfg.model.name), resume=run_id)
+        self.run = TrackedRun(
+            cfg.tracking, run_name=str(cfg.model.name), resume=run_id, resume_step=resume_step
+        )
+        self.registered_name = registered_model_name(cfg.tracking, str(cfg.model.name))
+        self.tags: dict[str, Any] = {}  # what the loop tagged the run with (data_hash, ...)
+        self.write_run_link()
 
     @property
     def run_id(self) -> str:
         return self.run.resume_id
+
+    def write_run_link(self) -> Path:
+        """models/<name>/mlflow_run.json: this run's id and page, its registered version."""
+        from face_generation.tracking.provenance import GENERATOR
+
+        path = Path(self.cfg.paths.models) / str(self.cfg.model.name) / RUN_LINK
+        link = {
+            "run_id": self.run.run_id,  # null while the server has not answered yet
+            "local_key": self.run.local_key,  # its spool: tracking.sync delivers it later
+            "tracking_uri": self.run.uri,
+            "url": self.run.url,
+            "registered_model": self.registered_name,
+            "version": self.run.model_version(GENERATOR),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_text(json.dumps(link, indent=2) + "\n")
+        os.replace(temporary, path)  # whole or not at all: DVC and the report read it
+        return path
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         self.run.log_params(params)
@@ -93,7 +138,21 @@ class MlflowTracker:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.run.log_artifact(path, artifact_path)
 
+    def log_image(self, path: Path, key: str, step: int) -> None:
+        self.run.log_image(path, key, step)
+
+    def log_dataset(self, path: Path, digest: str, rows: int) -> None:
+        data = self.cfg.data
+        self.run.log_input(
+            f"{data.name}-{data.resolution}px",
+            digest,
+            str(path),
+            {"rows": rows, "resolution": int(data.resolution)},
+            context="training",
+        )
+
     def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self.tags.update(tags)
         self.run.set_tags(tags)
 
     def log_generator(self, checkpoint: Path, family: type[Family], resolution: int) -> None:
@@ -103,30 +162,59 @@ class MlflowTracker:
             model_signature,
             requirements,
         )
-        from face_generation.tracking.provenance import registered_model_name
+        from face_generation.tracking.provenance import GENERATOR, version_metadata
+        from face_generation.tracking.run import tell
+        from face_generation.tracking.server import ui_url
 
+        description, tags = version_metadata(
+            family.name,
+            resolution,
+            int(self.cfg.train.steps),
+            str(self.tags.get("data_hash", "unknown")),
+        )
         self.run.log_model(
             str(MODEL_CODE),
-            "generator",
+            GENERATOR,
             model_signature(family, resolution),
-            registered_model_name=registered_model_name(
-                self.cfg.tracking, str(self.cfg.model.name)
-            ),
+            registered_model_name=self.registered_name,
+            version_description=description,
+            version_tags=tags,
             artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
             pip_requirements=requirements(),
             code_paths=[str(Path(__file__).resolve().parents[1])],  # the face_generation package
         )
+        version = self.run.model_version(GENERATOR)
+        if version is not None:
+            page = ui_url(self.run.uri, f"models/{self.registered_name}/versions/{version}")
+            tell(f"registered {self.registered_name} version {version}: {page}")
 
     def close(self, status: str) -> None:
         self.run.close(status)
+        self.write_run_link()  # the final run id and version
 
 
-def create_tracker(cfg: DictConfig, run_id: str | None = None) -> Tracker:
-    """The tracker for a training run; `run_id` (from a resumed checkpoint) continues that run.
+def close_orphaned_runs(cfg: DictConfig) -> None:
+    """End this model's MLflow runs that a dead training process left RUNNING (killed before
+    its first checkpoint, nothing can resume them): marked KILLED once their records are in."""
+    if not cfg.tracking.enabled:
+        return
+    from face_generation.tracking.run import SYNC_COMMAND
+    from face_generation.tracking.sync import close_orphans
+
+    for result in close_orphans(cfg.tracking, str(cfg.model.name)):
+        later = f"; deliver the rest with: {SYNC_COMMAND}" if result.pending else ""
+        print(f"[tracking] run {result.run_id or result.local_key}: {result.message}{later}")
+
+
+def create_tracker(
+    cfg: DictConfig, run_id: str | None = None, resume_step: int | None = None
+) -> Tracker:
+    """The tracker for a training run; `run_id` (from a resumed checkpoint) continues that run
+    from the checkpoint's step `resume_step`.
 
     `tracking.enabled=false` tracks nothing (NullTracker); otherwise the run is logged to
     MLflow, kept on disk while the server is away.
     """
     if not cfg.tracking.enabled:
         return NullTracker(run_id)
-    return MlflowTracker(cfg, run_id)
+    return MlflowTracker(cfg, run_id, resume_step)

@@ -1,0 +1,397 @@
+"""Typed schemas of the config groups in configs/: a wrong type or an unknown key fails when the
+config is composed (or params.yaml read), in one line naming the key.
+
+Each dataclass mirrors one YAML file of configs/<group>/ key by key, in the same order (so the
+composed params.yaml reads as before), and carries types only: the numbers live in configs/.
+`store_schemas` puts them in Hydra's ConfigStore as `schema/<group>` (`schema/model/<family>` for
+the model families), and each YAML file names its schema first in its defaults list:
+
+    defaults:
+      - optional /schema@_here_: train
+      - _self_
+
+`optional`, because DVC composes params.yaml (`dvc exp run -S`) in its own process, where this
+module is not imported; the stages check params.yaml against the same schemas when they read it
+(config.load_params). Model configs are open-ended: a family without a schema here (a plugin,
+the tests' `tiny`) composes untyped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+Seconds = Union[int, float]  # noqa: UP007 (OmegaConf reads typing.Union, not int | float)
+
+
+@dataclass
+class PathsConfig:
+    data: str = MISSING
+    metrics: str = MISSING
+    models: str = MISSING
+    plots: str = MISSING
+
+
+@dataclass
+class SplitConfig:
+    fractions: dict[str, float] = MISSING
+    seed: int = MISSING
+    use_official: bool = MISSING
+
+
+@dataclass
+class CropConfig:
+    method: str = MISSING
+    min_size: int = MISSING
+    margin: float = MISSING
+    min_confidence: float = MISSING
+    center_fraction: float = MISSING
+    center_offset: float = MISSING
+    header_bytes: int = MISSING
+    batch_size: int = MISSING
+
+
+@dataclass
+class DownloadFile:
+    id: str = MISSING
+    md5: str = MISSING
+    size: int = MISSING
+
+
+@dataclass
+class DownloadConfig:
+    files: dict[str, DownloadFile] = MISSING
+    url_template: str = MISSING
+    # whole seconds: a Union here breaks OmegaConf's merge of an Optional node (2.3.1)
+    timeout: int = MISSING
+    retries: int = MISSING
+
+
+@dataclass
+class PackConfig:
+    antialias: bool = MISSING
+    workers: int = MISSING
+    chunk_size: int = MISSING
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    source: str = MISSING
+    path: str | None = MISSING
+    resolution: int = MISSING
+    max_pixels: int = MISSING
+    split: SplitConfig = field(default_factory=SplitConfig)
+    crop: CropConfig = field(default_factory=CropConfig)
+    download: DownloadConfig | None = MISSING
+    pack: PackConfig = field(default_factory=PackConfig)
+
+
+@dataclass
+class AdamConfig:
+    lr: float = MISSING
+    betas: list[float] = MISSING
+
+
+@dataclass
+class LatentSampling:
+    temperature: float = MISSING
+
+
+@dataclass
+class ModelConfig:
+    """What every family's config starts with; a family's schema adds its own keys."""
+
+    name: str = MISSING
+
+
+@dataclass
+class VAEConfig(ModelConfig):
+    latent_dim: int = MISSING
+    base_channels: int = MISSING
+    max_channels: int = MISSING
+    leaky_slope: float = MISSING
+    beta: float = MISSING
+    optimizer: AdamConfig = field(default_factory=AdamConfig)
+    sampling: LatentSampling = field(default_factory=LatentSampling)
+
+
+@dataclass
+class DCGANConfig(ModelConfig):
+    latent_dim: int = MISSING
+    generator_channels: int = MISSING
+    discriminator_channels: int = MISSING
+    max_channels: int = MISSING
+    leaky_slope: float = MISSING
+    init_std: float = MISSING
+    optimizer: AdamConfig = field(default_factory=AdamConfig)
+    sampling: LatentSampling = field(default_factory=LatentSampling)
+
+
+@dataclass
+class NoiseScheduleConfig:
+    kind: str = MISSING
+    timesteps: int = MISSING
+    beta_start: float = MISSING
+    beta_end: float = MISSING
+    cosine_offset: float = MISSING
+    max_beta: float = MISSING
+
+
+@dataclass
+class DiffusionSampling:
+    steps: int = MISSING
+    sampler: str = MISSING
+    guidance: float = MISSING
+    eta: float = MISSING
+
+
+@dataclass
+class DiffusionConfig(ModelConfig):
+    channels: int = MISSING
+    channel_mults: list[int] = MISSING
+    num_res_blocks: Any = MISSING  # a number, or one per level
+    attention_resolutions: list[int] = MISSING
+    head_channels: int = MISSING
+    groups: int = MISSING
+    dropout: float = MISSING
+    schedule: NoiseScheduleConfig = field(default_factory=NoiseScheduleConfig)
+    prediction: str = MISSING
+    loss_weighting: str = MISSING
+    min_snr_gamma: float = MISSING
+    condition: str | None = MISSING  # null | identity | backbone
+    cond_dim: int = MISSING
+    cond_drop: float = MISSING
+    optimizer: AdamConfig = field(default_factory=AdamConfig)
+    sampling: DiffusionSampling = field(default_factory=DiffusionSampling)
+
+
+@dataclass
+class EmaSettings:
+    enabled: bool = MISSING
+    decay: float = MISSING
+
+
+@dataclass
+class TrainSettings:
+    """configs/train/; training/settings.py checks the ranges before training starts."""
+
+    steps: int = MISSING
+    batch_size: int = MISSING
+    device: str = MISSING
+    precision: str = MISSING
+    compile: bool = MISSING
+    num_workers: int = MISSING
+    hflip: bool = MISSING
+    grad_clip: float | None = MISSING
+    ema: EmaSettings = field(default_factory=EmaSettings)
+    log_every: int = MISSING
+    sample_every: int = MISSING
+    sample_grid: int = MISSING
+    ckpt_every: int = MISSING
+    keep_checkpoints: int = MISSING
+    resume: str | None = MISSING
+    seed: int = MISSING
+
+
+@dataclass
+class EffnetBackbone:
+    short_name: str = MISSING
+    image_size: int = MISSING
+    antialias: bool = MISSING
+    weights_path: str | None = MISSING
+
+
+@dataclass
+class DinoBackbone:
+    short_name: str = MISSING
+    model: str = MISSING
+    image_size: int = MISSING
+    antialias: bool = MISSING
+    weights_path: str | None = MISSING
+
+
+@dataclass
+class Backbones:
+    effnet_lite0: EffnetBackbone = field(default_factory=EffnetBackbone)
+    dinov2: DinoBackbone = field(default_factory=DinoBackbone)
+
+
+@dataclass
+class KidConfig:
+    subsets: int = MISSING
+    subset_size: int = MISSING
+    degree: int = MISSING
+    gamma: float | None = MISSING
+    coef0: float = MISSING
+
+
+@dataclass
+class PrecisionRecallConfig:
+    k: int = MISSING
+    block: int = MISSING
+
+
+@dataclass
+class ReconstructionConfig:
+    num_images: int = MISSING
+    ssim_kernel_size: int = MISSING
+    ssim_sigma: float = MISSING
+
+
+@dataclass
+class DlibConfig:
+    threshold: float = MISSING
+    weights_path: str | None = MISSING
+
+
+@dataclass
+class FacenetConfig:
+    threshold: float = MISSING
+    image_size: int = MISSING
+    weights_path: str | None = MISSING
+
+
+@dataclass
+class IdentityConfig:
+    encoder: str = MISSING
+    num_images: int = MISSING
+    face_box: str = MISSING
+    fallback_box: list[float] = MISSING
+    detector_upsample: int = MISSING
+    dlib: DlibConfig = field(default_factory=DlibConfig)
+    facenet: FacenetConfig = field(default_factory=FacenetConfig)
+
+
+@dataclass
+class NeighboursConfig:
+    samples: int = MISSING
+    train_images: int = MISSING
+    block: int = MISSING
+
+
+@dataclass
+class PlotsConfig:
+    samples: int = MISSING
+    real_vs_generated: int = MISSING
+    reconstructions: int = MISSING
+    columns: int = MISSING
+    gutter: int = MISSING
+    label_height: int = MISSING
+
+
+@dataclass
+class ReportConfig:
+    chart_columns: int = MISSING
+    chart_panel_inches: list[float] = MISSING
+    dpi: int = MISSING
+
+
+@dataclass
+class FidInceptionConfig:
+    enabled: bool = MISSING
+    antialias: bool = MISSING
+    weights_path: str | None = MISSING
+
+
+@dataclass
+class LpipsConfig:
+    enabled: bool = MISSING
+    net: str = MISSING
+    weights_path: str | None = MISSING
+
+
+@dataclass
+class EvalConfig:
+    num_samples: int = MISSING
+    split: str = MISSING
+    batch_size: int = MISSING
+    sample_batch_size: int = MISSING
+    sampling: dict[str, Any] = MISSING  # the family's sampling options, checked when sampling
+    device: str = MISSING
+    seed: int = MISSING
+    cache_dir: str = MISSING
+    network_timeout_s: Seconds = MISSING
+    backbone: str = MISSING
+    backbones: Backbones = field(default_factory=Backbones)
+    kid: KidConfig = field(default_factory=KidConfig)
+    precision_recall: PrecisionRecallConfig = field(default_factory=PrecisionRecallConfig)
+    reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
+    neighbours: NeighboursConfig = field(default_factory=NeighboursConfig)
+    plots: PlotsConfig = field(default_factory=PlotsConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    fid_inception: FidInceptionConfig = field(default_factory=FidInceptionConfig)
+    lpips: LpipsConfig = field(default_factory=LpipsConfig)
+
+
+@dataclass
+class ChampionConfig:
+    alias: str = MISSING
+    metric: str = MISSING
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = MISSING
+    host: str = MISSING
+    port: int = MISSING
+    uri: str | None = MISSING
+    backend_store: str = MISSING
+    artifacts: str = MISSING
+    pid_file: str = MISSING
+    log_file: str = MISSING
+    workers: int = MISSING
+    access_log: bool = MISSING
+    start_timeout_s: Seconds = MISSING
+    stop_timeout_s: Seconds = MISSING
+    health_poll_s: Seconds = MISSING
+    health_timeout_s: Seconds = MISSING
+    server_env: dict[str, str] = MISSING
+    experiment: str = MISSING
+    registered_model_prefix: str = MISSING
+    version_metrics: list[str] = MISSING
+    champion: ChampionConfig = field(default_factory=ChampionConfig)
+    spool_dir: str = MISSING
+    keep_spool_after_delivery: bool = MISSING
+    spool_compact_mb: int = MISSING
+    request_timeout_s: Seconds = MISSING
+    request_max_retries: int = MISSING
+    upload_timeout_s: Seconds = MISSING
+    flush_interval_s: Seconds = MISSING
+    retry_backoff_s: Seconds = MISSING
+    retry_backoff_max_s: Seconds = MISSING
+
+
+GROUP_SCHEMAS: dict[str, type] = {
+    "paths": PathsConfig,
+    "data": DataConfig,
+    "train": TrainSettings,
+    "eval": EvalConfig,
+    "tracking": TrackingConfig,
+}
+FAMILY_SCHEMAS: dict[str, type[ModelConfig]] = {
+    "vae": VAEConfig,
+    "dcgan": DCGANConfig,
+    "diffusion": DiffusionConfig,
+}
+
+
+def schema_of(group: str, node: Any) -> type | None:
+    """The schema of a config group's node: its group's, or for a model its family's (None for
+    a family without one, and for keys that are not groups)."""
+    if group == "model":
+        return FAMILY_SCHEMAS.get(str(node.get("name")))
+    return GROUP_SCHEMAS.get(group)
+
+
+def store_schemas() -> None:
+    """Put every schema in Hydra's ConfigStore, where configs/ names them (idempotent)."""
+    store = ConfigStore.instance()
+    for group, schema in GROUP_SCHEMAS.items():
+        store.store(group="schema", name=group, node=schema)
+    for family, schema in FAMILY_SCHEMAS.items():
+        store.store(group="schema/model", name=family, node=schema)

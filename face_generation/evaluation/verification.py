@@ -1,0 +1,302 @@
+"""Identity verification of the face encoders: `python -m face_generation.evaluation.verification`
+(the `verify` stage), writing metrics/features.json and the table the report shows.
+
+On the split `features.verification.split` (test: no person in it is in train), every pair of
+two faces of one person and as many pairs of two different people, drawn at random with
+`features.verification.seed`; a pair scores the cosine similarity of its two embeddings.
+Rows without a known person, and rows a network failed on (its `ok` flag), take part in no
+pair. Per network: ROC AUC, TAR (true accept rate) at FAR (false accept rate) =
+`features.verification.far`, and the equal error rate.
+
+Networks: dlib (the judge evaluation uses), the backbone's frozen embedding, the fine-tuned
+face encoder (models/encoder/model.pt), and the configured encoder when it is another one.
+The configured encoder's and backbone's arrays are read from data/features/; the others are
+computed here on the split. A network that cannot be had here is listed with the reason.
+
+    metrics/features.json          numbers only (DVC metrics): verification.<network>.*,
+                                   bytes_per_image.<network>, failed_rows.<network>
+    metrics/features_details.json  networks, weights, pair counts, reasons
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from face_generation.config import config_from_args, stage_parser
+
+DLIB, CONTRASTIVE = "dlib", "effnet_contrastive"
+
+
+# --- the metric ----------------------------------------------------------------------------
+
+
+def verification_pairs(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(first, second, same): every same-identity pair of rows with a label >= 0, then as
+    many different-identity pairs drawn uniformly without repeats (all, when fewer exist)."""
+    known = np.flatnonzero(labels >= 0)
+    first, second = np.triu_indices(len(known), k=1)
+    same = labels[known[first]] == labels[known[second]]
+    same_pairs = np.stack([known[first[same]], known[second[same]]], axis=1)
+    different = np.flatnonzero(~same)
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(different, size=min(len(same_pairs), len(different)), replace=False)
+    different_pairs = np.stack([known[first[np.sort(chosen)]], known[second[np.sort(chosen)]]], 1)
+    pairs = np.concatenate([same_pairs, different_pairs])
+    is_same = np.r_[np.ones(len(same_pairs), bool), np.zeros(len(different_pairs), bool)]
+    return pairs[:, 0], pairs[:, 1], is_same
+
+
+def roc_auc(same: np.ndarray, different: np.ndarray) -> float:
+    """P(a same-identity score beats a different-identity one), ties counting half
+    (the Mann-Whitney U statistic over both counts)."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(np.r_[same, different])
+    above = ranks[: len(same)].sum() - len(same) * (len(same) + 1) / 2
+    return float(above / (len(same) * len(different)))
+
+
+def tar_at_far(same: np.ndarray, different: np.ndarray, far: float) -> float:
+    """The largest share of same-identity pairs accepted (score above a threshold) while at
+    most `far` of the different-identity pairs are."""
+    allowed = int(np.floor(far * len(different)))  # false accepts allowed
+    if allowed >= len(different):
+        return 1.0
+    threshold = np.sort(different)[::-1][allowed]  # accepting above it lets `allowed` through
+    return float((same > threshold).mean())
+
+
+def equal_error_rate(same: np.ndarray, different: np.ndarray) -> float:
+    """Where the false accept and false reject rates meet as the threshold rises (accept
+    score >= threshold), linearly interpolated between the thresholds around the crossing."""
+    thresholds = np.r_[np.unique(np.r_[same, different]), np.inf]
+    false_accept = (different[None, :] >= thresholds[:, None]).mean(axis=1)
+    false_reject = (same[None, :] < thresholds[:, None]).mean(axis=1)
+    gap = false_accept - false_reject  # falls from 1 to -1
+    crossing = int(np.argmax(gap <= 0))
+    if crossing == 0:
+        return float(false_accept[0])
+    before, after = gap[crossing - 1], gap[crossing]
+    weight = before / (before - after)
+    return float(
+        false_accept[crossing - 1] + weight * (false_accept[crossing] - false_accept[crossing - 1])
+    )
+
+
+def cosine(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    first, second = first.astype(np.float64), second.astype(np.float64)
+    norms = np.linalg.norm(first, axis=1) * np.linalg.norm(second, axis=1)
+    return (first * second).sum(axis=1) / np.maximum(norms, np.finfo(np.float64).tiny)
+
+
+def verify(
+    embeddings: np.ndarray, ok: np.ndarray, labels: np.ndarray, seed: int, far: float
+) -> dict[str, float]:
+    """ROC AUC, TAR at `far` and EER of one network's embeddings of the split's rows."""
+    usable = np.where(ok, labels, -1)
+    first, second, same = verification_pairs(usable, seed)
+    if not same.any() or same.all():
+        raise ValueError("the split needs two faces of one person and two different people")
+    scores = cosine(embeddings[first], embeddings[second])
+    same_scores, different_scores = scores[same], scores[~same]
+    return {
+        "roc_auc": roc_auc(same_scores, different_scores),
+        f"tar_at_far_{far:.0e}": tar_at_far(same_scores, different_scores, far),
+        "eer": equal_error_rate(same_scores, different_scores),
+        "same_pairs": int(same.sum()),
+        "different_pairs": int((~same).sum()),
+        "rows_skipped": int((labels >= 0).sum() - (usable >= 0).sum()),
+    }
+
+
+# --- the stage -------------------------------------------------------------------------------
+
+
+def embeddings_of(
+    cfg: DictConfig, network: str, faces: np.ndarray, split: str
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(N×D embeddings, N ok flags, how they were had) of `network` on the split's faces."""
+    from face_generation.data.packed import feature_meta, features_dir, load_feature_split
+
+    features = features_dir(Path(cfg.paths.data), int(cfg.data.resolution))
+    stored = {str(cfg.encoder.name): "identity", str(cfg.backbone.name): "embedding"}
+    if network in stored and (features / network).is_dir():  # the identity or features stage's
+        rows = len(faces)
+        array = load_feature_split(features, f"{network}/{stored[network]}", split, rows)
+        ok = load_feature_split(features, f"{network}/ok", split, rows)
+        meta = feature_meta(features, network)["network"]
+        return np.asarray(array), np.asarray(ok), {**meta, "source": str(features / network)}
+    settings = cfg.features.verification
+    if network == DLIB:
+        from face_generation.features.dlib_face import DlibFaceRecogniser, dlib_files
+        from face_generation.features.dlib_rows import DlibPool
+        from face_generation.features.face_boxes import FaceBoxes
+
+        identity = cfg.eval.identity  # the judge's settings
+        arguments = (
+            *dlib_files(identity.dlib),
+            str(identity.face_box),
+            list(identity.fallback_box),
+            int(identity.detector_upsample),
+        )
+        with DlibPool(arguments, int(settings.workers), 256) as pool:
+            described = [rows for _, rows in pool.describe(faces)]
+        vectors = np.concatenate([rows.vectors for rows in described])
+        ok = np.concatenate([rows.ok for rows in described])
+        key = f"{DlibFaceRecogniser.name}-{FaceBoxes.from_config(identity).cache_key}"
+        return vectors, ok, {"name": DLIB, "network": key, "source": "computed"}
+    if network == CONTRASTIVE:
+        from face_generation.features.contrastive import load_contrastive_encoder
+        from face_generation.features.network import embed_images
+
+        checkpoint = OmegaConf.create({"checkpoint": settings.encoder_checkpoint})
+        encoder = load_contrastive_encoder(checkpoint)
+        batch_size, device = int(cfg.features.batch_size), str(cfg.features.device)
+        vectors = embed_images(encoder, faces, batch_size=batch_size, device=device)
+        ok = np.isfinite(vectors).all(axis=1)
+        return (
+            vectors,
+            ok,
+            {"name": CONTRASTIVE, "network": encoder.cache_key, "source": "computed"},
+        )
+    raise ValueError(f"no way to embed with {network!r}")
+
+
+def networks_to_verify(cfg: DictConfig) -> list[str]:
+    """dlib, the configured encoder, the backbone, the fine-tuned encoder; each once."""
+    names = [DLIB, str(cfg.encoder.name), str(cfg.backbone.name), CONTRASTIVE]
+    return list(dict.fromkeys(names))
+
+
+def folder_sizes(cfg: DictConfig) -> tuple[dict[str, int], dict[str, int]]:
+    """Bytes per image and failed rows of the configured feature folders that exist."""
+    from face_generation.data.packed import feature_meta, features_dir
+
+    features = features_dir(Path(cfg.paths.data), int(cfg.data.resolution))
+    sizes, failed = {}, {}
+    for network in dict.fromkeys(["labels", str(cfg.backbone.name), str(cfg.encoder.name)]):
+        if not (features / network).is_dir():
+            continue
+        meta = feature_meta(features, network)
+        sizes[network] = int(meta["bytes_per_image"])
+        failed[network] = int(sum(meta.get("failed_rows", {}).values()))
+    return sizes, failed
+
+
+def run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Verify every network of `networks_to_verify`; write both metrics files."""
+    from face_generation.data.packed import features_dir, load_feature_split, load_split
+    from face_generation.data.tables import packed_dir
+    from face_generation.evaluation.record import write_json
+    from face_generation.features.weights import WeightsUnavailableError
+
+    settings = cfg.features.verification
+    split, resolution = str(settings.split), int(cfg.data.resolution)
+    faces = load_split(packed_dir(cfg), split, resolution)
+    features = features_dir(Path(cfg.paths.data), resolution)
+    labels = np.asarray(load_feature_split(features, "labels/identity", split, len(faces)))
+    sizes, failed = folder_sizes(cfg)
+    numbers: dict[str, Any] = {"verification": {}, "bytes_per_image": sizes, "failed_rows": failed}
+    details: dict[str, Any] = {
+        "split": split,
+        "split_size": len(faces),
+        "faces_with_identity": int((labels >= 0).sum()),
+        "identities": len(np.unique(labels[labels >= 0])),
+        "far": float(settings.far),
+        "seed": int(settings.seed),
+        "networks": {},
+    }
+    same_pairs = len(labels[labels >= 0]) - len(np.unique(labels[labels >= 0]))
+    for network in networks_to_verify(cfg):
+        if same_pairs == 0:  # the embedded default: nobody's identity is known
+            reason = f"no two faces of the {split} split are known to show one person"
+            details["networks"][network] = {"available": False, "reason": reason}
+            continue
+        try:
+            embeddings, ok, how = embeddings_of(cfg, network, faces, split)
+            numbers["verification"][network] = verify(
+                embeddings, ok, labels, int(settings.seed), float(settings.far)
+            )
+            details["networks"][network] = {"available": True, **how}
+        except (WeightsUnavailableError, ValueError) as error:
+            details["networks"][network] = {"available": False, "reason": str(error)}
+    metrics = Path(cfg.paths.metrics)
+    write_json(numbers, metrics / "features.json")
+    write_json(details, metrics / "features_details.json")
+    return numbers, details
+
+
+def verification_markdown(metrics_dir: Path) -> str:
+    """The report's verification section, from metrics/features*.json ('' when absent)."""
+    numbers_file, details_file = (
+        metrics_dir / "features.json",
+        metrics_dir / "features_details.json",
+    )
+    if not numbers_file.is_file() or not details_file.is_file():
+        return ""
+    numbers, details = json.loads(numbers_file.read_text()), json.loads(details_file.read_text())
+    far = f"{details['far']:.0e}"
+    lines = [
+        "",
+        "## Identity verification (metrics/features.json)",
+        "",
+        f"Face encoders on the {details['split']} split ({details['split_size']} faces, "
+        f"{details['faces_with_identity']} of {details['identities']} known people): every pair of "
+        "two faces of one person against as many pairs of two people, scored by cosine "
+        "similarity (`python -m face_generation.evaluation.verification`).",
+        "",
+        f"| network | ROC AUC ↑ | TAR at FAR={far} ↑ | EER ↓ | pairs (same + different) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    reasons = []
+    for network, how in details["networks"].items():
+        result = numbers["verification"].get(network)
+        if result is None:
+            reasons.append(f"{network}: {how.get('reason', 'not computed')}")
+            lines.append(f"| {network} | unavailable [{len(reasons)}] | | | |")
+            continue
+        lines.append(
+            f"| {network} | {result['roc_auc']:.4f} | {result[f'tar_at_far_{far}']:.4f} "
+            f"| {result['eer']:.4f} | {result['same_pairs']} + {result['different_pairs']} |"
+        )
+    lines += [""] + [f"{index}. {reason}" for index, reason in enumerate(reasons, 1)]
+    sizes = numbers.get("bytes_per_image", {})
+    if sizes:
+        lines += [
+            "",
+            "Feature arrays (data/features/): "
+            + ", ".join(f"{name} {size} bytes per image" for name, size in sizes.items())
+            + ".",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = stage_parser(__doc__ or "").parse_args(argv)
+    cfg = config_from_args(args)
+    from face_generation.data.packed import DataError
+
+    try:
+        numbers, details = run(cfg)
+    except (DataError, FileNotFoundError) as error:
+        raise SystemExit(f"[verify] error: {error}") from None
+    for network, how in details["networks"].items():
+        result = numbers["verification"].get(network)
+        shown = (
+            " ".join(f"{key} {value:.4g}" for key, value in result.items())
+            if result
+            else f"unavailable: {how['reason']}"
+        )
+        print(f"[verify] {network:<20} {shown}", file=sys.stderr)
+    print(f"[verify] {Path(cfg.paths.metrics) / 'features.json'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
