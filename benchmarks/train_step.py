@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))
 
 from face_generation.config import compose  # noqa: E402
 from face_generation.runtime.family import Batch, StepContext  # noqa: E402
-from face_generation.runtime.registry import family_class  # noqa: E402
+from face_generation.runtime.registry import family_for  # noqa: E402
 from face_generation.training.data import PackedBatches  # noqa: E402
 from face_generation.training.device import step_context  # noqa: E402
 
@@ -129,7 +129,7 @@ def measure(
     """Images per second over `steps` full training steps, after `warmup` untimed ones."""
     torch.manual_seed(0)
     cfg = compose("config", [f"model={model}", f"data.resolution={RESOLUTION}"])
-    family = family_class(model)(cfg.model, RESOLUTION, context)
+    family = family_for(cfg)(cfg.model, RESOLUTION, context)
     if compile_networks:
         for network in family.networks.values():
             network.compile()

@@ -184,15 +184,19 @@ def test_both_guidance_passes_are_one_batched_forward_pass() -> None:
 
 @pytest.mark.parametrize("cond_drop", [0.0, 0.1, 1.0])
 def test_training_uses_the_null_embedding_with_probability_cond_drop(cond_drop: float) -> None:
-    cfg = model_config(
-        "diffusion_embedding",
-        f"model.cond_drop={cond_drop}",
-        "model.channels=4",
-        "model.channel_mults=[1]",
-        "model.attention_resolutions=[]",
-        "model.head_channels=4",
+    whole = compose(
+        "config",
+        [
+            "model=diffusion_embedding",
+            f"model.cond_drop={cond_drop}",
+            "model.channels=4",
+            "model.channel_mults=[1]",
+            "model.attention_resolutions=[]",
+            "model.head_channels=4",
+        ],
     )
-    family = EmbeddingDiffusion(cfg, 4, step_context(torch.device("cpu"), compose().train))
+    family_type = EmbeddingDiffusion.configured(whole)
+    family = family_type(whole.model, 4, step_context(torch.device("cpu"), whole.train))
     dropped: list[torch.Tensor] = []
     family.model.register_forward_pre_hook(lambda module, args: dropped.append(args[3]))
     rows = 512
@@ -200,7 +204,7 @@ def test_training_uses_the_null_embedding_with_probability_cond_drop(cond_drop: 
     batch = Batch(
         images=torch.rand(rows, 3, 4, 4) * 2 - 1,
         rows=torch.arange(rows),
-        features={"embedding": torch.randn(rows, EMBEDDING_DIM)},
+        features={"tiny/embedding": torch.randn(rows, EMBEDDING_DIM)},
     )
     for step in range(10):
         family.train_step(batch, step)

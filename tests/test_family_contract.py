@@ -23,7 +23,7 @@ from face_generation.runtime.device import pick_device
 from face_generation.runtime.family import SAMPLE, Batch
 from face_generation.runtime.generator import load_generator, sampling_options, takes_photos
 from face_generation.runtime.pixels import to_float_nchw
-from face_generation.runtime.registry import UnknownFamilyError, family_class, family_names
+from face_generation.runtime.registry import UnknownFamilyError, family_class, family_for, family_names
 from face_generation.training.data import PackedBatches
 from face_generation.training.device import step_context
 from face_generation.training.loop import train, training_arrays
@@ -39,7 +39,7 @@ SAMPLING = [name for name in FAMILIES if SAMPLE in family_class(name).capabiliti
 def first_batch(name: str, trained: TrainedModels) -> tuple[Any, Batch]:
     """The family built on the CPU, and its first training batch."""
     cfg = config(name, trained.data, trained.root / "unused")
-    family_type = family_class(name)
+    family_type = family_for(cfg)
     context = step_context(torch.device("cpu"), cfg.train)
     batches = PackedBatches(
         training_arrays(cfg, family_type, "train"),

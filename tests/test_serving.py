@@ -210,7 +210,7 @@ def test_reference_photos_give_seeded_variants_of_each(
 
     generator = models["tiny"].generator
     references = torch.from_numpy(np.stack(inputs)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    conditions = TinyFamily.condition_from_photos(references, generator.config.model)
+    conditions = TinyFamily.condition_from_photos(references, generator.config)
     expected = to_uint8(
         generate(generator, 6, 4, cond=conditions.repeat_interleave(3, 0), scale=0.5)
     )

@@ -116,7 +116,7 @@ class TinyFamily(Family):
         return network(latents, embedding.to(device))
 
     @classmethod
-    def condition_from_photos(cls, images: torch.Tensor, model_cfg: DictConfig) -> torch.Tensor:
+    def condition_from_photos(cls, images: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
         """Stands for a face encoder: each photo's mean red, green and blue, and its contrast."""
         return torch.cat([images.mean(dim=(2, 3)), images.std(dim=(1, 2, 3))[:, None]], dim=1)
 

@@ -20,8 +20,10 @@ from torch import nn
 
 from face_generation.families.latents import gaussian_latents
 from face_generation.families.optimization import adam, optimizer_step, place
+from face_generation.features.conditions import CONDITION_KINDS, condition_array, embed_faces
 from face_generation.models.diffusion import UNet
-from face_generation.runtime.family import Batch, Family, StepContext
+from face_generation.runtime.family import IMAGES, Batch, Family, RowInput, StepContext
+from face_generation.runtime.pixels import to_uint8_nhwc
 
 SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("eps", "v")  # what the network predicts: the noise ε, or v = α·ε − σ·x_0
@@ -257,21 +259,34 @@ def check_sampling(
 
 
 class DiffusionFamily(Family):
-    """Unconditional unless a subclass declares a `condition` input (and the config names it):
-    then the condition's rows are dropped for a learned null embedding with probability
-    `model.cond_drop`, which trains the unconditional model that guidance needs."""
+    """Unconditional, or with `model.condition` set (identity, backbone, or a feature array by
+    name: features/conditions.py), conditioned on that array's row of each face: rows are
+    dropped for a learned null embedding with probability `model.cond_drop`, which trains the
+    unconditional model that classifier-free guidance needs."""
 
     name: ClassVar[str] = "diffusion"
     generator_key: ClassVar[str] = "diffusion"
 
+    @classmethod
+    def configured(cls, cfg: DictConfig) -> type[Family]:
+        """Itself when unconditional; else a subclass whose `condition` input is the array
+        that `model.condition` names under this config's encoder and backbone."""
+        kind = cfg.model.get("condition")
+        if kind is None or cls.condition is not None:
+            return cls
+        array = condition_array(cfg, str(kind))
+        declared: dict[str, Any] = {"inputs": (IMAGES, RowInput(array, flip="none"))}
+        declared["condition"] = array
+        if kind not in CONDITION_KINDS:  # an array by name: no network to embed photos with
+            declared["condition_from_photos"] = Family.__dict__["condition_from_photos"]
+        return type(f"{cls.__name__}[{array}]", (cls,), declared)
+
     def __init__(self, model_cfg: DictConfig, resolution: int, context: StepContext) -> None:
         super().__init__(model_cfg, resolution, context)
-        configured = model_cfg.get("condition")
-        if configured != self.condition:
+        if (model_cfg.get("condition") is None) != (self.condition is None):
             raise ValueError(
-                f"model.condition={configured}: the {self.name} family trains on "
-                f"{self.condition or 'no condition'}. Conditioning on the features stage's "
-                "arrays (identity, backbone) is not wired yet: train with model.condition=null"
+                f"model.condition={model_cfg.get('condition')} but the {self.name} family was "
+                "built without the whole config: ask registry.family_for(cfg) for it"
             )
         self.prediction = str(model_cfg.prediction)
         self.weighting = str(model_cfg.loss_weighting)
@@ -293,6 +308,11 @@ class DiffusionFamily(Family):
         cond = null = None
         if self.condition is not None:
             cond = batch.features[self.condition].float()
+            if cond.shape[1:] != (self.model.cond_dim,):
+                raise ValueError(
+                    f"model.cond_dim={self.model.cond_dim}, but the rows of {self.condition} are "
+                    f"{tuple(cond.shape[1:])}: set model.cond_dim={cond[0].numel()}"
+                )
             null = (torch.rand(len(cond)) < self.cond_drop).to(cond.device)
         with self.context.autocast():
             loss = diffusion_loss(
@@ -318,8 +338,15 @@ class DiffusionFamily(Family):
             head_channels=int(model_cfg.head_channels),
             groups=int(model_cfg.groups),
             dropout=float(model_cfg.dropout),
-            cond_dim=int(model_cfg.cond_dim) if cls.condition is not None else None,
+            cond_dim=int(model_cfg.cond_dim) if model_cfg.get("condition") else None,
         )
+
+    @classmethod
+    def condition_from_photos(cls, images: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
+        """Each photo's row of the array the model was trained on, by the same network."""
+        kind = str(cfg.model.condition)
+        faces = to_uint8_nhwc(images, (-1.0, 1.0))
+        return torch.from_numpy(embed_faces(cfg, kind, faces))
 
     @classmethod
     @torch.no_grad()

@@ -273,22 +273,10 @@ def torch_identity(
     import torch
     import torch.nn.functional as F
 
-    from face_generation.features.contrastive import load_contrastive_encoder
-    from face_generation.features.face_boxes import FaceBoxes
-    from face_generation.features.facenet import FACENET_VGGFACE2_URL, load_facenet
+    from face_generation.features.conditions import identity_network
 
     settings = cfg.encoder
-    if settings.name == "facenet":
-        boxes = FaceBoxes.from_config(settings)
-        url = settings.url or FACENET_VGGFACE2_URL
-        timeout_s = float(settings.network_timeout_s)
-        network: Any = load_facenet(settings, boxes, timeout_s, url, option="encoder")
-    elif settings.name == "effnet_contrastive":
-        network = load_contrastive_encoder(settings)
-    else:
-        raise ValueError(
-            f"unknown encoder={settings.name!r}; choose dlib, facenet or effnet_contrastive"
-        )
+    network: Any = identity_network(settings)
     network.to(device)
     dtype = getattr(torch, str(cfg.features.dtype))
     counts: dict[str, dict[str, int]] = {}

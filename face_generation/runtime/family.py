@@ -13,6 +13,9 @@ Declared on the class, read before anything is built:
     generator_key  the trained network the EMA follows and the runtime loads for inference
     capabilities   what a loaded generator does: SAMPLE, RECONSTRUCT, EMBED (an encoder)
     condition      the input whose rows condition sampling; None for unconditional families
+    configured(cfg)  the family as the whole config `cfg` trains it: itself by default; a
+                   family whose inputs depend on the config (which network's array conditions
+                   it) returns a subclass declaring them (`registry.family_for(cfg)` asks)
 
 Built per run, `Family(model_cfg, resolution, context)`:
     networks       {name: module} that are trained: checkpointed, compiled, in train mode
@@ -39,9 +42,10 @@ Class methods, usable without a training run (the runtime calls them on loaded w
     network_evaluations(**options)  forward passes of the network one `sample` call makes
                    with these options (1 by default; a diffusion sampler's step count):
                    evaluation writes it beside the scores, which depend on it
-    condition_from_photos(images, model_cfg)  conditional families that can: the `condition`
-                   rows for N photos (N×3×H×W in [-1, 1]), computed with the encoder the
-                   condition array was made with; the web service's reference photos use it
+    condition_from_photos(images, cfg)  conditional families that can: the `condition` rows
+                   for N photos (N×3×H×W in [-1, 1]), computed with the network (of the whole
+                   training config `cfg`) the condition array was made with; inference's and
+                   the web service's reference photos use it
 """
 
 from __future__ import annotations
@@ -159,6 +163,10 @@ class Family:
             return None
         return self.sample(network, n, cond=cond, generator=generator, **self.sampling)
 
+    @classmethod
+    def configured(cls, cfg: DictConfig) -> type[Family]:
+        return cls
+
     # --- a trained generator ----------------------------------------------------------
     @classmethod
     def build_generator(cls, model_cfg: DictConfig, resolution: int) -> nn.Module:
@@ -179,7 +187,7 @@ class Family:
         return 1
 
     @classmethod
-    def condition_from_photos(cls, images: torch.Tensor, model_cfg: DictConfig) -> torch.Tensor:
+    def condition_from_photos(cls, images: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
         raise NotImplementedError(f"the {cls.name} family computes no condition from photos")
 
 

@@ -100,7 +100,7 @@ class TrainedGenerator:
         compute their condition from photos (`takes_photos`)."""
         if not takes_photos(self.family):
             raise ValueError(photo_refusal(self.family))
-        return self.family.condition_from_photos(images.to(self.device), self.config.model)
+        return self.family.condition_from_photos(images.to(self.device), self.config)
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
@@ -137,7 +137,7 @@ def load_generator(
     state = load_checkpoint(path)
     cfg = OmegaConf.create(state["config"])
     assert isinstance(cfg, DictConfig)
-    family = family_class(str(state["model"]))
+    family = family_class(str(state["model"])).configured(cfg)
     network = family.build_generator(cfg.model, int(cfg.data.resolution))
     weights = state["ema"] if use_ema and state["ema"] is not None else None
     if weights is None:

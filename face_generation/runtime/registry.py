@@ -12,6 +12,8 @@ import importlib
 import pkgutil
 from types import ModuleType
 
+from omegaconf import DictConfig
+
 from face_generation.errors import UserError
 from face_generation.runtime.family import Family
 
@@ -54,6 +56,11 @@ def family_class(name: str) -> type[Family]:
             f"model.name={name!r} is not a model family; known families: {family_names()}"
         )
     return family
+
+
+def family_for(cfg: DictConfig) -> type[Family]:
+    """The family of `cfg.model.name` as the whole config `cfg` trains it (Family.configured)."""
+    return family_class(str(cfg.model.name)).configured(cfg)
 
 
 def _module(name: str) -> ModuleType:

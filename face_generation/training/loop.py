@@ -37,7 +37,7 @@ from face_generation.runtime.checkpoint import (
 from face_generation.runtime.device import pick_device
 from face_generation.runtime.family import Family, StepContext
 from face_generation.runtime.images import save_grid
-from face_generation.runtime.registry import family_class
+from face_generation.runtime.registry import family_for
 from face_generation.tracking.provenance import flatten_config
 from face_generation.training.checkpoint import (
     newest_checkpoint,
@@ -209,7 +209,7 @@ def train(cfg: DictConfig, tracker: Tracker | None = None) -> TrainResult:
     return.
     """
     check_train_settings(cfg.train)
-    family_class(str(cfg.model.name))  # an unknown family fails before any file is touched
+    family_for(cfg)  # an unknown family, or a condition it cannot take, fails before any file is touched
     with SignalStop() as stop, exclusive_writer(model_dir(cfg)):
         return _train(cfg, tracker, stop)
 
@@ -248,7 +248,7 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
     context = step_context(device, train_cfg)
     seed = int(train_cfg.seed)
     seed_everything(seed)
-    family_type = family_class(str(cfg.model.name))
+    family_type = family_for(cfg)
 
     # Data: the packed uint8 train split and the family's feature arrays, never a JPEG.
     resolution = int(cfg.data.resolution)
