@@ -305,6 +305,12 @@ class LpipsConfig:
 
 
 @dataclass
+class ZeroShotConfig:
+    num_references: int = MISSING
+    samples_per_reference: int = MISSING
+
+
+@dataclass
 class EvalConfig:
     num_samples: int = MISSING
     split: str = MISSING
@@ -326,6 +332,8 @@ class EvalConfig:
     report: ReportConfig = field(default_factory=ReportConfig)
     fid_inception: FidInceptionConfig = field(default_factory=FidInceptionConfig)
     lpips: LpipsConfig = field(default_factory=LpipsConfig)
+    zero_shot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
+    guidance_sweep: list[float] = MISSING
 
 
 @dataclass

@@ -7,15 +7,23 @@ MLFLOW_TRACKING_URI.
 
 Writes OUT/samples.png (a grid of all samples) and OUT/samples/0000.png, 0001.png, ... (one
 per sample). The same --seed (and options) gives the same images. --option NAME=VALUE sets one
-of the family's sampling options (VAE and DCGAN: temperature); an unknown name lists the
-model's options. For models that reconstruct (the VAE), --input FILE... reconstructs those
+of the family's sampling options (VAE and DCGAN: temperature; diffusion: steps, sampler,
+guidance, eta); `--NAME VALUE` is the same as `--option NAME=VALUE`. An unknown name lists
+the model's options. For models that reconstruct (the VAE), --input FILE... reconstructs those
 images instead: OUT/reconstructions.png (each input beside its reconstruction) and
-OUT/reconstructions/0000.png, ...
+OUT/reconstructions/0000.png, ... For conditional models that embed photos (diffusion with
+model.condition=identity or backbone), --reference FILE... draws --n variants of each
+photo's person, conditioned on the photo's embedding by the network the model was trained
+with: OUT/references.png (one row per photo: the photo, then its variants) and
+OUT/references/0000.png, ... Photos should be roughly aligned face crops (centre square).
 
 Examples:
   python -m face_generation.inference models/dcgan/model.pt --n 64 --seed 1
   python -m face_generation.inference models/dcgan/model.pt --option temperature=0.7
   python -m face_generation.inference models/vae/model.pt --input face1.jpg face2.jpg
+  python -m face_generation.inference models/diffusion/model.pt --n 16 --steps 50 --sampler heun
+  python -m face_generation.inference models/diffusion/model.pt --reference me.jpg --guidance 3
+      (a diffusion model trained with model.condition=identity or backbone)
   python -m face_generation.inference models:/face_generation-vae/1 --out plots/registered
 """
 
@@ -33,7 +41,13 @@ from face_generation.errors import reported_errors
 from face_generation.runtime.checkpoint import CheckpointError
 from face_generation.runtime.device import pick_device
 from face_generation.runtime.family import RECONSTRUCT
-from face_generation.runtime.generator import TrainedGenerator, generate, sampling_options
+from face_generation.runtime.generator import (
+    TrainedGenerator,
+    generate,
+    photo_refusal,
+    sampling_options,
+    takes_photos,
+)
 from face_generation.runtime.images import load_faces, save_each, save_grid
 from face_generation.runtime.sources import load_model
 
@@ -51,6 +65,40 @@ def parse_options(pairs: Sequence[str], trained: TrainedGenerator) -> dict[str, 
             )
         options[name] = type(known[name])(value)
     return options
+
+
+def option_flags(extra: Sequence[str]) -> list[str]:
+    """`--NAME VALUE` and `--NAME=VALUE` arguments argparse did not know, as NAME=VALUE pairs."""
+    pairs, rest = [], list(extra)
+    while rest:
+        flag = rest.pop(0)
+        if not flag.startswith("--") or len(flag) == 2:
+            raise ValueError(f"unexpected argument {flag!r} (see --help)")
+        name, equals, value = flag[2:].partition("=")
+        if not equals:
+            if not rest or rest[0].startswith("--"):
+                raise ValueError(f"{flag} needs a value, e.g. {flag} VALUE")
+            value = rest.pop(0)
+        pairs.append(f"{name.replace('-', '_')}={value}")
+    return pairs
+
+
+def variants_of_references(
+    trained: TrainedGenerator,
+    paths: Sequence[Path],
+    n: int,
+    seed: int,
+    options: dict[str, Any],
+    max_pixels: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(photos, variants): N×3×R×R photos in [-1, 1] and N·n samples, n per photo in order,
+    each conditioned on its photo's embedding."""
+    if not takes_photos(trained.family):
+        raise ValueError(f"--reference: {photo_refusal(trained.family)}")
+    photos = load_faces(paths, trained.resolution, max_pixels)
+    conditions = trained.conditions_from_photos(photos).float()
+    cond = conditions.repeat_interleave(n, dim=0)
+    return photos, generate(trained, len(cond), seed, cond=cond, **options)
 
 
 def reconstruct(
@@ -92,26 +140,45 @@ def main(argv: Sequence[str] | None = None) -> None:
         metavar="IMAGE",
         help="models that reconstruct (the VAE): images to reconstruct",
     )
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        nargs="+",
+        metavar="PHOTO",
+        help="conditional models that embed photos: --n variants of each photo's person",
+    )
     parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda")
     parser.add_argument(
         "--no-ema", action="store_true", help="checkpoints: use the trained weights, not their EMA"
     )
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     if args.n < 1:
         parser.error("--n must be at least 1")
+    if args.input and args.reference:
+        parser.error("--input and --reference: choose one")
 
     with reported_errors("inference", CheckpointError, ValueError):
+        option_pairs = [*args.option, *option_flags(extra)]
         trained = load_model(args.model, pick_device(args.device), use_ema=not args.no_ema)
-        if args.input:
-            # The data stages' limit (configs/data/): the same files are refused everywhere.
-            max_pixels = int(compose("config").data.max_pixels)
+        options = parse_options(option_pairs, trained)
+        # The data stages' limit (configs/data/): the same files are refused everywhere.
+        max_pixels = int(compose("config").data.max_pixels)
+        if args.reference:
+            photos, variants = variants_of_references(
+                trained, args.reference, args.n, args.seed, options, max_pixels
+            )
+            per_photo = variants.view(len(photos), args.n, *photos.shape[1:])
+            shown = torch.cat([photos[:, None], per_photo], dim=1).flatten(0, 1)
+            grid = save_grid(shown, args.out / "references.png", columns=args.n + 1)
+            files = save_each(variants, args.out / "references")
+        elif args.input:
             inputs, outputs = reconstruct(trained, args.input, max_pixels)
             pairs = torch.stack([inputs, outputs], dim=1).flatten(0, 1)  # input, its output, ...
             columns = 2 * max(1, round(len(inputs) ** 0.5))
             grid = save_grid(pairs, args.out / "reconstructions.png", columns=columns)
             files = save_each(outputs, args.out / "reconstructions")
         else:
-            images = generate(trained, args.n, args.seed, **parse_options(args.option, trained))
+            images = generate(trained, args.n, args.seed, **options)
             grid = save_grid(images, args.out / "samples.png")
             files = save_each(images, args.out / "samples")
     print(f"[inference] {grid} and {len(files)} images in {files[0].parent}/")

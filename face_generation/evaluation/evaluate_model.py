@@ -2,8 +2,9 @@
 
 Read top to bottom: checkpoint → the packed split at the training resolution → the metrics
 the family's capabilities allow (evaluation/metrics.py), computed from shared, lazily built
-inputs (evaluation/inputs.py: samples from the EMA generator with a fixed seed, features,
-reconstructions) → the copies check → plots → metrics/<model>.json (evaluation/record.py) →
+inputs (evaluation/inputs.py: samples from the EMA generator with a fixed seed, conditioned
+on the split's feature rows for conditional families, features, reconstructions) → the copies
+check → plots → the guidance sweep of conditional models (evaluation/guidance.py) → metrics/<model>.json (evaluation/record.py) →
 the model's MLflow run (evaluation/mlflow_run.py).
 
 n = min(eval.num_samples, size of eval.split): n generated samples against the first n real
@@ -20,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from face_generation.data.packed import DataError, load_split
 from face_generation.data.tables import packed_dir
+from face_generation.evaluation.guidance import guidance_sweep, sweeps
 from face_generation.evaluation.inputs import EvaluationInputs
 from face_generation.evaluation.metrics import (
     RECONSTRUCTIONS,
@@ -107,6 +109,10 @@ def evaluate(cfg: DictConfig, checkpoint: Path | None = None) -> EvaluationResul
         inputs.prefix,
         inputs.reconstructions if RECONSTRUCTIONS in provided(trained.family) else None,
     )
+    sweep: list[dict] = []
+    if sweeps(inputs):
+        sweep, files = guidance_sweep(inputs, Path(cfg.paths.plots) / name)
+        plots.extend(files)
     record = {
         "format": METRICS_FORMAT,
         "model": name,
@@ -127,6 +133,8 @@ def evaluate(cfg: DictConfig, checkpoint: Path | None = None) -> EvaluationResul
         "feature_network": str(inputs.backbone.cache_key),
         "metrics": metrics,
         "nearest_train": neighbours.summary,
+        "condition": trained.family.condition,
+        "guidance_sweep": sweep,
     }
     metrics_path = write_json(record, Path(cfg.paths.metrics) / f"{name}.json")
     result = EvaluationResult(metrics_path, record, plots)

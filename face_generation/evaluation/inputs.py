@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from face_generation.data.packed import features_dir, load_feature_split
 from face_generation.evaluation.real_stats import RealFeatures, real_features
 from face_generation.features.backbone import build_feature_extractor
 from face_generation.features.network import EmbeddingNetwork, embed_images
@@ -42,13 +43,18 @@ def generate(
     batch_size: int,
     options: dict[str, Any],
     progress: str | None = None,
+    cond: torch.Tensor | None = None,
 ) -> np.ndarray:
-    """`count` samples as uint8 N x H x W x 3 (quantised as saved images are), noise from `seed`."""
+    """`count` samples as uint8 N x H x W x 3 (quantised as saved images are), noise from `seed`;
+    sample i conditioned on `cond[i]` when given."""
     generator = torch.Generator().manual_seed(seed)
     chunks = []
     with tqdm(total=count, desc=progress, unit="img", disable=progress is None) as bar:
         for start in range(0, count, batch_size):
-            images = trained.sample(min(batch_size, count - start), generator=generator, **options)
+            rows = None if cond is None else cond[start : start + batch_size]
+            images = trained.sample(
+                min(batch_size, count - start), cond=rows, generator=generator, **options
+            )
             chunks.append(to_uint8(images))
             bar.update(len(chunks[-1]))
     return np.concatenate(chunks)
@@ -85,17 +91,49 @@ class EvaluationInputs:
         self.real = np.asarray(test[:count])
 
     @cached_property
-    def generated(self) -> np.ndarray:
-        """`count` samples of the generator, uint8, from the fixed eval seed and sampling options."""
+    def conditions(self) -> torch.Tensor | None:
+        """A conditional family's condition rows of the eval split (sample i is conditioned on
+        real image i's row), from the features stage's arrays; None for unconditional ones."""
+        array = self.trained.family.condition
+        if array is None:
+            return None
+        features = features_dir(Path(self.cfg.paths.data), self.trained.resolution)
+        split = str(self.eval_cfg.split)
+        rows = load_feature_split(features, array, split, len(self.test))
+        return torch.from_numpy(np.asarray(rows[: self.count], np.float32))
+
+    def sample(self, count: int, progress: str | None, **overrides: Any) -> np.ndarray:
+        """`count` samples (conditioned on the first `count` condition rows, for conditional
+        families), from the fixed eval seed and sampling options (`overrides` on top)."""
+        options = {str(key): value for key, value in self.eval_cfg.sampling.items()}
+        cond = None if self.conditions is None else self.conditions[:count]
+        return generate(
+            self.trained,
+            count,
+            int(self.eval_cfg.seed),
+            int(self.eval_cfg.sample_batch_size),
+            {**options, **overrides},
+            progress,
+            cond,
+        )
+
+    def sample_conditioned(self, cond: torch.Tensor, progress: str | None) -> np.ndarray:
+        """One sample per condition row, from the fixed eval seed and sampling options."""
         options = {str(key): value for key, value in self.eval_cfg.sampling.items()}
         return generate(
             self.trained,
-            self.count,
+            len(cond),
             int(self.eval_cfg.seed),
             int(self.eval_cfg.sample_batch_size),
             options,
-            "sampling",
+            progress,
+            cond,
         )
+
+    @cached_property
+    def generated(self) -> np.ndarray:
+        """`count` samples of the generator, uint8, from the fixed eval seed and sampling options."""
+        return self.sample(self.count, "sampling")
 
     @cached_property
     def backbone(self) -> EmbeddingNetwork:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import numpy as np
 from omegaconf import DictConfig
 
 from face_generation.evaluation.frechet import feature_statistics, frechet_distance_between
@@ -210,6 +211,76 @@ class ReconstructionIdentity(Metric):
         return entries
 
 
+def independent_judge(
+    eval_cfg: DictConfig, condition: str, device: str
+) -> FaceIdentityEncoder | str:
+    """The identity judge (eval.identity.encoder) for a model conditioned on `condition`, or
+    why there is none: it must not be the network whose embedding conditioned the model."""
+    judge = str(eval_cfg.identity.encoder)
+    if condition.split("/")[0] == judge:
+        return (
+            f"the model is conditioned on {condition}, so {judge} cannot judge it independently: "
+            f"condition on another network or set eval.identity.encoder to another one"
+        )
+    try:
+        return FaceIdentityEncoder.from_config(
+            eval_cfg.identity, float(eval_cfg.network_timeout_s), device
+        )
+    except WeightsUnavailableError as error:
+        return str(error)
+
+
+class ZeroShotIdentity(Metric):
+    """zero_shot_identity_cosine, zero_shot_same_person: eval-split faces (people never trained
+    on) against k samples conditioned on each one's row, judged by eval.identity.encoder (dlib);
+    zero_shot_random_cosine, zero_shot_random_same_person: the same samples against another
+    eval-split face (the next one), the baseline that says what chance gives."""
+
+    needs = frozenset({SAMPLES, CONDITIONS})
+    names = (
+        "zero_shot_identity_cosine",
+        "zero_shot_same_person",
+        "zero_shot_random_cosine",
+        "zero_shot_random_same_person",
+    )
+
+    def compute(self, inputs: EvaluationInputs) -> Entries:
+        condition = str(inputs.trained.family.condition)
+        judge = independent_judge(self.eval_cfg, condition, str(inputs.device))
+        if isinstance(judge, str):
+            network = str(self.eval_cfg.identity.encoder)
+            return {name: unavailable(judge, network, inputs.data_hash) for name in self.names}
+        settings = self.eval_cfg.zero_shot
+        references = min(int(settings.num_references), inputs.count)
+        k = int(settings.samples_per_reference)
+        if references < 2:
+            reason = "the random-reference baseline needs at least 2 references"
+            return {name: unavailable(reason, judge.name, inputs.data_hash) for name in self.names}
+        assert inputs.conditions is not None
+        samples = inputs.sample_conditioned(
+            inputs.conditions[:references].repeat_interleave(k, dim=0), "zero-shot samples"
+        )
+        real = judge.embed(inputs.real[:references], progress="identity: references")
+        generated = judge.embed(samples, progress="identity: zero-shot samples")
+        same = identity_similarity(np.repeat(real, k, axis=0), generated, judge.threshold)
+        other = np.repeat(np.roll(real, -1, axis=0), k, axis=0)  # reference i+1 for samples of i
+        chance = identity_similarity(other, generated, judge.threshold)
+        details = {"references": references, "samples_per_reference": k, "condition": condition}
+        values = (
+            same.cosine_mean,
+            same.same_person_share,
+            chance.cosine_mean,
+            chance.same_person_share,
+        )
+        entries = {
+            name: measured(value, judge.name, inputs.data_hash, **details)
+            for name, value in zip(self.names, values, strict=True)
+        }
+        for name in ("zero_shot_same_person", "zero_shot_random_same_person"):
+            entries[name]["threshold"] = same.threshold
+        return entries
+
+
 # Every metric an evaluation may compute, in the order of the metrics file and the report.
 METRICS: tuple[type[Metric], ...] = (
     BackboneDistribution,
@@ -217,6 +288,7 @@ METRICS: tuple[type[Metric], ...] = (
     PixelReconstruction,
     LpipsReconstruction,
     ReconstructionIdentity,
+    ZeroShotIdentity,
 )
 
 

@@ -27,7 +27,10 @@ from face_generation.evaluation.verification import verification_markdown
 
 # Direction of each metric, by name prefix (the first that matches).
 LOWER_IS_BETTER = ("fd_", "kid_", "fid_", "lpips", "identity_distance")
-HIGHER_IS_BETTER = ("precision_", "recall_", "ssim", "psnr", "identity_cosine", "identity_same")
+HIGHER_IS_BETTER = (
+    "precision_", "recall_", "ssim", "psnr", "identity_cosine", "identity_same",
+    "zero_shot_identity", "zero_shot_same", "same_person",
+)  # fmt: skip
 NOT_COMPUTED = "—"
 PLOTS = (  # plots/<model>/ files the report shows, as evaluation/plots.py names them
     ("real_vs_generated.png", "real vs generated"),
@@ -191,9 +194,30 @@ def report_markdown(records: Records, plots_dir: Path | None = None) -> str:
                 f"| {name} | {format_value(near['mean_distance_generated'])} "
                 f"| {format_value(near['mean_distance_test'])} | {near['train_images_searched']} |"
             )
+    lines += guidance_tables(evaluated)
     if plots_dir is not None:
         lines += plot_links(evaluated, plots_dir)
     return "\n".join(lines) + "\n"
+
+
+def guidance_tables(evaluated: dict[str, dict[str, Any]]) -> list[str]:
+    """Per conditional model with a guidance sweep: one row per guidance scale."""
+    lines: list[str] = []
+    for name, record in evaluated.items():
+        sweep = record.get("guidance_sweep") or []
+        if not sweep:
+            continue
+        columns = list(sweep[0])
+        lines += [
+            "",
+            f"Guidance sweep of {name} (conditioned on `{record.get('condition')}`; identity "
+            "judged on the references of the zero-shot metric):",
+            "",
+            "| " + " | ".join(f"{c} {direction(c)}".strip() for c in columns) + " |",
+            "| " + " | ".join("---:" for _ in columns) + " |",
+        ]
+        lines += ["| " + " | ".join(format_value(row[c]) for c in columns) + " |" for row in sweep]
+    return lines
 
 
 def plot_links(evaluated: dict[str, dict[str, Any]], plots_dir: Path) -> list[str]:

@@ -9,6 +9,8 @@ A model's `condition` setting names a kind, resolved against the whole config:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -57,8 +59,8 @@ def embed_faces(cfg: DictConfig, kind: str, faces: np.ndarray) -> np.ndarray:
     if kind == "backbone":
         from face_generation.features.backbone import load_pyramid_backbone
 
-        network = load_pyramid_backbone(cfg.backbone)
-        return network.forward(network.preprocess(faces)).embedding.float().cpu().numpy()
+        backbone = load_pyramid_backbone(cfg.backbone)
+        return backbone.forward(backbone.preprocess(faces)).embedding.float().cpu().numpy()
     if kind != "identity":
         raise ValueError(f"no network computes the {kind!r} array from photos")
     settings = cfg.encoder
@@ -73,6 +75,6 @@ def embed_faces(cfg: DictConfig, kind: str, faces: np.ndarray) -> np.ndarray:
             int(settings.detector_upsample),
         )
         return describer.describe(faces).vectors
-    network = identity_network(settings)
+    network: Any = identity_network(settings)
     embedding = network.forward(network.preprocess(faces)).embedding.float()
     return F.normalize(embedding, dim=1).cpu().numpy()

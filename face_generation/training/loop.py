@@ -209,7 +209,9 @@ def train(cfg: DictConfig, tracker: Tracker | None = None) -> TrainResult:
     return.
     """
     check_train_settings(cfg.train)
-    family_for(cfg)  # an unknown family, or a condition it cannot take, fails before any file is touched
+    family_for(
+        cfg
+    )  # an unknown family, or a condition it cannot take, fails before any file is touched
     with SignalStop() as stop, exclusive_writer(model_dir(cfg)):
         return _train(cfg, tracker, stop)
 
