@@ -180,6 +180,10 @@ def test_both_guidance_passes_are_one_batched_forward_pass() -> None:
     cond = torch.randn(2, EMBEDDING_DIM)
     EmbeddingDiffusion.sample(network, 2, cond=cond, steps=4, guidance=3.0)
     assert calls == [4, 4, 4, 4]
+    calls.clear()  # w = 0 (unconditional) and w = 1 (as trained) need one half only
+    EmbeddingDiffusion.sample(network, 2, cond=cond, steps=2, guidance=0.0)
+    EmbeddingDiffusion.sample(network, 2, cond=cond, steps=2, guidance=1.0)
+    assert calls == [2, 2, 2, 2]
 
 
 @pytest.mark.parametrize("cond_drop", [0.0, 0.1, 1.0])

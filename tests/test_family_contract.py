@@ -23,7 +23,12 @@ from face_generation.runtime.device import pick_device
 from face_generation.runtime.family import SAMPLE, Batch
 from face_generation.runtime.generator import load_generator, sampling_options, takes_photos
 from face_generation.runtime.pixels import to_float_nchw
-from face_generation.runtime.registry import UnknownFamilyError, family_class, family_for, family_names
+from face_generation.runtime.registry import (
+    UnknownFamilyError,
+    family_class,
+    family_for,
+    family_names,
+)
 from face_generation.training.data import PackedBatches
 from face_generation.training.device import step_context
 from face_generation.training.loop import train, training_arrays

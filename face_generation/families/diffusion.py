@@ -216,13 +216,16 @@ def guided_denoiser(
 ) -> Denoiser:
     """The network as (x_t, t) → (x̂_0, ε̂), with classifier-free guidance when given a condition:
     output = uncond + w·(cond − uncond), both halves in one batched forward pass (a linear mix
-    of outputs is the same mix of ε̂ for either prediction target). `clip` keeps x̂_0 in the
+    of outputs is the same mix of ε̂ for either prediction target); w = 0 and w = 1 need one
+    half only. `clip` keeps x̂_0 in the
     images' [-1, 1] and re-derives ε̂ from it, so x_t = α·x̂_0 + σ·ε̂ still holds."""
 
     def denoise(x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         steps = torch.full((len(x),), t, device=x.device)
-        if cond is None:
+        if cond is None or guidance == 0:  # the null embedding alone
             output = network(x, steps)
+        elif guidance == 1:  # the conditional model as trained: no unconditional pass needed
+            output = network(x, steps, cond)
         else:
             null = torch.arange(2 * len(x), device=x.device) >= len(x)  # second half: null
             both = network(torch.cat([x, x]), torch.cat([steps, steps]), cond.repeat(2, 1), null)

@@ -1,0 +1,158 @@
+"""Diffusion conditioned on a real feature array: the features stage's EfficientNet-Lite0
+embedding of each face (`model.condition=backbone`), trained through the real loop, then
+reference photos embedded by the same network, the zero-shot identity metric, the guidance
+sweep and inference --reference."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import DictConfig
+
+from face_generation.config import compose
+from face_generation.data.packed import features_dir, load_feature_split, load_split
+from face_generation.evaluation.evaluate_model import evaluate
+from face_generation.evaluation.metrics import independent_judge
+from face_generation.evaluation.report import report_markdown
+from face_generation.features.stage import run as run_features
+from face_generation.inference import main as inference_main
+from face_generation.runtime.generator import TrainedGenerator, load_generator
+from face_generation.runtime.images import save_each
+from face_generation.training.loop import train
+from face_generation.training.tracker import NullTracker
+from tests.faces import RESOLUTION, SPLIT_SIZES, config, write_packed
+
+# The backbone at the faces' own 32 px (the default upsamples to 128): quick, same code.
+BACKBONE = ["backbone.image_size=32", "features.grids=[2,4]", "features.device=cpu"]
+WIDTH = 1280  # EfficientNet-Lite0's global embedding
+CONDITIONAL = ["model.condition=backbone", f"model.cond_dim={WIDTH}", *BACKBONE]
+FAST_SAMPLING = ["+eval.sampling.steps=4"]
+
+
+def settings(data: Path, models: Path, *extra: str) -> DictConfig:
+    return config("diffusion", data, models, *CONDITIONAL, *extra)
+
+
+@pytest.fixture(scope="module")
+def conditioned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrainedGenerator]:
+    """(root, the trained model): packed faces, their backbone features, 6 steps of training."""
+    root = tmp_path_factory.mktemp("conditional")
+    write_packed(root / "data")
+    run_features(settings(root / "data", root / "models"), ["backbone"])
+    result = train(settings(root / "data", root / "models"), NullTracker())
+    return root, load_generator(result.checkpoint)
+
+
+def test_the_model_trains_on_the_array_its_condition_names(
+    conditioned: tuple[Path, TrainedGenerator],
+) -> None:
+    _, trained = conditioned
+    assert trained.family.condition == "effnet_lite0/embedding"
+    assert trained.network.cond_dim == WIDTH
+
+
+def test_reference_photos_get_the_rows_the_features_stage_wrote(
+    conditioned: tuple[Path, TrainedGenerator],
+) -> None:
+    root, trained = conditioned
+    faces = load_split(root / "data" / "packed" / str(RESOLUTION), "test", RESOLUTION)
+    photos = torch.from_numpy(np.asarray(faces)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    rows = trained.conditions_from_photos(photos).numpy()
+    stored = load_feature_split(
+        features_dir(root / "data", RESOLUTION),
+        "effnet_lite0/embedding",
+        "test",
+        SPLIT_SIZES["test"],
+    )
+    assert rows.shape == (SPLIT_SIZES["test"], WIDTH)
+    # the same network and settings: equal up to the stage's float16 storage
+    np.testing.assert_allclose(rows, np.asarray(stored, np.float32), rtol=2e-3, atol=2e-3)
+
+
+def test_a_condition_width_unlike_the_array_is_a_clear_error(
+    conditioned: tuple[Path, TrainedGenerator], tmp_path: Path
+) -> None:
+    root, _ = conditioned
+    cfg = settings(root / "data", tmp_path, "model.cond_dim=128")
+    with pytest.raises(ValueError, match=r"model.cond_dim=128.*set model.cond_dim=1280"):
+        train(cfg, NullTracker())
+
+
+def test_an_unknown_condition_is_refused_before_training(tmp_path: Path) -> None:
+    cfg = config("diffusion", tmp_path / "data", tmp_path / "models", "model.condition=face")
+    with pytest.raises(ValueError, match=r"model.condition='face': expected null, identity"):
+        train(cfg, NullTracker())
+    assert not (tmp_path / "models").exists()
+
+
+def test_the_judge_is_never_the_conditioning_encoder() -> None:
+    eval_cfg = compose("config").eval
+    reason = independent_judge(eval_cfg, "dlib/identity", "cpu")
+    assert isinstance(reason, str) and "cannot judge it independently" in reason
+
+
+@pytest.mark.slow
+def test_evaluation_scores_zero_shot_identity_and_sweeps_guidance(
+    conditioned: tuple[Path, TrainedGenerator], tmp_path: Path
+) -> None:
+    root, _ = conditioned
+    cfg = compose(
+        "config",
+        [
+            "model=diffusion",
+            *CONDITIONAL,
+            *FAST_SAMPLING,
+            "eval.device=cpu",
+            "tracking.enabled=false",
+            "eval.zero_shot.num_references=4",
+            "eval.zero_shot.samples_per_reference=2",
+            "eval.guidance_sweep=[0,3]",
+            f"paths.data={root / 'data'}",
+            f"paths.models={root / 'models'}",
+            f"paths.metrics={tmp_path / 'metrics'}",
+            f"paths.plots={tmp_path / 'plots'}",
+        ],
+    )
+    record = json.loads(evaluate(cfg).metrics_path.read_text())
+    metrics = record["metrics"]
+    for name in ("zero_shot_identity_cosine", "zero_shot_random_cosine"):
+        assert metrics[name]["network"].startswith("dlib")
+        assert -1 <= metrics[name]["value"] <= 1 and metrics[name]["references"] == 4
+    for name in ("zero_shot_same_person", "zero_shot_random_same_person"):
+        assert 0 <= metrics[name]["value"] <= 1
+    sweep = record["guidance_sweep"]
+    assert [row["guidance"] for row in sweep] == [0.0, 3.0]
+    assert all(row["fd_effnet"] > 0 and -1 <= row["identity_cosine"] <= 1 for row in sweep)
+    assert sweep[0]["fd_effnet"] != sweep[1]["fd_effnet"]  # the scale changes the samples
+    table = (tmp_path / "plots" / "diffusion" / "guidance_sweep.csv").read_text().splitlines()
+    assert table[0] == "guidance,fd_effnet,identity_cosine,same_person" and len(table) == 3
+    assert (tmp_path / "plots" / "diffusion" / "guidance_3.png").is_file()
+    report = report_markdown({"diffusion": record})
+    assert "Guidance sweep of diffusion (conditioned on `effnet_lite0/embedding`" in report
+    assert "| zero_shot_identity_cosine ↑ |" in report
+
+
+def test_inference_draws_variants_of_each_reference_photo(
+    conditioned: tuple[Path, TrainedGenerator], tmp_path: Path
+) -> None:
+    root, _ = conditioned
+    faces = load_split(root / "data" / "packed" / str(RESOLUTION), "test", RESOLUTION)
+    photos = torch.from_numpy(np.asarray(faces[:2])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    paths = [str(p) for p in save_each(photos, tmp_path / "photos")]
+    checkpoint = str(root / "models" / "diffusion" / "model.pt")
+    arguments = [checkpoint, "--reference", *paths, "--n", "3", "--steps", "4", "--guidance", "2"]
+    inference_main([*arguments, "--out", str(tmp_path / "a")])
+    inference_main([*arguments, "--out", str(tmp_path / "b")])
+    first = sorted((tmp_path / "a" / "references").iterdir())
+    assert len(first) == 6 and (tmp_path / "a" / "references.png").is_file()
+    assert [f.read_bytes() for f in first] == [
+        f.read_bytes() for f in sorted((tmp_path / "b" / "references").iterdir())
+    ]
+    with pytest.raises(SystemExit, match=r"--steps needs a value"):
+        inference_main([checkpoint, "--steps"])
+    with pytest.raises(SystemExit, match=r"--option colour=red: expected NAME=VALUE"):
+        inference_main([checkpoint, "--colour", "red", "--out", str(tmp_path / "c")])
