@@ -9,8 +9,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
 from face_generation.config import compose
@@ -20,8 +22,9 @@ from face_generation.evaluation.metrics import independent_judge
 from face_generation.evaluation.report import report_markdown
 from face_generation.features.stage import run as run_features
 from face_generation.inference import main as inference_main
-from face_generation.runtime.generator import TrainedGenerator, load_generator
-from face_generation.runtime.images import save_each
+from face_generation.runtime.generator import TrainedGenerator, generate, load_generator
+from face_generation.runtime.images import png_bytes, save_each, to_uint8
+from face_generation.runtime.mlflow_model import GeneratorModel, model_signature
 from face_generation.training.loop import train
 from face_generation.training.tracker import NullTracker
 from tests.faces import RESOLUTION, SPLIT_SIZES, config, write_packed
@@ -60,7 +63,7 @@ def test_reference_photos_get_the_rows_the_features_stage_wrote(
 ) -> None:
     root, trained = conditioned
     faces = load_split(root / "data" / "packed" / str(RESOLUTION), "test", RESOLUTION)
-    photos = torch.from_numpy(np.asarray(faces)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    photos = torch.from_numpy(np.array(faces)).permute(0, 3, 1, 2).float() / 127.5 - 1
     rows = trained.conditions_from_photos(photos).numpy()
     stored = load_feature_split(
         features_dir(root / "data", RESOLUTION),
@@ -141,7 +144,7 @@ def test_inference_draws_variants_of_each_reference_photo(
 ) -> None:
     root, _ = conditioned
     faces = load_split(root / "data" / "packed" / str(RESOLUTION), "test", RESOLUTION)
-    photos = torch.from_numpy(np.asarray(faces[:2])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    photos = torch.from_numpy(np.array(faces[:2])).permute(0, 3, 1, 2).float() / 127.5 - 1
     paths = [str(p) for p in save_each(photos, tmp_path / "photos")]
     checkpoint = str(root / "models" / "diffusion" / "model.pt")
     arguments = [checkpoint, "--reference", *paths, "--n", "3", "--steps", "4", "--guidance", "2"]
@@ -156,3 +159,31 @@ def test_inference_draws_variants_of_each_reference_photo(
         inference_main([checkpoint, "--steps"])
     with pytest.raises(SystemExit, match=r"--option colour=red: expected NAME=VALUE"):
         inference_main([checkpoint, "--colour", "red", "--out", str(tmp_path / "c")])
+
+
+def test_the_mlflow_model_takes_a_reference_photo_or_a_condition_row(
+    conditioned: tuple[Path, TrainedGenerator],
+) -> None:
+    root, trained = conditioned
+    columns = {c["name"] for c in model_signature(trained.family, RESOLUTION).inputs.to_dict()}
+    assert {"condition", "reference", "guidance", "steps"} <= columns
+    faces = load_split(root / "data" / "packed" / str(RESOLUTION), "test", RESOLUTION)
+    photo = torch.from_numpy(np.array(faces[:1])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    row = trained.conditions_from_photos(photo)[0]
+    model = GeneratorModel()
+    model.generator = trained
+    request = pd.DataFrame(
+        {
+            "n": [2, 2],
+            "seed": [3, 3],
+            "steps": [4, 4],
+            "reference": [png_bytes(np.asarray(faces[0])), None],
+            "condition": [None, row.tolist()],
+        }
+    )
+    images = model.predict(None, request)
+    expected = to_uint8(generate(trained, 2, 3, cond=row.expand(2, -1), steps=4))
+    assert np.array_equal(images[:2], expected) and np.array_equal(images[2:], expected)
+    both = request.iloc[:1].assign(condition=[row.tolist()])
+    with pytest.raises(MlflowException, match="either a condition or a reference photo"):
+        model.predict(None, both)

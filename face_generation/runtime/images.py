@@ -82,14 +82,17 @@ def load_faces(
     faces = []
     for path in paths:
         try:
-            pixels = decode_rgb(read_bytes(str(path)), max_pixels)
+            faces.append(face_pixels(read_bytes(str(path)), resolution, max_pixels))
         except ImageError as error:
             raise UserError(f"cannot use image {path}: {error}") from error
-        image = Image.fromarray(pixels)
-        side = min(image.size)
-        left, top = (image.width - side) // 2, (image.height - side) // 2
-        square = image.crop((left, top, left + side, top + side))
-        square = square.resize((resolution, resolution), Image.Resampling.LANCZOS)
-        faces.append(np.asarray(square))
     batch = torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).float()
     return batch / 127.5 - 1.0
+
+
+def face_pixels(data: bytes, resolution: int, max_pixels: int | None = None) -> np.ndarray:
+    """An encoded image as uint8 R×R×3, as `load_faces` reads files (raises ImageError)."""
+    image = Image.fromarray(decode_rgb(data, max_pixels))
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    square = image.crop((left, top, left + side, top + side))
+    return np.asarray(square.resize((resolution, resolution), Image.Resampling.LANCZOS))

@@ -11,7 +11,9 @@ Training logs it (tracking code), along the lines of
 
 `predict` takes a DataFrame with integer columns `n` and `seed`, plus optional columns named
 after the family's sampling options (e.g. `temperature`; missing or empty: the model's
-default), and returns one uint8 array of shape (sum of n, H, W, 3): the images of each row in
+default) and, for conditional models, an optional `condition` (the row of the array the model
+was trained on, a list of numbers) or, for those that embed photos, `reference` (the bytes of
+a face photo: each row's n images are variants of that person), and returns one uint8 array of shape (sum of n, H, W, 3): the images of each row in
 row order; with the param `format=png`, a list of base64-encoded PNG files instead (a tenth of
 the JSON an array takes). The same (n, seed, options) give the same images as
 `python -m face_generation.inference CHECKPOINT --n N --seed SEED --option NAME=VALUE`.
@@ -33,14 +35,23 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel, PythonModelContext
-from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema, TensorSpec
+from mlflow.types.schema import Array
 
+from face_generation.data.images import ImageError
 from face_generation.runtime.device import pick_device
 from face_generation.runtime.family import Family
-from face_generation.runtime.generator import TrainedGenerator, load_generator, sampling_options
-from face_generation.runtime.images import png_bytes, to_uint8
+from face_generation.runtime.generator import (
+    TrainedGenerator,
+    load_generator,
+    photo_refusal,
+    sampling_options,
+    takes_photos,
+)
+from face_generation.runtime.images import face_pixels, png_bytes, to_uint8
 
 CHECKPOINT_ARTIFACT = "checkpoint"
+CONDITION_COLUMN, REFERENCE_COLUMN = "condition", "reference"  # conditional models' inputs
 # What `python_model=` gets when logging: the file that builds a GeneratorModel.
 MODEL_CODE = Path(__file__).with_name("mlflow_model_code.py")
 MAX_IMAGES_PER_CALL = 4096  # one request must not exhaust the server's memory
@@ -65,6 +76,10 @@ def model_signature(family: type[Family], resolution: int) -> ModelSignature:
         ColSpec(COLUMN_TYPES[type(default)], name, required=False)
         for name, default in sampling_options(family).items()
     ]
+    if family.condition is not None:
+        options.append(ColSpec(Array(DataType.double), CONDITION_COLUMN, required=False))
+    if takes_photos(family):
+        options.append(ColSpec(DataType.binary, REFERENCE_COLUMN, required=False))
     return ModelSignature(
         inputs=Schema([ColSpec("long", "n"), ColSpec("long", "seed"), *options]),
         outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, resolution, resolution, 3))]),
@@ -85,6 +100,37 @@ def row_options(row: pd.Series, generator: TrainedGenerator) -> dict[str, Any]:
         for name in known
         if name in row.index and not pd.isna(row[name])
     }
+
+
+def present(row: pd.Series, column: str) -> bool:
+    value = row.get(column) if column in row.index else None
+    return value is not None and not (np.isscalar(value) and pd.isna(value))
+
+
+def row_condition(row: pd.Series, n: int, generator: TrainedGenerator) -> torch.Tensor | None:
+    """The n condition rows a request row asks for (its `condition` or `reference`), or None."""
+    condition, reference = present(row, CONDITION_COLUMN), present(row, REFERENCE_COLUMN)
+    if not (condition or reference):
+        return None
+    if condition and reference:
+        raise bad_request("give a row either a condition or a reference photo, not both")
+    if generator.family.condition is None:
+        raise bad_request(
+            f"the {generator.name} family is unconditional: no condition or reference"
+        )
+    if reference:
+        if not takes_photos(generator.family):
+            raise bad_request(photo_refusal(generator.family))
+        data = row[REFERENCE_COLUMN]
+        try:
+            face = face_pixels(bytes(data), generator.resolution)
+        except ImageError as error:
+            raise bad_request(f"the reference photo cannot be used: {error}") from None
+        photo = torch.from_numpy(face).permute(2, 0, 1)[None].float() / 127.5 - 1
+        values = generator.conditions_from_photos(photo)[0]
+    else:
+        values = torch.as_tensor(np.asarray(row[CONDITION_COLUMN], np.float32))
+    return values.float().cpu().expand(n, -1)
 
 
 class GeneratorModel(PythonModel):
@@ -121,6 +167,7 @@ class GeneratorModel(PythonModel):
                 to_uint8(
                     self.generator.sample(
                         n,
+                        cond=row_condition(row, n, self.generator),
                         generator=torch.Generator().manual_seed(int(row["seed"])),
                         **row_options(row, self.generator),
                     )
