@@ -5,6 +5,7 @@ network and no fixture of conftest.py, so `scripts/mutate.py` runs this file wit
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -14,12 +15,17 @@ import torch
 from scipy.spatial.distance import cdist
 
 from face_generation.evaluation.frechet import (
+    FeatureStatistics,
     feature_statistics,
     frechet_distance,
     frechet_distance_between,
 )
-from face_generation.evaluation.kid import kid, mmd2_unbiased
-from face_generation.evaluation.precision_recall import kth_neighbour_radii, precision_recall
+from face_generation.evaluation.kid import KernelDistance, kid, mmd2_unbiased
+from face_generation.evaluation.precision_recall import (
+    PrecisionRecall,
+    kth_neighbour_radii,
+    precision_recall,
+)
 from tests.feature_samples import gaussian_features
 
 
@@ -363,14 +369,14 @@ def test_precision_and_recall_refuse_features_that_are_not_n_by_d(
         precision_recall(real, fake, k=3, device="cpu")
 
 
-@pytest.mark.parametrize(("real_rows", "fake_rows"), [(3, 10), (10, 3)])
+@pytest.mark.parametrize(("real_rows", "fake_rows"), [(3, 10), (10, 3), (2, 10), (10, 2)])
 def test_precision_and_recall_need_more_than_k_samples_in_each_set(
     real_rows: int, fake_rows: int
 ) -> None:
     real, fake = gaussian_features(real_rows, 4, 34), gaussian_features(fake_rows, 4, 35)
     with pytest.raises(ValueError, match="k=3 nearest neighbours need more than 3 samples"):
         precision_recall(real, fake, k=3, device="cpu")
-    enough = [gaussian_features(rows + 1, 4, 36) for rows in (real_rows, fake_rows)]
+    enough = gaussian_features(4, 4, 34), gaussian_features(4, 4, 35)
     assert precision_recall(*enough, k=3, device="cpu").k == 3  # k + 1 samples are enough
 
 
@@ -381,3 +387,16 @@ def test_precision_and_recall_take_torch_tensors_and_default_to_k_3() -> None:
     assert precision_recall(*tensors, device="cpu") == from_numpy
     assert 0 < from_numpy.precision < 1 and 0 < from_numpy.recall < 1
     assert from_numpy != precision_recall(real, fake, k=1, device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("result", "field"),
+    [
+        (FeatureStatistics(np.zeros(2), np.eye(2), 3), "count"),
+        (KernelDistance(0.1, 0.01, 100, 1000), "mean"),
+        (PrecisionRecall(0.5, 0.25, 3), "precision"),
+    ],
+)
+def test_metric_results_are_read_only(result: object, field: str) -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(result, field, 0)
