@@ -99,9 +99,12 @@ def test_frechet_distance_with_fewer_samples_than_dimensions_is_finite() -> None
 @pytest.mark.parametrize(
     ("mean2", "cov1", "cov2"),
     [
-        (np.zeros(4), np.eye(3), np.eye(3)),  # the means alone disagree
-        (np.zeros(3), np.eye(3), np.eye(4)),  # the covariances alone disagree
-        (np.zeros(3), np.eye(4), np.eye(4)),  # the covariances agree, not with the means
+        (np.zeros(4), np.eye(3), np.eye(3)),  # the second mean alone is longer
+        (np.zeros(2), np.eye(3), np.eye(3)),  # or shorter
+        (np.zeros(3), np.eye(3), np.eye(4)),  # the second covariance alone is larger
+        (np.zeros(3), np.eye(3), np.eye(2)),  # or smaller
+        (np.zeros(3), np.eye(4), np.eye(4)),  # the covariances agree, larger than the means
+        (np.zeros(3), np.eye(2), np.eye(2)),  # or smaller
     ],
 )
 def test_frechet_distance_rejects_mismatched_shapes(
