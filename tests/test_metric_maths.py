@@ -250,7 +250,10 @@ def test_mmd2_unbiased_refuses_single_or_unequal_sets(first_rows: int, second_ro
         ((5, 4), (5, 4, 2)),
         ((5, 4, 2), (5, 4, 2)),
         ((5,), (5,)),
+        ((5,), (5, 4)),
+        ((5, 4), (5,)),
         ((5, 4), (5, 3)),
+        ((5, 3), (5, 4)),
     ],
 )
 def test_kid_refuses_features_that_are_not_n_by_d(
@@ -258,6 +261,15 @@ def test_kid_refuses_features_that_are_not_n_by_d(
 ) -> None:
     with pytest.raises(ValueError, match="need N x D and M x D features"):
         kid(np.ones(first_shape), np.ones(second_shape), subsets=2, subset_size=5)
+
+
+def test_kid_of_features_as_wide_as_a_feature_network_s() -> None:
+    # 1280 dimensions, as EfficientNet-Lite0's features: a width CPython does not keep as one
+    # int object, so an identity test (`is not`) of the two widths would refuse equal ones.
+    first = gaussian_features(6, 1280, seed=38)
+    second = gaussian_features(6, 1280, seed=39, shift=0.1)
+    result = kid(first, second, subsets=1, subset_size=6)
+    assert result.mean == pytest.approx(kid_reference(first, second), rel=1e-10)
 
 
 def test_kid_and_mmd2_use_the_kernel_they_are_given() -> None:
