@@ -33,6 +33,8 @@ from face_generation.data.tables import SPLITS, packed_dir, read_table
 from face_generation.features import labels as identity_labels
 from face_generation.features.store import FeatureFolder, file_sha256
 
+# torch is imported inside the functions that use it: the labels part, and the processes that
+# run dlib (which import this module again), start without it.
 PARTS = ("labels", "backbone", "encoder")
 STAGES = {"labels": "labels", "backbone": "features", "encoder": "identity"}
 
