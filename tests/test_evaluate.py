@@ -27,7 +27,7 @@ from face_generation.evaluation.neighbours import nearest_neighbours
 from face_generation.evaluation.real_stats import cache_path
 from face_generation.evaluation.report import main as report_main
 from face_generation.evaluation.report import write_report
-from face_generation.runtime.checkpoint import load_checkpoint
+from face_generation.runtime.checkpoint import load_checkpoint, step_path
 from face_generation.training.loop import train
 from tests.conftest import TrainedModels
 from tests.faces import RESOLUTION, SPLIT_SIZES
@@ -349,7 +349,9 @@ def test_a_checkpoint_without_a_run_on_the_server_gets_a_new_run(
     evaluated: dict[str, Any], root: Path, tmp_path: Path, mlflow_server: MlflowServer
 ) -> None:
     checkpoint = root / "models" / "dcgan" / "model.pt"
-    assert load_checkpoint(checkpoint)["run_id"]  # a NullTracker id: trained untracked
+    # model.pt has no run id; the step checkpoint beside it has a NullTracker's: trained untracked
+    assert load_checkpoint(checkpoint)["run_id"] is None
+    assert load_checkpoint(step_path(checkpoint.parent / "checkpoints", 6))["run_id"]
     cfg = tracked_config(
         root,
         tmp_path,

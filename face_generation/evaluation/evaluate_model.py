@@ -36,7 +36,7 @@ from face_generation.evaluation.record import (
     EvaluationResult,
     write_json,
 )
-from face_generation.runtime.checkpoint import CheckpointError
+from face_generation.runtime.checkpoint import CheckpointError, training_run_id
 from face_generation.runtime.device import pick_device
 from face_generation.runtime.generator import load_generator
 
@@ -129,7 +129,8 @@ def evaluate(cfg: DictConfig, checkpoint: Path | None = None) -> EvaluationResul
     if cfg.tracking.get("enabled", False):
         from face_generation.evaluation.mlflow_run import log_evaluation
 
-        result.run_id = log_evaluation(cfg, trained.run_id, result)
+        run_id = trained.run_id or training_run_id(checkpoint, trained.step)
+        result.run_id = log_evaluation(cfg, run_id, result)
     print(
         f"[evaluate] done in {time.perf_counter() - started:.0f} s: {metrics_path}, "
         f"plots in {plots[0].parent}/"
