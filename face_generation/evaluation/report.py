@@ -14,6 +14,7 @@ footnote, never as a number; then the face encoders' identity verification
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -54,10 +55,18 @@ def model_names(cfg: DictConfig, metrics_dir: Path) -> list[str]:
     """The models under `models` (params.yaml), else those with an evaluation in metrics/."""
     if cfg.get("models"):
         return [str(name) for name in cfg.models]
-    return [
+    names = [
         path.name.removesuffix(DETAILS_SUFFIX)
         for path in sorted(metrics_dir.glob(f"*{DETAILS_SUFFIX}"))
     ]
+    # features.details.json is the verify stage's, not a model's evaluation
+    return [name for name in names if is_evaluation(metrics_dir / f"{name}{DETAILS_SUFFIX}", name)]
+
+
+def is_evaluation(details: Path, name: str) -> bool:
+    """Whether `details` is the evaluation record of model `name`."""
+    record = json.loads(details.read_text())
+    return isinstance(record, dict) and record.get("model") == name and "metrics" in record
 
 
 def load_records(metrics_dir: Path, names: Sequence[str]) -> Records:
