@@ -29,6 +29,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from tests.conftest import REPO_ROOT
+from tests.project_copy import copy_project
 from tests.tracking_fixtures import MlflowServer
 
 WIDTH = 120  # columns of the terminal the tables must fit
@@ -36,16 +37,21 @@ WIDTH = 120  # columns of the terminal the tables must fit
 # (README, "DVC"): a quarter of it, or 0.1 for the shares over the ten test faces.
 TOLERANCE, SHARE_STEP = 0.25, 0.1
 FACES_PLACEHOLDER = "/path/to/faces"
-MODELS = ("vae", "dcgan")
-LOSS_COLUMNS = {"vae": ("loss", "reconstruction", "kl"), "dcgan": ("d_loss", "g_loss")}
-PIPELINE_STAGES = {
-    "download",
-    "split",
-    "crop",
-    "pack",
-    *(f"{stage}@{model}" for stage in ("train", "evaluate") for model in MODELS),
-    "report",
+MODELS = ("vae", "dcgan", "diffusion")  # the generators configs/pipeline.yaml trains
+LOSS_COLUMNS = {  # the `plots:` of dvc.yaml: the losses of each family and of the face encoder
+    "vae": ("loss", "reconstruction", "kl"),
+    "dcgan": ("d_loss", "g_loss"),
+    "diffusion": ("loss",),
+    "encoder": ("loss",),
 }
+DATA_STAGES = {"download", "split", "crop", "pack"}
+FEATURE_STAGES = {"labels", "features", "identity", "train_encoder", "verify"}
+MODEL_STAGES = {f"{stage}@{model}" for stage in ("train", "evaluate") for model in MODELS}
+PIPELINE_STAGES = {*DATA_STAGES, *FEATURE_STAGES, *MODEL_STAGES, "report"}
+# The committed DVC metrics files (metric name → number), each with its details beside it
+# (metrics/data.json is committed too, not a DVC metric: `dvc metrics show metrics/data.json`).
+METRICS_FILES = (*MODELS, "features")
+JSON_SUFFIXES = (".json", ".details.json")
 
 # The README's commands, block by block (the test below checks that these are all of them).
 ACTIVATE = "source .venv/bin/activate"
@@ -124,17 +130,6 @@ class Shell:
         ).stdout
 
 
-def project_files() -> list[str]:
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    return [name for name in listed if (REPO_ROOT / name).is_file()]
-
-
 def aim_tracking_at(config: Path, overrides: list[str]) -> None:
     """Replace the `key: value` lines of configs/tracking/default.yaml that `overrides`
     (tracking.key=value) name."""
@@ -152,9 +147,7 @@ def shell(tmp_path_factory: pytest.TempPathFactory, mlflow_server: MlflowServer)
     if not activate.is_file():
         pytest.skip(f"the tests do not run in a venv ({sys.prefix}): nothing to activate")
     root = tmp_path_factory.mktemp("readme") / "project"
-    for name in project_files():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO_ROOT / name, root / name)
+    copy_project(root)  # configs/ stays a link to face_generation/configs
     (root / ".venv").symlink_to(Path(sys.prefix))
     env = {
         key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")
@@ -196,10 +189,14 @@ def assert_fits(output: str) -> None:
     assert not wide, f"{len(wide)} lines wider than {WIDTH} columns, e.g. {wide[0]!r}"
 
 
-def committed_metrics(shell: Shell, model: str) -> dict[str, float]:
-    path = f"metrics/{model}.json"
-    assert shell.git("ls-files", path), f"{path} is not committed: run `make baseline`, commit"
-    return dict(json.loads(shell.git("show", f"HEAD:{path}")))
+def committed_metrics(shell: Shell, name: str) -> dict[str, float]:
+    """metrics/<name>.json as committed: metric name → number, its details committed beside."""
+    path, details = f"metrics/{name}.json", f"metrics/{name}.details.json"
+    for file in (path, details):
+        assert shell.git("ls-files", file), f"{file} is not committed: run `make baseline`, commit"
+    values = dict(json.loads(shell.git("show", f"HEAD:{path}")))
+    assert all(type(value) in (int, float) for value in values.values()), (path, values)
+    return values
 
 
 # --- the baseline ---------------------------------------------------------------------
@@ -211,39 +208,51 @@ def test_the_pipeline_reproduces_the_committed_baseline(
     shell: Shell, mlflow_server: MlflowServer
 ) -> None:
     pipeline, status, show, diff, data = BASELINE
-    committed = {model: committed_metrics(shell, model) for model in MODELS}
+    committed = {name: committed_metrics(shell, name) for name in METRICS_FILES}
     output = shell.run(pipeline)
     assert stages_run(output) == PIPELINE_STAGES
     assert "No file hash info" not in output and "WARNING" not in output
     assert "Use `dvc push`" in output  # DVC's hint, which works: a default remote is set
     assert "Data and pipelines are up to date." in shell.run(status)
 
-    # Only dvc.lock (the models' hashes, other code's hashes) and the scores may differ
-    # from what is committed: no data.dvc, params.yaml or other file was rewritten.
+    # Only dvc.lock (the models' hashes, other code's hashes) and the scores (with the
+    # details that summarise the same samples) may differ from what is committed: no
+    # data.dvc, params.yaml or other file was rewritten.
     changed = {line[3:] for line in shell.git("status", "--porcelain").splitlines()}
-    assert changed <= {"dvc.lock", *(f"metrics/{model}.json" for model in MODELS)}, changed
+    scores = {f"metrics/{name}{suffix}" for name in METRICS_FILES for suffix in JSON_SUFFIXES}
+    assert changed <= {"dvc.lock", *scores}, changed
+
+    # The features stages: a folder per network, and the report's verification section.
+    assert (shell.root / "data" / "features" / "32" / "effnet_lite0" / "meta.json").is_file()
+    assert "## Identity verification" in (shell.root / "plots" / "report.md").read_text()
 
     shown = shell.run(show)
     assert_fits(shown)
-    assert all(f"metrics/{model}.json" in shown for model in MODELS)
+    assert all(f"metrics/{name}.json" in shown for name in METRICS_FILES)
     assert "fd_effnet" in shown and "details" not in shown
     assert_fits(shell.run(diff))
     assert "images_packed" in shell.run(data)
 
-    # Each model's MLflow run, tagged with its DVC stage, holds its evaluation.
+    # Each model's MLflow run, tagged with its DVC stage; the generators' hold their evaluation.
     client = MlflowClient(mlflow_server.uri)
     experiment = client.get_experiment_by_name("test-readme")
     runs = client.search_runs([experiment.experiment_id])
-    assert {run.data.tags["dvc_stage"] for run in runs} == {f"train@{model}" for model in MODELS}
-    assert all("eval/fd_effnet" in run.data.metrics for run in runs)
+    stages = {run.info.run_name: run.data.tags["dvc_stage"] for run in runs}
+    assert stages == {**{model: f"train@{model}" for model in MODELS}, "encoder": "train_encoder"}
+    generators = [run for run in runs if run.info.run_name in MODELS]
+    assert all("eval/fd_effnet" in run.data.metrics for run in generators)
+    assert all("eval/network_evaluations" in run.data.tags for run in generators)
+    encoder = next(run for run in runs if run.info.run_name == "encoder")
+    assert encoder.data.params["encoder.name"] == "dlib"  # which networks the run saw
+    assert encoder.data.params["backbone.name"] == "effnet_lite0"
 
     # Scores: the same on the machine that made the baseline, close on any other.
-    for model in MODELS:
-        measured = json.loads((shell.root / "metrics" / f"{model}.json").read_text())
-        assert measured.keys() == committed[model].keys(), model
-        for name, value in committed[model].items():
+    for name in METRICS_FILES:
+        measured = json.loads((shell.root / "metrics" / f"{name}.json").read_text())
+        assert measured.keys() == committed[name].keys(), name
+        for metric, value in committed[name].items():
             close = pytest.approx(value, rel=TOLERANCE, abs=SHARE_STEP)
-            assert measured[name] == close, (model, name)
+            assert measured[metric] == close, (name, metric)
 
 
 @pytest.mark.slow
@@ -263,6 +272,23 @@ def test_plots_show_draws_each_loss_offline(shell: Shell) -> None:
     assert "vae/real_vs_generated.png" in html  # the image grids of plots/<model>/
 
 
+# --- a change reruns what it affects -------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_a_backbone_setting_reruns_only_its_folder_and_what_reads_it(shell: Shell) -> None:
+    """Not a README command: the pipeline with an override (README, "Parameters"). Another
+    backbone setting reruns its feature folder, the verification and the report, nothing else;
+    the defaults again bring the workspace back to the baseline."""
+    pipeline = BASELINE[0]
+    output = shell.run(f"{pipeline} backbone.image_size=96")
+    assert stages_run(output) == {"features", "verify", "report"}
+    shell.run(pipeline)
+    assert "Data and pipelines are up to date." in shell.run("dvc status")
+    assert shell.git("status", "--porcelain", "params.yaml") == ""
+
+
 # --- experiments ----------------------------------------------------------------------
 
 
@@ -272,7 +298,8 @@ def test_an_experiment_reruns_training_and_compares_with_the_baseline(shell: She
     run, diff, show = EXPERIMENT
     output = shell.run(run)
     assert "Ran experiment(s)" in output
-    assert stages_run(output) == PIPELINE_STAGES - {"download", "split", "crop", "pack"}
+    # train.steps is the generators' loop: the data, features and encoder stay as they are
+    assert stages_run(output) == MODEL_STAGES | {"report"}
     compared = shell.run(diff)
     assert_fits(compared)
     assert "metrics/vae.json" in compared and "fd_effnet" in compared
