@@ -25,9 +25,10 @@ METRICS_FORMAT = 2  # bumped when the layout of metrics/<model>.json or its deta
 DETAILS_SUFFIX = ".details.json"
 PIXELS = "pixels"  # the "network" of SSIM and PSNR
 SAMPLE_RULE = "n = min(num_samples, split_size): n generated vs the first n real"
-# Other summaries of the same face embeddings as identity_cosine: left out of the DVC metrics
-# file so that `dvc metrics show` fits 120 columns (the details, the report and MLflow keep them).
-NOT_IN_DVC_METRICS = ("identity_distance", "identity_same_person")
+# Left out of the DVC metrics file so that `dvc metrics show` fits 120 columns (the details,
+# the report and MLflow keep them): other summaries of the same face embeddings as
+# identity_cosine, and PSNR, the other pixel-space score of the reconstructions beside SSIM.
+NOT_IN_DVC_METRICS = ("identity_distance", "identity_same_person", "psnr")
 
 
 @dataclass

@@ -14,8 +14,9 @@ The configured encoder's and backbone's arrays are read from data/features/; the
 computed here on the split. A network that cannot be had here is listed with the reason.
 
     metrics/features.json          metric name → number (DVC metrics): <metric>_<network> for
-                                   roc_auc, tar_at_far_<far>, eer, bytes_per_image, failed_rows
-    metrics/features.details.json  the split, networks, weights, pair counts, reasons
+                                   roc_auc, tar_at_far_<far> and eer ({} when nobody is known)
+    metrics/features.details.json  the split, networks, weights, pair counts, reasons, and the
+                                   bytes per image and failed rows of each feature folder
 
 In memory (`run`, `read_verification`) the numbers are nested: verification.<network>.<metric>
 (with the pair counts), bytes_per_image.<network>, failed_rows.<network>.
@@ -37,7 +38,9 @@ from face_generation.config import config_from_args, stage_parser
 DLIB, CONTRASTIVE = "dlib", "effnet_contrastive"
 NUMBERS, DETAILS = "features.json", "features.details.json"  # in paths.metrics
 PAIR_COUNTS = ("same_pairs", "different_pairs", "rows_skipped")  # descriptive: the details
-PER_NETWORK = ("bytes_per_image", "failed_rows")  # numbers of each feature folder
+# Facts of each feature folder, in the details: with the models' scores they would widen
+# `dvc metrics show` past 120 columns.
+PER_FOLDER = ("bytes_per_image", "failed_rows")
 
 
 # --- the metric ----------------------------------------------------------------------------
@@ -237,31 +240,33 @@ def run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def write_verification(numbers: dict[str, Any], details: dict[str, Any], metrics: Path) -> Path:
-    """metrics/features.details.json (with each network's pair counts), then
-    metrics/features.json: metric name → number, `<metric>_<network>`; the latter's path."""
+    """metrics/features.details.json (with each network's pair counts and each feature
+    folder's facts), then metrics/features.json: `<metric>_<network>` → number; its path."""
     from face_generation.evaluation.record import write_json
 
-    flat: dict[str, float | int] = {}
+    scores: dict[str, float] = {}
     networks = {name: dict(entry) for name, entry in details["networks"].items()}
     for network, result in numbers["verification"].items():
         for metric, value in result.items():
             if metric in PAIR_COUNTS:
                 networks[network][metric] = value
             else:
-                flat[f"{metric}_{network}"] = value
-    for metric in PER_NETWORK:
-        flat.update({f"{metric}_{network}": value for network, value in numbers[metric].items()})
-    metric_names = sorted({m for result in numbers["verification"].values() for m in result})
+                scores[f"{metric}_{network}"] = float(value)
+    names = sorted({m for result in numbers["verification"].values() for m in result})
+    folders = {
+        folder: {fact: numbers[fact][folder] for fact in PER_FOLDER}
+        for folder in numbers[PER_FOLDER[0]]
+    }
     write_json(
         {
             **details,
             "networks": networks,
-            "metrics": [m for m in metric_names if m not in PAIR_COUNTS],
-            "feature_folders": {metric: list(numbers[metric]) for metric in PER_NETWORK},
+            "metrics": [name for name in names if name not in PAIR_COUNTS],
+            "feature_folders": folders,
         },
         metrics / DETAILS,
     )
-    return write_json(flat, metrics / NUMBERS)
+    return write_json(scores, metrics / NUMBERS)
 
 
 def read_verification(metrics: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -269,20 +274,20 @@ def read_verification(metrics: Path) -> tuple[dict[str, Any], dict[str, Any]] | 
     verify stage has not written them."""
     if not (metrics / NUMBERS).is_file() or not (metrics / DETAILS).is_file():
         return None
-    flat, details = (
+    scores, details = (
         json.loads((metrics / NUMBERS).read_text()),
         json.loads((metrics / DETAILS).read_text()),
     )
+    folders = details["feature_folders"]
     numbers: dict[str, Any] = {
-        metric: {network: flat[f"{metric}_{network}"] for network in networks}
-        for metric, networks in details["feature_folders"].items()
+        fact: {folder: facts[fact] for folder, facts in folders.items()} for fact in PER_FOLDER
     }
     numbers["verification"] = {}
     for network, how in details["networks"].items():
         names = [f"{metric}_{network}" for metric in details["metrics"]]
-        if how.get("available") and all(name in flat for name in names):
+        if how.get("available") and all(name in scores for name in names):
             numbers["verification"][network] = {
-                **{metric: flat[f"{metric}_{network}"] for metric in details["metrics"]},
+                **{metric: scores[f"{metric}_{network}"] for metric in details["metrics"]},
                 **{count: how[count] for count in PAIR_COUNTS if count in how},
             }
     return numbers, details
