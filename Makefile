@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # Extra scripts/mutate.py arguments, e.g. make mutate MUTATE_ARGS='--only face_generation/training/ema.py'
 MUTATE_ARGS ?=
 
-.PHONY: install mutate params lint test run serve lock
+.PHONY: install mutate params lint test run serve lock baseline plots-js
 
 install:
 	$(PYTHON) scripts/install.py
@@ -49,3 +49,23 @@ serve: install
 
 lock:
 	$(PYTHON) scripts/lock_dependencies.py
+
+# The committed baseline: dvc.lock and metrics/ of the default pipeline, run afresh (every
+# stage, default params.yaml). Rerun after changing face_generation/ or configs/, then commit
+# both; `dvc metrics diff` compares any run with them (README, "DVC").
+baseline: install
+	$(BIN)/python -m face_generation.pipeline --force
+	git status --short dvc.lock metrics
+
+# Offline `dvc plots show`: .dvc/html/index.html loads these instead of DVC's CDN copies; they
+# are the builds of the npm packages (the versions DVC's own page asks for), fetched with npm.
+VEGA_JS := vega@5.20.2:vega.min.js vega-lite@5.2.0:vega-lite.min.js vega-embed@6.18.2:vega-embed.min.js
+plots-js:
+	@set -e; work=$$(mktemp -d); trap 'rm -rf "$$work"' EXIT; \
+	for entry in $(VEGA_JS); do \
+		package=$${entry%%:*}; file=$${entry#*:}; \
+		(cd "$$work" && npm pack --silent "$$package" > /dev/null && tar xzf ./*.tgz && rm ./*.tgz); \
+		cp "$$work/package/build/$$file" .dvc/html/; \
+		cp "$$work/package/LICENSE" ".dvc/html/$${file%.min.js}.LICENSE"; \
+		rm -rf "$$work/package"; echo "$$package: .dvc/html/$$file"; \
+	done

@@ -11,8 +11,9 @@ generator and a fixed seed (eval.seed), and scores them against as many packed t
 at the training resolution: fd_effnet, kid_effnet, precision/recall in EfficientNet-Lite0
 feature space, fid_inception when Inception-v3's weights can be had, and for models that
 reconstruct (the VAE) SSIM, PSNR, LPIPS and identity_* on reconstructions of test images.
-Writes metrics/<model>.json and plots/<model>/ (samples, real vs generated, nearest training
-neighbours, reconstructions), and logs both to the model's MLflow run (tracking.enabled).
+Writes metrics/<model>.json (metric name → value, for DVC), metrics/<model>.details.json (how
+each was measured) and plots/<model>/ (samples, real vs generated, nearest training
+neighbours, reconstructions), and logs them to the model's MLflow run (tracking.enabled).
 """
 
 from __future__ import annotations

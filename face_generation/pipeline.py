@@ -74,6 +74,17 @@ def run_dvc(arguments: Sequence[str]) -> None:
         raise SystemExit(f"`dvc {' '.join(arguments)}` failed with exit code {result.returncode}")
 
 
+def activate_command() -> str | None:
+    """The command that puts this interpreter's `python` and `dvc` on PATH in a shell (the
+    stages run `python` from PATH), or None when it has no venv activate script."""
+    bin_dir = Path(sys.executable).parent
+    if not (bin_dir / "activate").is_file():
+        return None
+    if bin_dir.is_relative_to(Path.cwd()):
+        bin_dir = bin_dir.relative_to(Path.cwd())
+    return f"source {bin_dir / 'activate'}"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__,
@@ -106,8 +117,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"  {'MLflow UI':<24}{ui_url(uri)}: runs, curves, sample grids, registered models")
     print("  plots/report.md         one metrics table across the trained models")
     print(f"  {cfg.paths.models + '/<model>/':<24}model.pt, samples.png, losses.csv")
-    print("  metrics/                data.json, <model>.json, features.json (`dvc metrics show`)")
+    print("  metrics/                <model>.json, features.json: scores (`dvc metrics show|diff`)")
     print("  plots/                  sample, real-vs-generated, nearest-neighbour grids")
+    print("  dvc_plots/index.html    loss curves and grids, after `dvc plots show`")
+    if (activate := activate_command()) is not None:
+        print(f'[pipeline] for the dvc commands (README, "DVC"), first: {activate}')
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ sweep and inference --reference."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from face_generation.config import compose
 from face_generation.data.packed import features_dir, load_feature_split, load_split
 from face_generation.evaluation.evaluate_model import evaluate
 from face_generation.evaluation.metrics import independent_judge
+from face_generation.evaluation.record import read_record
 from face_generation.evaluation.report import report_markdown
 from face_generation.features.stage import run as run_features
 from face_generation.inference import main as inference_main
@@ -120,7 +120,9 @@ def test_evaluation_scores_zero_shot_identity_and_sweeps_guidance(
             f"paths.plots={tmp_path / 'plots'}",
         ],
     )
-    record = json.loads(evaluate(cfg).metrics_path.read_text())
+    evaluate(cfg)
+    record = read_record(tmp_path / "metrics", "diffusion")
+    assert record is not None
     metrics = record["metrics"]
     for name in ("zero_shot_identity_cosine", "zero_shot_random_cosine"):
         assert metrics[name]["network"].startswith("dlib")

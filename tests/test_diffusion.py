@@ -7,7 +7,6 @@ learning, and the trained model through evaluation, inference and the MLflow mod
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from omegaconf import DictConfig
 
 from face_generation.config import compose
 from face_generation.evaluation.evaluate_model import evaluate
+from face_generation.evaluation.record import read_record
 from face_generation.evaluation.report import report_markdown
 from face_generation.families.diffusion import (
     DiffusionFamily,
@@ -376,7 +376,9 @@ def test_evaluation_writes_the_sampling_and_its_network_passes_beside_the_scores
             f"paths.plots={tmp_path / 'plots'}",
         ],
     )
-    record = json.loads(evaluate(cfg).metrics_path.read_text())
+    evaluate(cfg)
+    record = read_record(tmp_path / "metrics", "diffusion")
+    assert record is not None
     assert record["sampling"] == {"steps": 4, "sampler": "heun", "guidance": 1.0, "eta": 0.0}
     assert record["network_evaluations"] == 7
     assert record["metrics"]["fd_effnet"]["value"] is not None

@@ -25,9 +25,10 @@ from face_generation.evaluate import main as evaluate_main
 from face_generation.evaluation.evaluate_model import evaluate
 from face_generation.evaluation.neighbours import nearest_neighbours
 from face_generation.evaluation.real_stats import cache_path
+from face_generation.evaluation.record import NOT_IN_DVC_METRICS, read_record
 from face_generation.evaluation.report import main as report_main
 from face_generation.evaluation.report import write_report
-from face_generation.runtime.checkpoint import load_checkpoint
+from face_generation.runtime.checkpoint import load_checkpoint, step_path
 from face_generation.tracking.provenance import registered_model_name
 from face_generation.training.loop import train
 from tests.conftest import TrainedModels
@@ -62,10 +63,11 @@ def root(trained: TrainedModels) -> Path:
 
 @pytest.fixture(scope="module")
 def evaluated(root: Path) -> dict[str, Any]:
-    """metrics/<model>.json of every model, evaluated with the default eval config."""
+    """The records of every model (metrics/<model>.json and its details), evaluated with the
+    default eval config."""
     for model in MODELS:
         evaluate(compose("config", [f"model={model}", *overrides(root)]))
-    return {model: json.loads((root / "metrics" / f"{model}.json").read_text()) for model in MODELS}
+    return {model: read_record(root / "metrics", model) for model in MODELS}
 
 
 def data_hash(root: Path) -> str:
@@ -73,7 +75,27 @@ def data_hash(root: Path) -> str:
     return str(json.loads(meta.read_text())["data_hash"])
 
 
-# --- metrics/<model>.json -------------------------------------------------------------
+# --- metrics/<model>.json and metrics/<model>.details.json ----------------------------
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_the_dvc_metrics_file_maps_each_metric_to_its_number(
+    evaluated: dict[str, Any], root: Path, model: str
+) -> None:
+    values = json.loads((root / "metrics" / f"{model}.json").read_text())
+    details = json.loads((root / "metrics" / f"{model}.details.json").read_text())
+    computed = {
+        name
+        for name, entry in evaluated[model]["metrics"].items()
+        if entry.get("value") is not None
+    }
+    assert set(values) == computed - set(NOT_IN_DVC_METRICS)
+    assert all(type(value) is float for value in values.values())
+    assert {name: evaluated[model]["metrics"][name]["value"] for name in values} == values
+    # The details say how each number was measured, and hold no value the DVC file has.
+    assert set(details["metrics"]) == set(evaluated[model]["metrics"])
+    assert not any("value" in details["metrics"][name] for name in values)
+    assert details["model"] == model and details["format"] == 2
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -206,8 +228,7 @@ def params_file(root: Path, *extra: str) -> Path:
 def test_cli_with_params_reproduces_the_same_numbers(evaluated: dict[str, Any], root: Path) -> None:
     first = evaluated["dcgan"]
     evaluate_main(["--params", str(params_file(root)), "--model", "dcgan"])
-    again = json.loads((root / "metrics" / "dcgan.json").read_text())
-    assert again == first  # fixed seed: same samples, same numbers
+    assert read_record(root / "metrics", "dcgan") == first  # fixed seed: same numbers
 
 
 def test_cli_takes_a_checkpoint_and_caps_n(evaluated: dict[str, Any], root: Path) -> None:
@@ -224,7 +245,8 @@ def test_cli_takes_a_checkpoint_and_caps_n(evaluated: dict[str, Any], root: Path
             ),
         ]
     )
-    record = json.loads((root / "metrics-capped" / "vae.json").read_text())
+    record = read_record(root / "metrics-capped", "vae")
+    assert record is not None
     assert record["step"] == 3 and record["checkpoint"] == str(checkpoint)
     assert record["n_generated"] == record["n_real"] == 5 and record["split_size"] == TEST_SIZE
     assert record["metrics"]["fd_effnet"]["n_real"] == 5
@@ -345,7 +367,7 @@ def test_the_training_run_receives_the_eval_metrics_and_plots(
     history = client.get_metric_history(trained.run_id, "eval/fd_effnet")
     assert [metric.step for metric in history] == [6]  # at the checkpoint's step
     logged = {artifact.path for artifact in client.list_artifacts(trained.run_id, "eval")}
-    assert "eval/vae.json" in logged
+    assert {"eval/vae.json", "eval/vae.details.json"} <= logged
     plots = {artifact.path for artifact in client.list_artifacts(trained.run_id, "eval/plots")}
     assert plots == {f"eval/plots/{plot.name}" for plot in result.plots}
     # The registered version carries the key numbers, and is the champion on its data.
@@ -364,7 +386,9 @@ def test_a_checkpoint_without_a_run_on_the_server_gets_a_new_run(
     evaluated: dict[str, Any], root: Path, tmp_path: Path, mlflow_server: MlflowServer
 ) -> None:
     checkpoint = root / "models" / "dcgan" / "model.pt"
-    assert load_checkpoint(checkpoint)["run_id"]  # a NullTracker id: trained untracked
+    # model.pt has no run id; the step checkpoint beside it has a NullTracker's: trained untracked
+    assert load_checkpoint(checkpoint)["run_id"] is None
+    assert load_checkpoint(step_path(checkpoint.parent / "checkpoints", 6))["run_id"]
     cfg = tracked_config(
         root,
         tmp_path,

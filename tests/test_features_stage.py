@@ -324,7 +324,18 @@ def test_verify_scores_dlib_the_frozen_backbone_and_the_fine_tuned_encoder(
     assert details["networks"]["dlib"]["source"] == "computed"
     assert details["networks"]["effnet_lite0"]["source"].endswith("effnet_lite0")  # read
     assert numbers["bytes_per_image"]["effnet_lite0"] > 1280 * 2
-    section = verification.verification_markdown(Path(settings.paths.metrics))
+    # On disk: metric name → number for DVC, the pair counts in the details beside it.
+    metrics = Path(settings.paths.metrics)
+    flat = json.loads((metrics / "features.json").read_text())
+    assert flat["roc_auc_dlib"] == numbers["verification"]["dlib"]["roc_auc"]
+    assert len(flat) == 3 * 3 and all(type(value) is float for value in flat.values())
+    stored = json.loads((metrics / "features.details.json").read_text())
+    assert stored["networks"]["dlib"]["same_pairs"] == 6 and "same_pairs_dlib" not in flat
+    folder = stored["feature_folders"]["effnet_lite0"]
+    assert folder["bytes_per_image"] == numbers["bytes_per_image"]["effnet_lite0"]
+    read = verification.read_verification(metrics)
+    assert read is not None and read[0] == numbers  # as the report reads them back
+    section = verification.verification_markdown(metrics)
     assert "| effnet_contrastive | " in section and "TAR at FAR=1e-02" in section
 
 

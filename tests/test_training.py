@@ -22,7 +22,7 @@ from face_generation.families.dcgan import DCGANFamily
 from face_generation.families.vae import VAEFamily
 from face_generation.models.dcgan import Discriminator, Generator
 from face_generation.models.vae import VAE
-from face_generation.runtime.checkpoint import CheckpointError, load_checkpoint
+from face_generation.runtime.checkpoint import CheckpointError, load_checkpoint, training_run_id
 from face_generation.runtime.generator import load_generator
 from face_generation.runtime.images import to_uint8
 from face_generation.tracking.provenance import registered_model_name
@@ -97,7 +97,9 @@ def test_training_writes_checkpoints_samples_and_metrics(
     assert tracker.datasets == [(data_dir / "packed" / "32", "test", 48)]
 
     state = load_checkpoint(result.checkpoint, expected_model=model)
-    assert state["step"] == 6 and state["run_id"] == tracker.run_id
+    # model.pt is the same bytes for the same training: the run id is in the step checkpoint
+    assert state["step"] == 6 and state["run_id"] is None
+    assert training_run_id(result.checkpoint, 6) == tracker.run_id
     assert state["config"]["train"]["steps"] == 6 and state["ema"] is not None
     assert set(state["optimizers"]) == set(state["networks"])
 
@@ -108,6 +110,18 @@ def test_training_writes_checkpoints_samples_and_metrics(
     assert samples.std() > 1e-3  # not a constant image (6 steps: BatchNorm stats barely moved)
     grid = np.asarray(Image.open(output / "samples.png"))
     assert grid.shape == (4 * (RESOLUTION + 2) + 2, 4 * (RESOLUTION + 2) + 2, 3)
+
+
+def test_the_same_training_writes_the_same_dvc_outputs(data_dir: Path, tmp_path: Path) -> None:
+    """DVC records the hashes of model.pt, losses.csv and samples.png in dvc.lock: a rerun of
+    the same training in another run (another run id) must write the same bytes."""
+    outputs = [tmp_path / "first", tmp_path / "second"]
+    for models in outputs:
+        train(config("dcgan", data_dir, tmp_path / "models"), NullTracker())
+        (tmp_path / "models").rename(models)
+    for name in ("model.pt", "losses.csv", "samples.png"):
+        first, second = (models / "dcgan" / name for models in outputs)
+        assert first.read_bytes() == second.read_bytes(), name
 
 
 def test_tracked_run_logs_curves_samples_and_a_registered_generator(
@@ -334,8 +348,9 @@ def test_run_killed_with_sigkill_resumes_from_its_last_checkpoint(
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
     assert f"resumed from {newest} at step {step} (run {run_id})" in output
-    final = load_checkpoint(models / "vae" / "model.pt", expected_model="vae")
-    assert final["step"] == step + 2 and final["run_id"] == run_id
+    final = models / "vae" / "model.pt"
+    assert load_checkpoint(final, expected_model="vae")["step"] == step + 2
+    assert training_run_id(final, step + 2) == run_id
 
     # One MLflow run, finished, holding every logged step of both processes.
     client = MlflowClient(mlflow_server.uri)

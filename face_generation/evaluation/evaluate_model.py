@@ -4,8 +4,9 @@ Read top to bottom: checkpoint → the packed split at the training resolution �
 the family's capabilities allow (evaluation/metrics.py), computed from shared, lazily built
 inputs (evaluation/inputs.py: samples from the EMA generator with a fixed seed, conditioned
 on the split's feature rows for conditional families, features, reconstructions) → the copies
-check → plots → the guidance sweep of conditional models (evaluation/guidance.py) → metrics/<model>.json (evaluation/record.py) →
-the model's MLflow run (evaluation/mlflow_run.py).
+check → plots → the guidance sweep of conditional models (evaluation/guidance.py) →
+metrics/<model>.json and its details (evaluation/record.py) → the model's MLflow run
+(evaluation/mlflow_run.py).
 
 n = min(eval.num_samples, size of eval.split): n generated samples against the first n real
 images of the split. The real side's features come from the cache (evaluation/real_stats.py),
@@ -36,9 +37,9 @@ from face_generation.evaluation.record import (
     METRICS_FORMAT,
     SAMPLE_RULE,
     EvaluationResult,
-    write_json,
+    write_record,
 )
-from face_generation.runtime.checkpoint import CheckpointError
+from face_generation.runtime.checkpoint import CheckpointError, training_run_id
 from face_generation.runtime.device import pick_device
 from face_generation.runtime.generator import load_generator
 
@@ -51,7 +52,8 @@ def default_checkpoint(cfg: DictConfig) -> Path:
 
 
 def evaluate(cfg: DictConfig, checkpoint: Path | None = None) -> EvaluationResult:
-    """Score the checkpoint of `cfg.model` and write metrics/<model>.json and plots/<model>/."""
+    """Score the checkpoint of `cfg.model`; write metrics/<model>.json, its details and
+    plots/<model>/."""
     started = time.perf_counter()
     checkpoint = checkpoint or default_checkpoint(cfg)
     name = str(cfg.model.name)
@@ -136,12 +138,13 @@ def evaluate(cfg: DictConfig, checkpoint: Path | None = None) -> EvaluationResul
         "condition": trained.family.condition,
         "guidance_sweep": sweep,
     }
-    metrics_path = write_json(record, Path(cfg.paths.metrics) / f"{name}.json")
+    metrics_path = write_record(record, Path(cfg.paths.metrics))
     result = EvaluationResult(metrics_path, record, plots)
     if cfg.tracking.get("enabled", False):
         from face_generation.evaluation.mlflow_run import log_evaluation
 
-        result.run_id = log_evaluation(cfg, trained.run_id, result)
+        run_id = trained.run_id or training_run_id(checkpoint, trained.step)
+        result.run_id = log_evaluation(cfg, run_id, result)
     print(
         f"[evaluate] done in {time.perf_counter() - started:.0f} s: {metrics_path}, "
         f"plots in {plots[0].parent}/"

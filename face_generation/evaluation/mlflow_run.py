@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from face_generation.evaluation.record import EvaluationResult
+from face_generation.evaluation.record import EvaluationResult, details_path
 from face_generation.tracking.delivery import http_settings
 from face_generation.tracking.provenance import GENERATOR, registered_model_name, run_tags
 from face_generation.tracking.run import TrackedRun, tell
@@ -116,6 +116,7 @@ def log_evaluation(cfg: DictConfig, run_id: str | None, result: EvaluationResult
             }
         )
         run.log_artifact(result.metrics_path, "eval")
+        run.log_artifact(details_path(result.metrics_path), "eval")
         for plot in result.plots:
             run.log_artifact(plot, "eval/plots")
         if trained_here:

@@ -17,7 +17,7 @@ from face_generation.evaluation.inputs import EvaluationInputs
 
 @dataclass
 class NearestTrain:
-    summary: dict[str, Any]  # what metrics/<model>.json records under nearest_train
+    summary: dict[str, Any]  # what metrics/<model>.details.json records under nearest_train
     train_images: np.ndarray  # the training images searched
     nearest: np.ndarray  # for each generated sample, the row of its nearest training image
 

@@ -1,8 +1,15 @@
-"""The metrics file, metrics/<model>.json: its layout and its entries.
+"""An evaluation's files: metrics/<model>.json for DVC, metrics/<model>.details.json beside it.
 
-Every metric entry carries its value, the network that produced it, its N and the data hash;
-a metric whose network cannot be loaded here carries the reason instead of a value. The file
-is written atomically, so DVC and the report never read half of it.
+In memory an evaluation is one record: the run's facts (checkpoint, step, n, data hash, ...)
+and an entry per metric with its value, the network that produced it, its N and the data hash,
+or, for a metric whose network cannot be loaded here, the reason instead of a value. On disk
+the record is split in two, so that `dvc metrics show|diff` and `dvc exp show` read numbers only:
+
+    metrics/<model>.json          metric name → value (the DVC metrics file)
+    metrics/<model>.details.json  everything else (not declared as DVC metrics)
+
+`read_record` joins them again. Both are written atomically, so DVC and the report never read
+half a file.
 """
 
 from __future__ import annotations
@@ -14,15 +21,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-METRICS_FORMAT = 1  # bumped when the layout of metrics/<model>.json changes
+METRICS_FORMAT = 2  # bumped when the layout of metrics/<model>.json or its details changes
+DETAILS_SUFFIX = ".details.json"
 PIXELS = "pixels"  # the "network" of SSIM and PSNR
 SAMPLE_RULE = "n = min(num_samples, split_size): n generated vs the first n real"
+# Left out of the DVC metrics file so that `dvc metrics show` fits 120 columns (the details,
+# the report and MLflow keep them): other summaries of the same face embeddings as
+# identity_cosine, and PSNR, the other pixel-space score of the reconstructions beside SSIM.
+NOT_IN_DVC_METRICS = ("identity_distance", "identity_same_person", "psnr")
 
 
 @dataclass
 class EvaluationResult:
-    metrics_path: Path  # metrics/<model>.json
-    record: dict[str, Any]  # what it holds
+    metrics_path: Path  # metrics/<model>.json; its details beside it (details_path)
+    record: dict[str, Any]  # the whole record, as read_record returns it
     plots: list[Path] = field(default_factory=list)
     run_id: str | None = None  # the MLflow run (or spool key) the numbers went to
 
@@ -51,3 +63,44 @@ def write_json(record: dict[str, Any], path: Path) -> Path:
     temporary.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
     os.replace(temporary, path)
     return path
+
+
+def details_path(metrics_path: Path) -> Path:
+    """metrics/<model>.details.json beside metrics/<model>.json."""
+    return metrics_path.with_name(metrics_path.stem + DETAILS_SUFFIX)
+
+
+def dvc_metrics(record: dict[str, Any]) -> dict[str, float]:
+    """What metrics/<model>.json holds: metric name → value, for every metric with a value."""
+    return {
+        name: entry["value"]
+        for name, entry in record["metrics"].items()
+        if entry.get("value") is not None and name not in NOT_IN_DVC_METRICS
+    }
+
+
+def write_record(record: dict[str, Any], metrics_dir: Path) -> Path:
+    """metrics/<model>.details.json (the record; values only of the metrics left out of the
+    DVC file), then metrics/<model>.json (name → value); the path of the latter."""
+    path = metrics_dir / f"{record['model']}.json"
+    values = dvc_metrics(record)
+    # Each value is written once: in the DVC file when it is there, else in the details.
+    entries = {
+        name: {key: item for key, item in entry.items() if not (key == "value" and name in values)}
+        for name, entry in record["metrics"].items()
+    }
+    write_json({**record, "metrics": entries}, details_path(path))
+    return write_json(values, path)
+
+
+def read_record(metrics_dir: Path, model: str) -> dict[str, Any] | None:
+    """The record of `model` from its two files; None when it has not been evaluated."""
+    path = metrics_dir / f"{model}.json"
+    if not path.is_file() or not details_path(path).is_file():
+        return None
+    values = json.loads(path.read_text())
+    record = json.loads(details_path(path).read_text())
+    for name, entry in record["metrics"].items():
+        if name in values:
+            entry["value"] = values[name]
+    return dict(record)

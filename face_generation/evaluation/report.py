@@ -2,13 +2,14 @@
 
 Examples:
   python -m face_generation.evaluation.report --params params.yaml   (as `dvc repro` runs it)
-  python -m face_generation.evaluation.report                        (every metrics/<model>.json)
+  python -m face_generation.evaluation.report                        (every evaluated model)
 
-Reads metrics/<model>.json of every model (those under `models` in params.yaml, else every
-evaluation file in metrics/) and writes plots/report.md: one table with a row per metric and
-a column per model, plus the metric's feature network, N and data hash; a metric that could
-not be computed says why in a footnote, never as a number; then the face encoders' identity
-verification (metrics/features.json). Also plots/report.png, one bar chart per metric.
+Reads the evaluation of every model (those under `models` in params.yaml, else every model
+with a metrics/<model>.details.json): metrics/<model>.json and its details. Writes
+plots/report.md: one table with a row per metric and a column per model, plus the metric's
+feature network, N and data hash; a metric that could not be computed says why in a
+footnote, never as a number; then the face encoders' identity verification
+(metrics/features.json and its details). Also plots/report.png, one bar chart per metric.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from face_generation.config import config_from_args, stage_parser
+from face_generation.evaluation.record import DETAILS_SUFFIX, read_record
 from face_generation.evaluation.verification import verification_markdown
 
 # Direction of each metric, by name prefix (the first that matches).
@@ -38,7 +40,7 @@ PLOTS = (  # plots/<model>/ files the report shows, as evaluation/plots.py names
     ("reconstructions.png", "reconstructions"),
 )
 
-Records = dict[str, dict[str, Any] | None]  # model -> its metrics JSON (None: not evaluated)
+Records = dict[str, dict[str, Any] | None]  # model -> its evaluation record (None: not evaluated)
 
 
 def direction(metric: str) -> str:
@@ -53,20 +55,22 @@ def model_names(cfg: DictConfig, metrics_dir: Path) -> list[str]:
     """The models under `models` (params.yaml), else those with an evaluation in metrics/."""
     if cfg.get("models"):
         return [str(name) for name in cfg.models]
-    names = []
-    for path in sorted(metrics_dir.glob("*.json")):
-        record = json.loads(path.read_text())
-        if isinstance(record, dict) and "metrics" in record and "model" in record:
-            names.append(path.stem)
-    return names
+    names = [
+        path.name.removesuffix(DETAILS_SUFFIX)
+        for path in sorted(metrics_dir.glob(f"*{DETAILS_SUFFIX}"))
+    ]
+    # features.details.json is the verify stage's, not a model's evaluation
+    return [name for name in names if is_evaluation(metrics_dir / f"{name}{DETAILS_SUFFIX}", name)]
+
+
+def is_evaluation(details: Path, name: str) -> bool:
+    """Whether `details` is the evaluation record of model `name`."""
+    record = json.loads(details.read_text())
+    return isinstance(record, dict) and record.get("model") == name and "metrics" in record
 
 
 def load_records(metrics_dir: Path, names: Sequence[str]) -> Records:
-    records: Records = {}
-    for name in names:
-        path = metrics_dir / f"{name}.json"
-        records[name] = json.loads(path.read_text()) if path.is_file() else None
-    return records
+    return {name: read_record(metrics_dir, name) for name in names}
 
 
 def format_value(value: float) -> str:
@@ -112,7 +116,8 @@ def report_markdown(records: Records, plots_dir: Path | None = None) -> str:
     lines = [
         "# Model comparison",
         "",
-        "Written by `python -m face_generation.evaluation.report` from `metrics/<model>.json` "
+        "Written by `python -m face_generation.evaluation.report` from `metrics/<model>.json` and "
+        "`metrics/<model>.details.json` "
         "(the `report` stage of `dvc repro`). ↓: lower is better, ↑: higher is better; "
         f"{NOT_COMPUTED}: not computed for that model (reconstruction metrics need a model that "
         "reconstructs). Fréchet distances are named after their feature network: only "

@@ -13,9 +13,13 @@ face encoder (models/encoder/model.pt), and the configured encoder when it is an
 The configured encoder's and backbone's arrays are read from data/features/; the others are
 computed here on the split. A network that cannot be had here is listed with the reason.
 
-    metrics/features.json          numbers only (DVC metrics): verification.<network>.*,
-                                   bytes_per_image.<network>, failed_rows.<network>
-    metrics/features_details.json  networks, weights, pair counts, reasons
+    metrics/features.json          metric name → number (DVC metrics): <metric>_<network> for
+                                   roc_auc, tar_at_far_<far> and eer ({} when nobody is known)
+    metrics/features.details.json  the split, networks, weights, pair counts, reasons, and the
+                                   bytes per image and failed rows of each feature folder
+
+In memory (`run`, `read_verification`) the numbers are nested: verification.<network>.<metric>
+(with the pair counts), bytes_per_image.<network>, failed_rows.<network>.
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ from omegaconf import DictConfig, OmegaConf
 from face_generation.config import config_from_args, stage_parser
 
 DLIB, CONTRASTIVE = "dlib", "effnet_contrastive"
+NUMBERS, DETAILS = "features.json", "features.details.json"  # in paths.metrics
+PAIR_COUNTS = ("same_pairs", "different_pairs", "rows_skipped")  # descriptive: the details
+# Facts of each feature folder, in the details: with the models' scores they would widen
+# `dvc metrics show` past 120 columns.
+PER_FOLDER = ("bytes_per_image", "failed_rows")
 
 
 # --- the metric ----------------------------------------------------------------------------
@@ -194,7 +203,6 @@ def run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Verify every network of `networks_to_verify`; write both metrics files."""
     from face_generation.data.packed import features_dir, load_feature_split, load_split
     from face_generation.data.tables import packed_dir
-    from face_generation.evaluation.record import write_json
     from face_generation.features.weights import WeightsUnavailableError
 
     settings = cfg.features.verification
@@ -227,21 +235,70 @@ def run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             details["networks"][network] = {"available": True, **how}
         except (WeightsUnavailableError, ValueError) as error:
             details["networks"][network] = {"available": False, "reason": str(error)}
-    metrics = Path(cfg.paths.metrics)
-    write_json(numbers, metrics / "features.json")
-    write_json(details, metrics / "features_details.json")
+    write_verification(numbers, details, Path(cfg.paths.metrics))
+    return numbers, details
+
+
+def write_verification(numbers: dict[str, Any], details: dict[str, Any], metrics: Path) -> Path:
+    """metrics/features.details.json (with each network's pair counts and each feature
+    folder's facts), then metrics/features.json: `<metric>_<network>` → number; its path."""
+    from face_generation.evaluation.record import write_json
+
+    scores: dict[str, float] = {}
+    networks = {name: dict(entry) for name, entry in details["networks"].items()}
+    for network, result in numbers["verification"].items():
+        for metric, value in result.items():
+            if metric in PAIR_COUNTS:
+                networks[network][metric] = value
+            else:
+                scores[f"{metric}_{network}"] = float(value)
+    names = sorted({m for result in numbers["verification"].values() for m in result})
+    folders = {
+        folder: {fact: numbers[fact][folder] for fact in PER_FOLDER}
+        for folder in numbers[PER_FOLDER[0]]
+    }
+    write_json(
+        {
+            **details,
+            "networks": networks,
+            "metrics": [name for name in names if name not in PAIR_COUNTS],
+            "feature_folders": folders,
+        },
+        metrics / DETAILS,
+    )
+    return write_json(scores, metrics / NUMBERS)
+
+
+def read_verification(metrics: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(numbers, details) as `run` returned them, from metrics/features*.json; None when the
+    verify stage has not written them."""
+    if not (metrics / NUMBERS).is_file() or not (metrics / DETAILS).is_file():
+        return None
+    scores, details = (
+        json.loads((metrics / NUMBERS).read_text()),
+        json.loads((metrics / DETAILS).read_text()),
+    )
+    folders = details["feature_folders"]
+    numbers: dict[str, Any] = {
+        fact: {folder: facts[fact] for folder, facts in folders.items()} for fact in PER_FOLDER
+    }
+    numbers["verification"] = {}
+    for network, how in details["networks"].items():
+        names = [f"{metric}_{network}" for metric in details["metrics"]]
+        if how.get("available") and all(name in scores for name in names):
+            numbers["verification"][network] = {
+                **{metric: scores[f"{metric}_{network}"] for metric in details["metrics"]},
+                **{count: how[count] for count in PAIR_COUNTS if count in how},
+            }
     return numbers, details
 
 
 def verification_markdown(metrics_dir: Path) -> str:
     """The report's verification section, from metrics/features*.json ('' when absent)."""
-    numbers_file, details_file = (
-        metrics_dir / "features.json",
-        metrics_dir / "features_details.json",
-    )
-    if not numbers_file.is_file() or not details_file.is_file():
+    read = read_verification(metrics_dir)
+    if read is None:
         return ""
-    numbers, details = json.loads(numbers_file.read_text()), json.loads(details_file.read_text())
+    numbers, details = read
     far = f"{details['far']:.0e}"
     lines = [
         "",

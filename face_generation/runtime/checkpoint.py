@@ -13,7 +13,9 @@ file whose pickle would run code is refused before anything runs:
     family_state  the family's own state (Family.state_dict()); format 1 files had none
     rng           python, numpy, torch and CUDA generator states
     config        the run's resolved config as plain containers
-    run_id        the tracking run id, so a resumed run continues the same run
+    run_id        the tracking run id, so a resumed run continues the same run; None in
+                  models/<name>/model.pt, so the same training writes the same bytes (DVC
+                  sees an unchanged output): `training_run_id` finds it beside that file
 
 Writing (atomic, pruned) is training's job: face_generation/training/checkpoint.py.
 """
@@ -86,3 +88,15 @@ def load_weights(
             f"checkpoint {path}: its {what} weights do not fit the network built from the "
             f"current config (different model.* settings or data.resolution?):\n{error}"
         ) from error
+
+
+def step_path(directory: Path, step: int) -> Path:
+    """The step checkpoint written after `step` steps: <directory>/step-<step>.pt."""
+    return directory / f"step-{step:08d}.pt"
+
+
+def training_run_id(model_file: Path, step: int) -> str | None:
+    """The tracking run that trained models/<name>/model.pt (whose own run_id is None): the
+    run id of the step checkpoint of the same step in checkpoints/ beside it, if any."""
+    beside = step_path(model_file.parent / "checkpoints", step)
+    return load_checkpoint(beside).get("run_id") if beside.is_file() else None

@@ -1,6 +1,6 @@
-"""Writing checkpoints: atomic files, step names, pruning, and the RNG states they hold.
+"""Writing checkpoints: atomic files, pruning, and the RNG states they hold.
 
-The format, and reading it safely, is face_generation/runtime/checkpoint.py. Files are written
+The format, the step file names and reading it safely are face_generation/runtime/checkpoint.py. Files are written
 to a temporary name, flushed to disk and renamed, so a run killed while saving never leaves a
 half-written file under a checkpoint's name.
 """
@@ -17,10 +17,6 @@ import numpy as np
 import torch
 
 STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
-
-
-def step_path(directory: Path, step: int) -> Path:
-    return directory / f"step-{step:08d}.pt"
 
 
 def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:

@@ -33,6 +33,7 @@ from face_generation.runtime.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
     load_weights,
+    step_path,
 )
 from face_generation.runtime.device import pick_device
 from face_generation.runtime.family import Family, StepContext
@@ -45,7 +46,6 @@ from face_generation.training.checkpoint import (
     restore_rng_state,
     rng_state,
     save_checkpoint,
-    step_path,
 )
 from face_generation.training.data import PackedBatches
 from face_generation.training.device import reduce_mean, step_context
@@ -151,6 +151,13 @@ def training_state(
         "run_id": run_id,
         "data_hash": data_hash,  # `train.resume=matching` resumes only on the same data
     }
+
+
+def model_file_state(state: dict[str, Any]) -> dict[str, Any]:
+    """What models/<name>/model.pt holds: the checkpoint without its run id, so the same
+    training writes the same bytes and DVC sees an unchanged output (the step checkpoint
+    beside it keeps the run id: runtime/checkpoint.py's training_run_id)."""
+    return {**state, "run_id": None}
 
 
 def restore_training_state(
@@ -293,7 +300,7 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
     if plan.finished:
         assert plan.checkpoint is not None and plan.state is not None
         if context.is_main and not (output / "model.pt").exists():
-            shutil.copyfile(plan.checkpoint, output / "model.pt")
+            save_checkpoint(model_file_state(plan.state), output / "model.pt")
         return TrainResult(int(plan.state["step"]), output / "model.pt", plan.state["run_id"])
     if plan.checkpoint is not None:
         assert plan.state is not None
@@ -345,8 +352,9 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
         if not context.is_main:
             return path
         state = training_state(cfg, family, ema, step, tracker.run_id, data_hash)
-        for target in (path, *also):
-            save_checkpoint(state, target)
+        save_checkpoint(state, path)
+        for target in also:
+            save_checkpoint(model_file_state(state), target)
         prune_checkpoints(checkpoints, int(train_cfg.keep_checkpoints))
         if previous_kept:  # this run has a checkpoint of its own now
             discard_previous_run(output)
@@ -411,8 +419,8 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
                     },
                     step=step,
                 )
-                if context.is_main:
-                    losses.append(step, {**metrics, "images_per_sec": images_per_sec})
+                if context.is_main:  # images/s depends on the machine: MLflow only
+                    losses.append(step, metrics)
                 progress.set_postfix_str(
                     f"{images_per_sec:.0f} img/s "
                     + " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "grad" not in k)

@@ -1,7 +1,9 @@
 """models/<name>/losses.csv: the logged training metrics, one row per logged step.
 
-DVC draws it as the loss-curve plot of the train stage; MLflow gets the same numbers. A
-resumed run keeps the rows up to its checkpoint and drops the ones a killed run logged after.
+DVC draws its losses (the `plots:` of dvc.yaml); MLflow gets the same numbers and images/s,
+which is left out here: it depends on the machine, and this file is a DVC output that the same
+training must write byte for byte. A resumed run keeps the rows up to its checkpoint and
+drops the ones a killed run logged after.
 """
 
 from __future__ import annotations
