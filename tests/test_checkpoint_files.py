@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from face_generation.runtime.checkpoint import step_path
 from face_generation.training.checkpoint import (
     list_checkpoints,
     newest_checkpoint,
@@ -17,7 +18,6 @@ from face_generation.training.checkpoint import (
     restore_rng_state,
     rng_state,
     save_checkpoint,
-    step_path,
 )
 
 
