@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -212,6 +213,9 @@ def test_the_pipeline_reproduces_the_committed_baseline(
     output = shell.run(pipeline)
     assert stages_run(output) == PIPELINE_STAGES
     assert "No file hash info" not in output and "WARNING" not in output
+    assert "Warning" not in output  # e.g. MLflow's about a model logged without input_example
+    links = re.findall(r"http://127\.0\.0\.1:\d+/\S*", output)
+    assert links and all("workflowType=machine_learning" in link for link in links), links
     assert "Use `dvc push`" in output  # DVC's hint, which works: a default remote is set
     assert "Data and pipelines are up to date." in shell.run(status)
 
@@ -270,6 +274,60 @@ def test_plots_show_draws_each_loss_offline(shell: Shell) -> None:
             assert f'"{column}"' in html and f"{model} {column}" in html, (model, column)
     assert "images_per_sec" not in html
     assert "vae/real_vs_generated.png" in html  # the image grids of plots/<model>/
+
+
+# --- the quick start's third command ------------------------------------------------
+
+
+@pytest.mark.slow
+def test_make_serve_after_the_pipeline_serves_every_generator(
+    shell: Shell, browser: object
+) -> None:
+    """README, "Quick start": `make serve` after the pipeline (on a free port here) serves the
+    generators it trained, says in one line that it skipped the face encoder, and the page lists
+    them in a real browser."""
+    import httpx
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    process = subprocess.Popen(
+        ["bash", "-c", f"{ACTIVATE} && exec make serve SERVE_ARGS=serve.port=0"],
+        cwd=shell.root,
+        env=shell.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # make and the service it starts stop together
+    )
+    try:
+        assert process.stdout is not None
+        lines = []
+        for line in process.stdout:  # blocks until the service says where it is
+            lines.append(line)
+            if " at http://127.0.0.1:" in line or process.poll() is not None:
+                break
+        assert " at http://127.0.0.1:" in lines[-1], "".join(lines)
+        skipped = [line for line in lines if line.startswith("[serve] skipped")]
+        assert skipped == [
+            "[serve] skipped encoder (models/encoder/model.pt): the encoder family makes no "
+            "images (it embeds faces)\n"
+        ]
+        url = lines[-1].split(" at ")[1].split()[0]
+        listed = httpx.get(url + "models", timeout=60)
+        assert listed.status_code == 200
+        assert sorted(model["name"] for model in listed.json()) == sorted(MODELS)
+
+        driver = browser
+        driver.get(url)  # type: ignore[attr-defined]
+        WebDriverWait(driver, 120).until(  # type: ignore[arg-type]
+            lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready")
+        )
+        choices = Select(driver.find_element(By.ID, "model")).options  # type: ignore[attr-defined]
+        assert sorted(option.get_attribute("value") for option in choices) == sorted(MODELS)
+        assert not driver.find_element(By.ID, "error").is_displayed()  # type: ignore[attr-defined]
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
 
 
 # --- a change reruns what it affects -------------------------------------------------

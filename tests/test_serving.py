@@ -18,6 +18,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from face_generation.config import compose
 from face_generation.inference import main as inference_main
 from face_generation.runtime.family import Family
 from face_generation.runtime.generator import (
@@ -109,6 +110,28 @@ def test_health_and_models_describe_every_model(client: TestClient) -> None:
         assert model["version"] == "step 6" and model["resolution"] == RESOLUTION
         assert model["test_faces"] == SPLIT_SIZES["test"]
         assert model["family"] == model["name"]
+
+
+def test_a_models_folder_is_served_without_what_makes_no_images(
+    trained: TrainedModels, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make serve` after `make run` finds the face encoder's model.pt beside the generators:
+    it serves the rest, says in one line what it skipped, and /models answers."""
+    cfg = compose("config", [f"paths.models={trained.root / 'models'}", "serve.device=cpu"])
+    served = load_served_models(cfg)
+    assert "encoder" in trained.checkpoints and "encoder" not in served
+    assert set(served) == set(trained.checkpoints) - {"encoder"}
+    encoder = trained.checkpoints["encoder"]
+    assert capsys.readouterr().out == (
+        f"[serve] skipped encoder ({encoder}): the encoder family makes no images (it embeds "
+        "faces)\n"
+    )
+    with TestClient(create_app(served, cfg)) as client:
+        assert client.get("/models").status_code == 200
+
+    cfg.serve.models = {"faces": str(encoder)}  # named on purpose: an error, not a skip
+    with pytest.raises(ValueError, match=r"serve.models.faces=.*makes no images"):
+        load_served_models(cfg)
 
 
 # Generating. ---------------------------------------------------------------------------------

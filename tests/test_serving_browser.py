@@ -11,12 +11,9 @@ from __future__ import annotations
 import base64
 import io
 import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from face_generation.runtime.generator import generate
@@ -29,38 +26,6 @@ from tests.serving_fixtures import live_server, serving_config
 
 ARTIFACTS = Path(os.environ.get("FACE_GENERATION_TEST_ARTIFACTS", REPO / "test-artifacts"))
 TIMEOUT_S = 120  # for the page to show a result; a busy 2-core machine needs seconds
-
-
-def executable(name: str) -> str:
-    """The path of Debian's browser or driver; skips (fails in CI) when it is not installed."""
-    path = shutil.which(name)
-    if path is None:
-        reason = f"{name} not found: apt-get install chromium chromium-driver"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI must run the browser test (.ci/run installs them)")
-        pytest.skip(reason)
-    return path
-
-
-@pytest.fixture
-def browser() -> Iterator[object]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = executable("chromium")
-    # no sandbox: CI runs as root; a small /dev/shm in containers crashes tabs otherwise
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--window-size=1100,1100",
-    ):
-        options.add_argument(argument)
-    # the driver is named explicitly, so Selenium Manager never tries to download one
-    driver = webdriver.Chrome(options=options, service=Service(executable("chromedriver")))
-    yield driver
-    driver.quit()
 
 
 def shown_images(driver: object, selector: str) -> list[np.ndarray] | None:

@@ -61,8 +61,10 @@ class TrainedGenerator:
         the training config, then `overrides`; an unknown name is a ValueError listing the
         known ones."""
         known = sampling_options(self.family)
-        configured = self.config.model.get("sampling") or {}
-        chosen = {**known, **OmegaConf.to_container(configured), **overrides}  # type: ignore[dict-item]
+        configured = self.config.model.get("sampling")
+        if isinstance(configured, DictConfig):
+            configured = OmegaConf.to_container(configured)
+        chosen = {**known, **(configured or {}), **overrides}
         unknown = sorted(set(chosen) - set(known))
         if unknown:
             raise ValueError(

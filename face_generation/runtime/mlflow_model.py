@@ -87,6 +87,12 @@ def model_signature(family: type[Family], resolution: int) -> ModelSignature:
     )
 
 
+def input_example() -> pd.DataFrame:
+    """The request a registered model shows in the UI and in its `serving_input_example.json`:
+    four images from seed 0 (every other column is optional)."""
+    return pd.DataFrame({"n": [4], "seed": [0]})
+
+
 def bad_request(message: str) -> MlflowException:
     """A request the model cannot serve: MLflow's scoring server answers 400 with `message`."""
     return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)

@@ -104,13 +104,29 @@ def load_test_faces(cfg: DictConfig, resolution: int) -> np.ndarray | None:
         return None
 
 
+def serving_refusal(generator: TrainedGenerator) -> str | None:
+    """Why the service cannot serve a loaded model (it neither samples nor reconstructs: the
+    face encoder), in one line; None when it can."""
+    if generator.family.capabilities & {SAMPLE, RECONSTRUCT}:
+        return None
+    return f"the {generator.name} family makes no images (it embeds faces)"
+
+
 def load_served_models(cfg: DictConfig) -> dict[str, ServedModel]:
-    """Every configured model, loaded onto `serve.device`."""
+    """Every configured model, loaded onto `serve.device`. A model found under paths.models
+    that makes no images is skipped with one printed line; one named in serve.models is an
+    error."""
     device = pick_device(str(cfg.serve.device))
     served = {}
     for name, source in model_sources(cfg).items():
         uri, version = resolve_registry_uri(source)
         generator = load_model(uri, device, use_ema=bool(cfg.serve.use_ema))
+        refusal = serving_refusal(generator)
+        if refusal and cfg.serve.models:
+            raise ValueError(f"serve.models.{name}={source}: {refusal}")
+        if refusal:
+            print(f"[serve] skipped {name} ({source}): {refusal}", flush=True)
+            continue
         served[name] = ServedModel(
             name,
             source,

@@ -150,7 +150,12 @@ def ensure_experiment(spool: Spool, client: MlflowClient) -> str:
 @contextlib.contextmanager
 def http_settings(timeout_s: float, max_retries: int | None) -> Iterator[None]:
     """Set MLflow's HTTP timeout and retries for the calls inside (MLflow reads them per call)."""
-    values = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(timeout_s))}
+    values = {
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(timeout_s)),
+        # ending a run prints MLflow's own run link, without the UI's machine-learning view;
+        # the project prints its own links (tracking/server.ui_url)
+        "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    }
     if max_retries is not None:
         values["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(int(max_retries))
     before = {name: os.environ.get(name) for name in values}

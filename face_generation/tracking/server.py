@@ -1,6 +1,6 @@
 """The local MLflow tracking server: `python -m face_generation.tracking.server start|stop|status`.
 
-One server per project: SQLite backend store and an artifact store under `mlflow/`, bound to
+One server per project: SQLite backend store and an artifact store under `mlruns/`, bound to
 127.0.0.1 on the configured port, artifacts served through it (`--serve-artifacts`). It runs
 detached in its own process group with a pid file, so `stop` ends it and every process it
 started (the uvicorn worker too). `start` reuses a healthy server already on the port.

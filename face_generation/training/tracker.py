@@ -159,6 +159,7 @@ class MlflowTracker:
         from face_generation.runtime.mlflow_model import (
             CHECKPOINT_ARTIFACT,
             MODEL_CODE,
+            input_example,
             model_signature,
             requirements,
         )
@@ -179,6 +180,7 @@ class MlflowTracker:
             registered_model_name=self.registered_name,
             version_description=description,
             version_tags=tags,
+            input_example=input_example(),
             artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
             pip_requirements=requirements(),
             code_paths=[str(Path(__file__).resolve().parents[1])],  # the face_generation package
