@@ -3,7 +3,12 @@ a second writer, and resumes under the pipeline (faults a user meets at the CLI)
 
 from __future__ import annotations
 
+import csv
+import json
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -142,3 +147,82 @@ def test_an_unknown_family_is_one_line_naming_the_known_ones(
     with pytest.raises(SystemExit, match=r"^\[train\] error: .*model/nonexistent.*vae") as failure:
         train_main(overrides("nonexistent", data_dir, tmp_path / "models"))
     assert "\n" not in str(failure.value)
+
+
+@pytest.mark.slow
+def test_a_run_interrupted_under_dvc_repro_keeps_its_loss_history(
+    data_dir: Path, tmp_path: Path, mlflow_server: MlflowServer
+) -> None:
+    """Ctrl-C during `dvc repro`, then `dvc repro` again: DVC deletes the stage's outputs
+    before it reruns it, yet losses.csv, `dvc plots show` and MLflow keep every logged step,
+    the ones before the interruption included."""
+    root = tmp_path / "project"
+    root.mkdir()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env["DVC_NO_ANALYTICS"] = "1"
+    for command in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        subprocess.run(command, cwd=root, env=env, check=True)
+    train_command = " ".join(
+        [
+            "python -m face_generation.train",
+            *overrides("dcgan", data_dir, root / "models"),
+            *tracked(mlflow_server, tmp_path, "dvc-resume"),
+            "train.steps=60",
+            "train.sample_every=1000",
+            "train.log_every=1",
+            "train.ckpt_every=1000",  # only the interruption writes a checkpoint
+            "train.resume=matching",
+        ]
+    )
+    stage = {"cmd": train_command, "outs": ["models/dcgan/model.pt", "models/dcgan/losses.csv"]}
+    (root / "dvc.yaml").write_text(json.dumps({"stages": {"train": stage}}))
+
+    repro = subprocess.Popen(
+        ["dvc", "repro"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's Ctrl-C reaches
+    )
+    assert repro.stdout is not None
+    for line in repro.stdout:  # the loop prints this once its signal handler is in place
+        if line.startswith("[train] dcgan on"):
+            break
+    os.killpg(repro.pid, signal.SIGINT)
+    interrupted = repro.stdout.read()
+    assert repro.wait(timeout=600) != 0 and "stopped by SIGINT" in interrupted, interrupted
+    stopped = load_checkpoint(list_checkpoints(root / "models" / "dcgan" / "checkpoints")[-1][1])[
+        "step"
+    ]
+    assert 0 < stopped < 60
+
+    resumed = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resumed from" in resumed.stdout
+
+    with (root / "models" / "dcgan" / "losses.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    steps = [int(row["step"]) for row in rows]
+    assert steps[0] == 1 and steps[-1] == 60 and stopped in steps
+    assert steps == sorted(set(steps)) and len(steps) == 60  # every step once
+
+    losses = "models/dcgan/losses.csv"
+    plotted = subprocess.run(
+        ["dvc", "plots", "show", "--json", "-x", "step", "-y", "d_loss", losses],
+        cwd=root, env=env, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    points = json.loads(plotted)["data"][losses][0]["content"]["data"]["values"]
+    assert [(point["step"], point["d_loss"]) for point in points] == [
+        (row["step"], row["d_loss"]) for row in rows
+    ]
+
+    run_id = load_checkpoint(root / "models" / "dcgan" / "checkpoints" / "step-00000060.pt")[
+        "run_id"
+    ]
+    history = MlflowClient(mlflow_server.uri).get_metric_history(run_id, "train/d_loss")
+    logged = {point.step: point.value for point in history}
+    assert sorted(logged) == steps
+    for row in rows:
+        assert logged[int(row["step"])] == pytest.approx(float(row["d_loss"]), rel=1e-5)

@@ -16,6 +16,8 @@ file whose pickle would run code is refused before anything runs:
     run_id        the tracking run id, so a resumed run continues the same run; None in
                   models/<name>/model.pt, so the same training writes the same bytes (DVC
                   sees an unchanged output): `training_run_id` finds it beside that file
+    losses        {"columns", "rows"}: losses.csv up to `step` (training/loss_log.py), from
+                  which a resumed run rewrites the file; absent in older files
 
 Writing (atomic, pruned) is training's job: face_generation/training/checkpoint.py.
 """

@@ -130,7 +130,13 @@ class SignalStop:
 
 
 def training_state(
-    cfg: DictConfig, family: Family, ema: EMA | None, step: int, run_id: str, data_hash: str
+    cfg: DictConfig,
+    family: Family,
+    ema: EMA | None,
+    step: int,
+    run_id: str,
+    data_hash: str,
+    losses: LossLog,
 ) -> dict[str, Any]:
     """Everything a checkpoint holds (the layout is documented in runtime/checkpoint.py);
     frozen networks are not in it: they are rebuilt from their own weights."""
@@ -150,6 +156,7 @@ def training_state(
         "config": OmegaConf.to_container(cfg, resolve=True),
         "run_id": run_id,
         "data_hash": data_hash,  # `train.resume=matching` resumes only on the same data
+        "losses": losses.history(),  # losses.csv up to here: a resume rewrites it from this
     }
 
 
@@ -307,6 +314,7 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
         check_same_model(plan.state, cfg, plan.checkpoint)
         restore_training_state(plan.state, family, ema, plan.checkpoint)
         start_step, run_id = int(plan.state["step"]), plan.state.get("run_id")
+        losses = LossLog.resumed(output / "losses.csv", plan.state, start_step)
         seed_rank(seed, context, start_step)
         print(f"[train] resumed from {plan.checkpoint} at step {start_step} (run {run_id})")
         plan.state = None
@@ -316,7 +324,8 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
             f"{output / '.previous'} until this run writes its first checkpoint"
         )
     previous_kept = (output / ".previous").is_dir()
-    losses = LossLog(output / "losses.csv", start_step if plan.checkpoint else None)
+    if plan.checkpoint is None:
+        losses = LossLog(output / "losses.csv")
     if train_cfg.compile:
         for network in family.networks.values():  # frozen networks stay as they are
             network.compile()
@@ -351,7 +360,7 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
         path = step_path(checkpoints, step)
         if not context.is_main:
             return path
-        state = training_state(cfg, family, ema, step, tracker.run_id, data_hash)
+        state = training_state(cfg, family, ema, step, tracker.run_id, data_hash, losses)
         save_checkpoint(state, path)
         for target in also:
             save_checkpoint(model_file_state(state), target)

@@ -2,8 +2,10 @@
 
 DVC draws its losses (the `plots:` of dvc.yaml); MLflow gets the same numbers and images/s,
 which is left out here: it depends on the machine, and this file is a DVC output that the same
-training must write byte for byte. A resumed run keeps the rows up to its checkpoint and
-drops the ones a killed run logged after.
+training must write byte for byte. Every checkpoint carries the rows logged up to it
+(`history()`), and a resumed run rewrites the file from its checkpoint: `dvc repro` deletes a
+stage's outputs before it reruns the stage, so the file itself may be gone, and the rows a
+killed run logged after its checkpoint are dropped.
 """
 
 from __future__ import annotations
@@ -11,31 +13,48 @@ from __future__ import annotations
 import csv
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 
 class LossLog:
-    def __init__(self, path: Path, resume_step: int | None) -> None:
-        """Start `path` afresh (resume_step None), or keep its rows up to `resume_step`."""
+    def __init__(self, path: Path, history: Mapping[str, Any] | None = None) -> None:
+        """Start `path` afresh, or from `history` (what a checkpoint's `history()` returned)."""
         self.path = path
-        self.columns: list[str] | None = None
-        rows: list[dict[str, str]] = []
-        if resume_step is not None and path.is_file():
-            with path.open(newline="") as file:
-                reader = csv.DictReader(file)
-                self.columns = list(reader.fieldnames or []) or None
-                rows = [row for row in reader if int(row["step"]) <= resume_step]
+        self.columns: list[str] | None = list(history["columns"]) or None if history else None
+        self.rows: list[dict[str, str]] = [dict(row) for row in history["rows"]] if history else []
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as file:
             if self.columns:
                 writer = csv.DictWriter(file, self.columns)
                 writer.writeheader()
-                writer.writerows(rows)
+                writer.writerows(self.rows)
+
+    @classmethod
+    def resumed(cls, path: Path, state: Mapping[str, Any], step: int) -> LossLog:
+        """The log of a run resumed from checkpoint `state` at `step`: the checkpoint's rows,
+        or, for a checkpoint written before they were kept, the file's rows up to `step`."""
+        if state.get("losses") is not None:
+            return cls(path, state["losses"])
+        rows: list[dict[str, str]] = []
+        columns: list[str] = []
+        if path.is_file():
+            with path.open(newline="") as file:
+                reader = csv.DictReader(file)
+                columns = list(reader.fieldnames or [])
+                rows = [row for row in reader if int(row["step"]) <= step]
+        return cls(path, {"columns": columns, "rows": rows} if columns else None)
+
+    def history(self) -> dict[str, Any]:
+        """The columns and rows so far, as plain values (a checkpoint holds them)."""
+        return {"columns": list(self.columns or []), "rows": [dict(row) for row in self.rows]}
 
     def append(self, step: int, metrics: Mapping[str, float]) -> None:
         if self.columns is None:
             self.columns = ["step", *metrics]
             with self.path.open("w", newline="") as file:
                 csv.DictWriter(file, self.columns).writeheader()
+        row = {"step": str(step), **{key: f"{value:.6g}" for key, value in metrics.items()}}
+        row = {key: row[key] for key in self.columns if key in row}
+        self.rows.append(row)
         with self.path.open("a", newline="") as file:
-            row = {"step": step, **{key: f"{value:.6g}" for key, value in metrics.items()}}
-            csv.DictWriter(file, self.columns, extrasaction="ignore").writerow(row)
+            csv.DictWriter(file, self.columns).writerow(row)
