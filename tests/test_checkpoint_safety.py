@@ -145,3 +145,34 @@ def test_weights_that_do_not_fit_name_the_file_and_the_network(tmp_path: Path) -
         CheckpointError, match=r"different model\.\* settings[\s\S]*Missing key.*bias"
     ):
         load_weights(nn.Linear(2, 1), {"weight": torch.zeros(1, 2)}, path, "ema")  # no bias
+
+
+# Every loader of pretrained weights refuses a file whose pickle would run code. ----------------
+
+
+def weights_loaders() -> dict[str, Any]:
+    """Each network that reads a pretrained-weights file the user may point it at
+    (`*.weights_path`), as path → network."""
+    from face_generation.features.dinov2 import DinoV2
+    from face_generation.features.effnet import EfficientNetLite0
+    from face_generation.features.face_boxes import FaceBoxes
+    from face_generation.features.facenet import FaceNet
+    from face_generation.features.inception import InceptionV3
+    from face_generation.features.lpips import LPIPS
+
+    return {
+        "facenet": lambda path: FaceNet(path, 160, FaceBoxes("fixed", [0.0, 0.0, 1.0, 1.0], 0)),
+        "effnet_lite0": lambda path: EfficientNetLite0(path, 64, antialias=True),
+        "lpips": lambda path: LPIPS("alex", path),
+        "dinov2": lambda path: DinoV2(path, "vit_small_patch14_dinov2.lvd142m", 56, True),
+        "inception": lambda path: InceptionV3(path, antialias=True),
+    }
+
+
+@pytest.mark.parametrize("network", ["facenet", "effnet_lite0", "lpips", "dinov2", "inception"])
+def test_no_weights_loader_runs_the_code_in_a_pickle(network: str, tmp_path: Path) -> None:
+    marker = tmp_path / "code-ran"
+    path = saved({"weight": RunsCode(marker)}, tmp_path / "weights.pt")
+    with pytest.raises(Exception, match=r"weights_only|Unsupported global|pickle"):
+        weights_loaders()[network](path)
+    assert not marker.exists(), f"the {network} loader unpickled code"

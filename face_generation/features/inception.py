@@ -38,6 +38,9 @@ class InceptionV3(FrozenNetwork):
         super().__init__()
         from torchmetrics.image.fid import NoTrainInceptionV3
 
+        # torch-fidelity unpickles the file with weights_only=False: read it safely first, so a
+        # file whose pickle would run code is refused before that (the same bytes, twice)
+        torch.load(weights_file, map_location="cpu", weights_only=True)
         self.network = NoTrainInceptionV3(
             name="inception-v3-compat",
             features_list=["2048"],
