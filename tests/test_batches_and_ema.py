@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from face_generation.runtime.family import IMAGES, RowInput
+from face_generation.data.packed import features_dir, load_feature_split
+from face_generation.runtime.family import IMAGES, Batch, RowInput
 from face_generation.training.data import PackedBatches, batch_flips, batch_rows, upload
 from face_generation.training.ema import EMA
+from face_generation.training.loop import train
+from face_generation.training.tracker import NullTracker
+from tests.faces import RESOLUTION, SPLIT_SIZES, config, write_packed
+from tests.tiny_family import TinyFamily, write_features
 
 CPU = torch.device("cpu")
 
@@ -181,3 +188,41 @@ def test_buffers_are_copied_not_averaged_and_a_zero_decay_copies_everything() ->
     current = network.state_dict()
     for name, average in zero.state_dict().items():
         assert torch.equal(average, current[name]), name
+
+
+def test_the_batches_training_receives_are_flipped_afresh_at_every_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `train()` hands a family (not batch_flips on its own): each face mirrored or not,
+    with its feature map mirrored alike, and a new choice of mirrored rows at every step."""
+    data = write_packed(tmp_path / "data")
+    write_features(data, RESOLUTION, SPLIT_SIZES)
+    received: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    step = TinyFamily.train_step
+
+    def recording_step(self: TinyFamily, batch: Batch, at: int) -> dict[str, torch.Tensor]:
+        received.append((batch.rows.clone(), batch.images.clone(), batch.features["tiny/pyramid"]))
+        return step(self, batch, at)
+
+    monkeypatch.setattr(TinyFamily, "train_step", recording_step)
+    train(config("tiny", data, tmp_path / "models", "train.steps=8"), NullTracker())
+
+    packed = torch.from_numpy(np.load(data / "packed" / str(RESOLUTION) / "train.npy"))
+    faces = packed.permute(0, 3, 1, 2).float() / 127.5 - 1
+    features = features_dir(data, RESOLUTION)
+    maps = torch.from_numpy(np.array(load_feature_split(features, "tiny/pyramid", "train", 48)))
+    patterns = []
+    for rows, images, pyramid in received:
+        flipped = torch.tensor(
+            [not torch.equal(image, faces[row]) for row, image in zip(rows, images, strict=True)]
+        )
+        assert torch.equal(
+            images, torch.where(flipped[:, None, None, None], faces[rows].flip(3), faces[rows])
+        )
+        assert torch.equal(
+            pyramid, torch.where(flipped[:, None, None, None], maps[rows].flip(3), maps[rows])
+        )
+        patterns.append(tuple(flipped.tolist()))
+    assert len(received) == 8 and len(set(patterns)) == 8  # a new choice every step
+    share = sum(sum(pattern) for pattern in patterns) / (8 * len(patterns[0]))
+    assert 0.3 < share < 0.7  # about half the rows mirrored

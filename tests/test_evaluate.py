@@ -28,6 +28,8 @@ from face_generation.evaluation.real_stats import cache_path
 from face_generation.evaluation.record import NOT_IN_DVC_METRICS, read_record
 from face_generation.evaluation.report import main as report_main
 from face_generation.evaluation.report import write_report
+from face_generation.features.backbone import build_feature_extractor
+from face_generation.features.network import embed_images
 from face_generation.runtime.checkpoint import load_checkpoint, step_path
 from face_generation.tracking.provenance import registered_model_name
 from face_generation.training.loop import train
@@ -163,9 +165,15 @@ def test_real_statistics_are_cached_by_data_hash_and_network(
 ) -> None:
     network, hash_ = evaluated["vae"]["feature_network"], data_hash(root)
     cache = root / "data" / "real_stats"
+    backbone = build_feature_extractor(compose("config", overrides(root)).eval)
     for split, count in (("test", TEST_SIZE), ("train", SPLIT_SIZES["train"])):
         with np.load(cache_path(cache, network, hash_, split, count)) as stored:
             assert stored["features"].shape == (count, 1280)
+            # the features of that split's own faces, embedded again here, and their moments
+            faces = np.load(root / "data" / "packed" / str(RESOLUTION) / f"{split}.npy")
+            expected = embed_images(backbone, faces, batch_size=8, device=torch.device("cpu"))
+            np.testing.assert_allclose(stored["features"], expected, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(stored["mean"], expected.mean(0), rtol=1e-4, atol=1e-5)
 
 
 # --- plots ----------------------------------------------------------------------------
