@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # Extra scripts/mutate.py arguments, e.g. make mutate MUTATE_ARGS='--only face_generation/training/ema.py'
 MUTATE_ARGS ?=
 
-.PHONY: install mutate params lint test run serve lock baseline plots-js
+.PHONY: install mutate params lint test durations run serve lock baseline plots-js
 
 install:
 	$(PYTHON) scripts/install.py
@@ -37,6 +37,11 @@ test: install lint
 		echo "make test: pytest collected no tests (exit 5); check tests/ and PYTEST_ARGS" >&2; \
 	fi; \
 	exit $$status
+
+# Where the suite's time goes: the 30 slowest tests, setup included (lint skipped), e.g.
+# make durations PYTEST_ARGS='-m "not slow"' for the fast tier alone.
+durations: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS) --durations=30 --durations-min=1 -q
 
 run: install
 	$(BIN)/python -m face_generation.pipeline
