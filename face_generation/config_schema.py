@@ -185,6 +185,7 @@ class TrainSettings:
     precision: str = MISSING
     compile: bool = MISSING
     num_workers: int = MISSING
+    threads: int | None = MISSING
     hflip: bool = MISSING
     grad_clip: float | None = MISSING
     ema: EmaSettings = field(default_factory=EmaSettings)
@@ -318,6 +319,7 @@ class EvalConfig:
     sample_batch_size: int = MISSING
     sampling: dict[str, Any] = MISSING  # the family's sampling options, checked when sampling
     device: str = MISSING
+    threads: int | None = MISSING
     seed: int = MISSING
     cache_dir: str = MISSING
     network_timeout_s: Seconds = MISSING
