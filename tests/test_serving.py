@@ -91,7 +91,10 @@ def test_page_is_served_with_its_files_and_nothing_from_elsewhere(client: TestCl
         assert response.status_code == 200 and response.headers["content-type"].startswith(kind)
         assert "://" not in response.text  # works offline: no CDN, no font service
     assert "/static/app.js" in page.text and "://" not in page.text
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")  # offline too: FastAPI's own loads Swagger UI from a CDN
+    assert docs.status_code == 200 and "/static/docs.js" in docs.text and "://" not in docs.text
+    script = client.get("/static/docs.js")
+    assert script.status_code == 200 and "://" not in script.text
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/health", "/models", "/generate", "/reference", "/reconstruct"} <= set(paths)
 

@@ -1,6 +1,7 @@
 """The HTTP API and the web page over the served models (FastAPI; OpenAPI docs at /docs).
 
     GET  /              the page (static/index.html, with app.js and style.css: no build step)
+    GET  /docs          the API documentation, drawn from /openapi.json by static/docs.js
     GET  /health        answers while models are busy: inference runs in worker threads
     GET  /models        name, family, version, resolution, inputs and sampling options of each
     POST /generate      JSON {model, n, seed, options} → a PNG grid, or base64 PNGs as JSON
@@ -48,7 +49,11 @@ from face_generation.serving.uploads import (
 )
 
 STATIC = Path(__file__).with_name("static")
-PAGE_FILES = {"app.js": "text/javascript", "style.css": "text/css"}  # all /static serves
+PAGE_FILES = {  # all /static serves
+    "app.js": "text/javascript",
+    "docs.js": "text/javascript",
+    "style.css": "text/css",
+}
 Format = Literal["png", "json"]
 OptionValue = bool | int | float | str
 T = TypeVar("T")
@@ -86,6 +91,8 @@ def create_app(models: dict[str, ServedModel], cfg: DictConfig) -> FastAPI:
     limits = UploadLimits.from_config(serve.limits)
     request_limits = RequestLimits.from_config(serve.limits)  # inference's and MLflow's too
     app = FastAPI(
+        docs_url=None,  # FastAPI's loads Swagger UI from a CDN: /docs below works offline
+        redoc_url=None,
         title="face_generation",
         summary="Generate faces with the trained models: grids, variants of reference photos, reconstructions.",
     )
@@ -212,6 +219,10 @@ def create_app(models: dict[str, ServedModel], cfg: DictConfig) -> FastAPI:
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/docs", include_in_schema=False)
+    async def api_docs() -> FileResponse:
+        return FileResponse(STATIC / "docs.html", media_type="text/html")
 
     @app.get("/static/{name}", include_in_schema=False)
     async def page_file(name: str) -> FileResponse:
