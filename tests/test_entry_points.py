@@ -5,12 +5,16 @@ mistype."""
 from __future__ import annotations
 
 import importlib
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
 
 from face_generation.serve import main as serve_main
-from tests.conftest import TrainedModels
+from tests.conftest import REPO_ROOT, TrainedModels
 from tests.tracking_fixtures import MlflowServer
 
 ENTRY_POINTS = [
@@ -77,3 +81,28 @@ def test_model_sources_that_cannot_be_a_model_say_why(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
     message = one_line_error(serve_main, ["+serve.models.x=models:/nosuch/latest"])
     assert "no version of a registered model 'nosuch'" in message
+
+
+def test_ctrl_c_ends_a_stage_with_one_line_and_exit_code_130() -> None:
+    """A real process in the middle of its work (waiting, as a stage waits on a subprocess or
+    a file) gets SIGINT, as Ctrl-C in `make run` or during pack sends it."""
+    script = (
+        "import sys\n"
+        "from face_generation.errors import reported_errors\n"
+        "with reported_errors('pack'):\n"
+        "    print('working', flush=True)\n"
+        "    sys.stdin.read()\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    assert child.stdout is not None and child.stdout.readline() == "working\n"
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 130
+    assert stderr == "[pack] interrupted (Ctrl-C)\n"
