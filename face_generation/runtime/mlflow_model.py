@@ -51,7 +51,12 @@ from face_generation.runtime.generator import (
     takes_photos,
 )
 from face_generation.runtime.images import face_pixels, png_bytes, to_uint8
-from face_generation.runtime.options import RequestLimits, check_range, read_options
+from face_generation.runtime.options import (
+    RequestLimits,
+    check_range,
+    configured_limits,
+    read_options,
+)
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 CONDITION_COLUMN, REFERENCE_COLUMN = "condition", "reference"  # conditional models' inputs
@@ -158,7 +163,7 @@ class GeneratorModel(PythonModel):
     def __init__(self) -> None:
         self.generator: TrainedGenerator | None = None
         self.limits: RequestLimits | None = None  # configs/serve/'s, read at the first request
-        self.max_pixels: int | None = None  # configs/data/'s, as inference reads photos
+        self.max_pixels: int | None = None  # data.max_pixels of the training config
 
     def load_context(self, context: PythonModelContext) -> None:
         self.generator = load_generator(context.artifacts[CHECKPOINT_ARTIFACT], pick_device())
@@ -178,11 +183,9 @@ class GeneratorModel(PythonModel):
         if missing:
             raise bad_request(f"input needs integer columns n and seed; missing {sorted(missing)}")
         if self.limits is None:
-            from face_generation.config import compose
-
-            cfg = compose("config")
-            self.limits = RequestLimits.from_config(cfg.serve.limits)
-            self.max_pixels = int(cfg.data.max_pixels)
+            self.limits = configured_limits()
+            max_pixels = self.generator.config.data.get("max_pixels")  # older checkpoints: none
+            self.max_pixels = None if max_pixels is None else int(max_pixels)
         counts = [int(n) for n in model_input["n"]]
         if any(n < 1 for n in counts) or sum(counts) > MAX_IMAGES_PER_CALL:
             raise bad_request(

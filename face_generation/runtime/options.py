@@ -16,14 +16,17 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from face_generation.errors import UserError
 from face_generation.runtime.family import sampling_options
 from face_generation.runtime.generator import TrainedGenerator
 
+# The package's own config tree (config.CONFIG_DIR; not imported from there, which needs Hydra).
+SERVE_CONFIG = Path(__file__).parents[1] / "configs" / "serve" / "default.yaml"
 TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "text"}
 
 
@@ -47,11 +50,11 @@ class RequestLimits:
 
 
 def configured_limits() -> RequestLimits:
-    """The limits of configs/serve/ (for the command line and the MLflow model, which have no
-    serve config of their own)."""
-    from face_generation.config import compose
-
-    return RequestLimits.from_config(compose("config").serve.limits)
+    """The limits of configs/serve/default.yaml, read without Hydra: the MLflow model runs
+    where only its pinned packages are installed (omegaconf, not hydra-core)."""
+    serve = OmegaConf.load(SERVE_CONFIG)
+    assert isinstance(serve, DictConfig)
+    return RequestLimits.from_config(serve.limits)
 
 
 def check_range(name: str, value: int, low: int, high: int) -> int:
