@@ -33,7 +33,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -53,6 +52,7 @@ from face_generation.config import compose  # noqa: E402
 from face_generation.data import crop, download, pack, split  # noqa: E402
 from face_generation.data.tables import (  # noqa: E402
     SPLITS,
+    Skipped,
     crops_path,
     manifest_path,
     packed_dir,
@@ -90,7 +90,7 @@ def remove_outputs(cfg: DictConfig) -> None:
 
 
 def core(cfg: DictConfig, rows: list[dict[str, str]]) -> np.ndarray:
-    kept = crop.crop_centered(rows, cfg.data.crop, int(cfg.data.max_pixels), Counter())
+    kept = crop.crop_centered(rows, cfg.data.crop, int(cfg.data.max_pixels), Skipped())
     in_split_order = [row for split in SPLITS for row in kept if row["split"] == split]
     faces, _, _ = pack.pack_rows(
         in_split_order, int(cfg.data.resolution), cfg.data.pack, int(cfg.data.max_pixels), "pack"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -204,11 +205,20 @@ def refuse_multirun(args: argparse.Namespace) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> DictConfig:
-    """The config a stage runs with, from `stage_parser`'s parsed arguments."""
-    refuse_multirun(args)
-    if args.params:
-        return job_config(load_params(args.params, args.overrides), args)
-    return job_config(compose("config", args.overrides), args)
+    """The config a stage runs with, from `stage_parser`'s parsed arguments. A bad setting
+    ends the stage with one line (exit code 1), whether or not its main reports errors."""
+    with reported_errors(running_stage()):
+        refuse_multirun(args)
+        if args.params:
+            return job_config(load_params(args.params, args.overrides), args)
+        return job_config(compose("config", args.overrides), args)
+
+
+def running_stage() -> str:
+    """The short name of the module run with `python -m` (features, report), for error lines."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    name = spec.name if spec is not None else Path(sys.argv[0]).stem
+    return name.removesuffix(".__main__").rsplit(".", 1)[-1]
 
 
 def model_stage_parser(description: str, verb: str) -> argparse.ArgumentParser:

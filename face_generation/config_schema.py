@@ -185,6 +185,7 @@ class TrainSettings:
     precision: str = MISSING
     compile: bool = MISSING
     num_workers: int = MISSING
+    threads: int | None = MISSING
     hflip: bool = MISSING
     grad_clip: float | None = MISSING
     ema: EmaSettings = field(default_factory=EmaSettings)
@@ -318,6 +319,7 @@ class EvalConfig:
     sample_batch_size: int = MISSING
     sampling: dict[str, Any] = MISSING  # the family's sampling options, checked when sampling
     device: str = MISSING
+    threads: int | None = MISSING
     seed: int = MISSING
     cache_dir: str = MISSING
     network_timeout_s: Seconds = MISSING
@@ -374,12 +376,46 @@ class TrackingConfig:
     retry_backoff_max_s: Seconds = MISSING
 
 
+@dataclass
+class ServeLimits:
+    max_n: int = MISSING
+    max_seed: int = MISSING
+    max_files: int = MISSING
+    max_upload_mb: float = MISSING
+    max_megapixels: float = MISSING
+    max_form_kb: float = MISSING
+    max_json_kb: float = MISSING
+    options: dict[str, Any] = MISSING  # option name: [lowest, highest], checked when read
+
+
+@dataclass
+class ServeConfig:
+    """configs/serve/: the web service (serve.py, serving/)."""
+
+    host: str = MISSING
+    port: int = MISSING
+    device: str = MISSING
+    use_ema: bool = MISSING
+    models: dict[str, str] = MISSING
+    test_faces: bool = MISSING
+    default_n: int = MISSING
+    log_level: str = MISSING
+    access_log: bool = MISSING
+    backlog: int = MISSING
+    max_requests: int = MISSING
+    head_timeout_s: Seconds = MISSING
+    body_timeout_s: Seconds = MISSING
+    grid_gutter: int = MISSING
+    limits: ServeLimits = field(default_factory=ServeLimits)
+
+
 GROUP_SCHEMAS: dict[str, type] = {
     "paths": PathsConfig,
     "data": DataConfig,
     "train": TrainSettings,
     "eval": EvalConfig,
     "tracking": TrackingConfig,
+    "serve": ServeConfig,
 }
 FAMILY_SCHEMAS: dict[str, type[ModelConfig]] = {
     "vae": VAEConfig,

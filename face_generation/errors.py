@@ -5,17 +5,19 @@
 
 ends the process with exit code 1 and `[pack] error: <message>` on stderr when the work raises
 a UserError, an OSError (a missing file, a folder without permission, a full disk), or one of
-the exception types given. Anything else is a bug and keeps its traceback. Set
+the exception types given; Ctrl-C ends it with `[pack] interrupted (Ctrl-C)` and exit code 130. Anything else is a bug and keeps its traceback. Set
 FACE_GENERATION_DEBUG=1 to get the traceback of a reported error too.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 DEBUG_VARIABLE = "FACE_GENERATION_DEBUG"
+INTERRUPTED = 130  # the exit code of a process ended by SIGINT, as shells report it
 PATH_SETTINGS = "paths.data, paths.metrics, paths.models, paths.plots"
 
 
@@ -41,9 +43,15 @@ def describe(error: BaseException) -> str:
 def reported_errors(stage: str, *also: type[BaseException]) -> Iterator[None]:
     """Turn user mistakes raised inside into `SystemExit("[stage] error: ...")` (exit code 1)."""
     reported: tuple[type[BaseException], ...] = (UserError, OSError, *also)
+    debug = os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
     try:
         yield
     except reported as error:
-        if os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
+        if debug:
             raise
         raise SystemExit(f"[{stage}] error: {describe(error)}") from None
+    except KeyboardInterrupt:  # Ctrl-C: the user knows why; a traceback tells them nothing
+        if debug:
+            raise
+        print(f"[{stage}] interrupted (Ctrl-C)", file=sys.stderr)
+        raise SystemExit(INTERRUPTED) from None

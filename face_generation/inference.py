@@ -45,26 +45,31 @@ from face_generation.runtime.generator import (
     TrainedGenerator,
     generate,
     photo_refusal,
-    sampling_options,
     takes_photos,
 )
 from face_generation.runtime.images import load_faces, save_each, save_grid
+from face_generation.runtime.options import (
+    OptionError,
+    RequestLimits,
+    check_range,
+    from_text,
+    read_options,
+)
 from face_generation.runtime.sources import load_model
 
 
-def parse_options(pairs: Sequence[str], trained: TrainedGenerator) -> dict[str, Any]:
-    """`--option NAME=VALUE` pairs, each VALUE read as the type of the option's default."""
-    known = sampling_options(trained.family)
-    options: dict[str, Any] = {}
+def parse_options(
+    pairs: Sequence[str], trained: TrainedGenerator, limits: RequestLimits
+) -> dict[str, Any]:
+    """`--option NAME=VALUE` pairs, each VALUE read as JSON would carry it (50, 0.8, true,
+    heun), then checked by the rule and the limits of the web service and the MLflow model."""
+    requested: dict[str, Any] = {}
     for pair in pairs:
         name, equals, value = pair.partition("=")
-        if not equals or name not in known:
-            raise ValueError(
-                f"--option {pair}: expected NAME=VALUE with NAME one of the {trained.name} "
-                f"family's sampling options {sorted(known) or '(none)'}"
-            )
-        options[name] = type(known[name])(value)
-    return options
+        if not equals:
+            raise OptionError(f"--option {pair}: expected NAME=VALUE")
+        requested[name] = from_text(value)
+    return read_options(requested, trained, limits)
 
 
 def option_flags(extra: Sequence[str]) -> list[str]:
@@ -159,10 +164,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     with reported_errors("inference", CheckpointError, ValueError):
         option_pairs = [*args.option, *option_flags(extra)]
+        cfg = compose("config")
+        limits = RequestLimits.from_config(cfg.serve.limits)  # the web service's limits
+        check_range("seed", args.seed, 0, limits.max_seed)
         trained = load_model(args.model, pick_device(args.device), use_ema=not args.no_ema)
-        options = parse_options(option_pairs, trained)
+        options = parse_options(option_pairs, trained, limits)
         # The data stages' limit (configs/data/): the same files are refused everywhere.
-        max_pixels = int(compose("config").data.max_pixels)
+        max_pixels = int(cfg.data.max_pixels)
         if args.reference:
             photos, variants = variants_of_references(
                 trained, args.reference, args.n, args.seed, options, max_pixels

@@ -106,12 +106,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     with reported_errors("pipeline"):
         refuse_multirun(args)
         cfg = job_config(compose("pipeline", args.overrides), args)
-    if write_params(args.overrides):
-        print("[pipeline] params.yaml rewritten from configs/")
-    uri = start_tracking(cfg.tracking) if cfg.tracking.enabled else None
-    run_dvc(["repro", *(["--force"] if args.force else [])])
-    if uri is not None:
-        deliver_pending(cfg.tracking)
+    with reported_errors("pipeline"):  # Ctrl-C included: one line, the stages say the rest
+        if write_params(args.overrides):
+            print("[pipeline] params.yaml rewritten from configs/")
+        uri = start_tracking(cfg.tracking) if cfg.tracking.enabled else None
+        run_dvc(["repro", *(["--force"] if args.force else [])])
+        if uri is not None:
+            deliver_pending(cfg.tracking)
     print(f"[pipeline] done in {time.perf_counter() - started:.0f} s. Look at:")
     if uri is not None:
         print(f"  {'MLflow UI':<24}{ui_url(uri)}: runs, curves, sample grids, registered models")

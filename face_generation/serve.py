@@ -15,13 +15,21 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import os
 import socket
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from omegaconf import DictConfig
 
 from face_generation.config import compose
+from face_generation.errors import UserError, reported_errors
 from face_generation.runtime.checkpoint import CheckpointError
+
+if TYPE_CHECKING:
+    from face_generation.serving.models import ServedModel
 
 
 def listen(host: str, port: int, backlog: int) -> socket.socket:
@@ -46,29 +54,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         "overrides", nargs="*", metavar="OVERRIDE", help="Hydra overrides such as serve.port=8080"
     )
     args = parser.parse_args(argv)
-    cfg = compose("config", args.overrides)
-
     import uvicorn  # after --help: these imports take seconds
 
     from face_generation.serving.app import create_app
-    from face_generation.serving.models import load_served_models
-    from face_generation.tracking.server import tracking_uri
+    from face_generation.serving.guard import server_config
 
-    # models:/ URIs resolve against MLFLOW_TRACKING_URI, else this project's tracking server
-    os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri(cfg.tracking))
-    try:
-        models = load_served_models(cfg)
-    except (CheckpointError, OSError, ValueError) as error:
-        raise SystemExit(f"[serve] error: {error}") from None
-    except Exception as error:  # MLflow's own errors: unknown model, version or alias; no server
-        raise SystemExit(
-            f"[serve] error loading the models: {type(error).__name__}: {error}"
-        ) from None
-    if not models:
-        raise SystemExit(
-            f"[serve] error: no model to serve: no {cfg.paths.models}/<name>/model.pt; train "
-            "one (`make run`) or name one with +serve.models.NAME=SOURCE"
-        )
+    with reported_errors("serve", CheckpointError, ValueError):
+        cfg = compose("config", args.overrides)  # the whole config, checked before any model loads
+        models = load_models(cfg)
     app = create_app(models, cfg)
     try:
         listener = listen(str(cfg.serve.host), int(cfg.serve.port), int(cfg.serve.backlog))
@@ -80,13 +73,30 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"[serve] listening on {cfg.serve.host}: reachable from other machines")
     names = ", ".join(f"{model.name} ({model.version})" for model in models.values())
     print(f"[serve] {names} at {url(listener)} (API docs: {url(listener)}docs)", flush=True)
-    config = uvicorn.Config(
-        app,
-        log_level=str(cfg.serve.log_level),
-        access_log=bool(cfg.serve.access_log),
-        limit_concurrency=int(cfg.serve.max_connections),
-    )
-    uvicorn.Server(config).run(sockets=[listener])
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends the service, not a traceback
+        uvicorn.Server(server_config(app, cfg.serve)).run(sockets=[listener])
+
+
+def load_models(cfg: DictConfig) -> dict[str, ServedModel]:
+    """The models of `cfg.serve`; MLflow's own errors (an unknown model, version or alias, no
+    server) become one line."""
+    from face_generation.serving.models import load_served_models
+    from face_generation.tracking.server import tracking_uri
+
+    # models:/ URIs resolve against MLFLOW_TRACKING_URI, else this project's tracking server
+    os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri(cfg.tracking))
+    try:
+        models = load_served_models(cfg)
+    except (CheckpointError, OSError, ValueError):
+        raise
+    except Exception as error:
+        raise UserError(f"loading the models: {type(error).__name__}: {error}") from None
+    if not models:
+        raise UserError(
+            f"no model to serve: no {cfg.paths.models}/<name>/model.pt; train "
+            "one (`make run`) or name one with +serve.models.NAME=SOURCE"
+        )
+    return models
 
 
 if __name__ == "__main__":

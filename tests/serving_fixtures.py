@@ -26,7 +26,10 @@ SERVED = ("vae", "dcgan", "tiny")  # a model that reconstructs, a plain one, a c
 
 def serving_config(trained: TrainedModels, *overrides: str) -> DictConfig:
     """configs/ with the session's trained models as serve.models and its packed test faces."""
-    cfg = compose("config", [f"paths.data={trained.data}", "serve.device=cpu", *overrides])
+    cfg = compose(
+        "config",
+        [f"paths.data={trained.data}", "serve.device=cpu", "serve.log_level=warning", *overrides],
+    )
     cfg.serve.models = {name: str(trained.checkpoints[name]) for name in SERVED}
     return cfg
 
@@ -67,16 +70,19 @@ def png_claiming(width: int, height: int) -> bytes:
 
 
 @contextmanager
-def live_server(app: Any) -> Iterator[str]:
-    """The app served by uvicorn on 127.0.0.1 in a thread; yields its URL.
+def live_server(app: Any, serve: DictConfig) -> Iterator[str]:
+    """The app served by uvicorn on 127.0.0.1 in a thread, with the settings `serve` gives the
+    real service (serving/guard.py); yields its URL.
 
     The socket listens before the thread starts, so a request made at once waits in the
     backlog instead of being refused: nothing has to poll for the server to come up.
     """
     import uvicorn
 
+    from face_generation.serving.guard import server_config
+
     listener = socket.create_server(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(server_config(app, serve))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     try:

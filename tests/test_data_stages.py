@@ -19,7 +19,13 @@ from PIL import Image
 
 from face_generation.data import crop, download, images, pack, split
 from face_generation.data.download import UTKFACE_NAME
-from face_generation.data.tables import SPLITS, crops_path, packed_dir, summary_path
+from face_generation.data.tables import (
+    SPLITS,
+    crops_path,
+    packed_dir,
+    skipped_path,
+    summary_path,
+)
 from tests.bad_images import save_oriented, save_png16, write_bomb_png, write_huge_png
 from tests.conftest import REPO_ROOT, link_images, path_overrides
 
@@ -200,6 +206,7 @@ def bad_folder(celeba_sample: Path, tmp_path: Path) -> Path:
     data = (folder / "good_00.jpg").read_bytes()
     (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
     (folder / "notes.jpg").write_text("this is a text file, not a picture\n")
+    (folder / "empty.jpg").write_bytes(b"")  # an interrupted copy
     rgba = faces[20].convert("RGBA")
     rgba.putalpha(Image.new("L", rgba.size, 0))  # fully transparent: must come out white
     save(rgba, folder / "alpha.png")
@@ -238,13 +245,26 @@ def test_bad_inputs_are_skipped_and_counted(make_config, bad_folder: Path) -> No
     report = run_stages(cfg)
     assert report["skipped"] == {
         "corrupt": 1,  # truncated.jpg
+        "empty": 1,  # empty.jpg
         "not_an_image": 1,  # notes.jpg
         "too_small": 1,  # one_pixel.png
         "too_large": 2,  # bomb.png, huge.png: refused by their headers
         "unreadable": 1,  # loop.jpg
         "duplicate": 1,  # duplicate_of_good_01.jpg
     }
-    assert report["images_found"] == 43 and report["images_packed"] == 36
+    assert report["images_found"] == 44 and report["images_packed"] == 36
+    listed = {  # which file each stage skipped and why, beside its table
+        Path(row["path"]).name: row["reason"]
+        for table in (
+            Path(cfg.paths.data) / "raw" / "manifest.csv",
+            crops_path(cfg),
+            packed_dir(cfg) / "index.csv",
+        )
+        for row in csv.DictReader(skipped_path(table).open())
+    }
+    assert listed == {"truncated.jpg": "corrupt", "empty.jpg": "empty", "notes.jpg": "not_an_image",
+                      "one_pixel.png": "too_small", "bomb.png": "too_large",
+                      "huge.png": "too_large", "loop.jpg": "unreadable"}  # fmt: skip
     crops = json.loads(summary_path(crops_path(cfg)).read_text())
     assert crops["skipped"]["too_large"] == 2
     assert not list(packed_dir(cfg).glob("*.tmp.npy"))
@@ -513,3 +533,24 @@ def test_a_split_left_empty_by_crop_stops_pack(
     assert message.startswith("[pack] error: no face left in the test split")
     assert "'test': 0" in message and "too_small" in message  # counts per split, and why
     assert not list(packed_dir(cfg).iterdir())  # no arrays, no temporary ones
+
+
+def test_a_stage_removes_what_a_killed_run_left_and_says_so(
+    make_config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = make_config()
+    data = Path(cfg.paths.data)
+    leftovers = [data / "packed" / "32" / "train.tmp.npy", data / "crops.csv.tmp"]
+    for path in leftovers:  # what SIGKILL during pack and during crop leave
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\0" * 1_000_000)
+    partial = data / "raw" / "celeba" / "img_align_celeba.zip.unverified.part"
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"resumable")
+    download.run(cfg)
+    assert not any(path.exists() for path in leftovers)
+    assert partial.read_bytes() == b"resumable"  # a download resumes from it: kept
+    assert (
+        f"[download] removed 2 temporary file(s) of an interrupted run (2.0 MB) under {data}"
+        in (capsys.readouterr().out)
+    )

@@ -329,9 +329,12 @@ def test_inference_takes_the_sampling_options(
     arguments = [str(trained.checkpoints["diffusion"]), "--n", "2", "--seed", "4"]
     inference_main([*arguments, *(f"--option={o}" for o in options), "--out", str(tmp_path)])
     assert len(list((tmp_path / "samples").glob("*.png"))) == 2
-    with pytest.raises(SystemExit, match=r"\[inference\] error: steps=0: expected 1 to 1000"):
+    with pytest.raises(
+        SystemExit,
+        match=r"\[inference\] error: option steps takes an integer from 1 to 1000, got 0",
+    ):
         inference_main([*arguments, "--option", "steps=0", "--out", str(tmp_path / "bad")])
-    with pytest.raises(SystemExit, match=r"guidance=-2.0: expected 0 or more"):
+    with pytest.raises(SystemExit, match=r"option guidance takes a number from 0 to 50, got -2.0"):
         inference_main([*arguments, "--option", "guidance=-2", "--out", str(tmp_path / "bad")])
 
 

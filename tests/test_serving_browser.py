@@ -60,7 +60,7 @@ def test_page_generates_a_grid_and_variants_of_an_uploaded_photo(
             field.send_keys(str(value))
         driver.find_element(By.CSS_SELECTOR, f"{form} button").click()  # type: ignore[attr-defined]
 
-    with live_server(create_app(models, cfg)) as url:
+    with live_server(create_app(models, cfg), cfg.serve) as url:
         driver.get(url)  # type: ignore[attr-defined]
         wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
         Select(driver.find_element(By.ID, "model")).select_by_value("dcgan")  # type: ignore[attr-defined]

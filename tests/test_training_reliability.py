@@ -4,12 +4,17 @@ a second writer, and resumes under the pipeline (faults a user meets at the CLI)
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -20,7 +25,7 @@ from face_generation.train import main as train_main
 from face_generation.training.checkpoint import list_checkpoints
 from face_generation.training.loop import TrainingDiverged, train
 from face_generation.training.output import exclusive_writer
-from face_generation.training.tracker import NullTracker
+from face_generation.training.tracker import NullTracker, create_tracker
 from tests.faces import config, overrides, write_packed
 from tests.tracking_fixtures import MlflowServer, RecordingTracker, tracked
 
@@ -28,6 +33,39 @@ from tests.tracking_fixtures import MlflowServer, RecordingTracker, tracked
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_packed(tmp_path_factory.mktemp("faces") / "data")
+
+
+@contextmanager
+def disk_full_above(size: int) -> Iterator[None]:
+    """Writes that take any file of this process past `size` bytes fail (EFBIG), as on a full
+    disk: checkpoints (megabytes) cannot be written, logs and grids (kilobytes) can."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error, not a killed process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+class FullDiskTracker(NullTracker):
+    """Writes its run link into the model folder at the start, as MlflowTracker does, and
+    fails to write it again at the end, as MlflowTracker's close does on a full disk."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__()
+        self.link = folder / "mlflow_run.json"
+
+    def log_params(self, params: Mapping[str, Any]) -> None:  # the run's start
+        self.link.write_text('{"run_id": "failed"}\n')
+
+    def close(self, status: str) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.link))
+
+
+def leftovers(folder: Path) -> list[Path]:
+    return [path for path in folder.rglob("*") if path.name.endswith(".tmp")]
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -46,6 +84,13 @@ def snapshot(folder: Path) -> dict[str, bytes]:
         ("train.steps=-1", r"train\.steps=-1 is not allowed: it must be at least 1"),
         ("train.steps=abc", r"train\.steps: Value 'abc' .* could not be converted to Integer"),
         ("train.precision=fp16", r"train\.precision=fp16 is not allowed: it must be bf16 or fp32"),
+        ("train.device=gpu", r"train\.device=gpu: device 'gpu' is not a device: use auto"),
+        ("train.device=cuda:7", r"train\.device=cuda:7: device 'cuda:7' "),
+        ("train.threads=0", r"train\.threads=0 is not allowed: it must be null .* or at least 1"),
+        (
+            "model.optimizer.lr=-1",
+            r"model\.optimizer\.lr=-1\.0 is not allowed: it must be a positive",
+        ),
     ],
 )
 def test_a_bad_setting_touches_neither_the_model_nor_mlflow(
@@ -147,6 +192,68 @@ def test_an_unknown_family_is_one_line_naming_the_known_ones(
     with pytest.raises(SystemExit, match=r"^\[train\] error: .*model/nonexistent.*vae") as failure:
         train_main(overrides("nonexistent", data_dir, tmp_path / "models"))
     assert "\n" not in str(failure.value)
+
+
+def test_a_full_disk_at_the_first_checkpoint_gives_the_earlier_run_back(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    train(config("vae", data_dir, models), NullTracker())
+    before = snapshot(models / "vae")
+    with disk_full_above(1_000_000), pytest.raises(OSError) as failure:
+        train(config("vae", data_dir, models), FullDiskTracker(models / "vae"))
+    # the first error, not the tracker's: the checkpoint's path and what is kept
+    assert failure.value.filename == str(models / "vae" / "checkpoints" / "step-00000003.pt")
+    assert f"kept the earlier run's files, back in {models / 'vae'}" in str(failure.value)
+    assert snapshot(models / "vae") == before  # no losses.csv or run link of the failed run
+    assert not (models / "vae" / ".previous").exists()
+    assert leftovers(models) == []
+
+
+def test_a_full_disk_at_a_later_checkpoint_names_it_and_keeps_the_earlier_one(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    train(config("vae", data_dir, models, "train.steps=3"), NullTracker())
+    earlier = models / "vae" / "checkpoints" / "step-00000003.pt"
+    kept = earlier.read_bytes()
+    with disk_full_above(1_000_000), pytest.raises(SystemExit) as failure:
+        train_main([*overrides("vae", data_dir, models), "train.resume=auto"])
+    message = str(failure.value)
+    assert message.startswith(f"[train] error: {earlier.with_name('step-00000006.pt')}: ")
+    assert message.endswith(f"; kept the checkpoint {earlier}")
+    assert earlier.read_bytes() == kept
+    assert leftovers(models) == []
+
+
+def test_a_run_link_that_cannot_be_written_ends_the_mlflow_run_as_failed(
+    tmp_path: Path, mlflow_server: MlflowServer
+) -> None:
+    models = tmp_path / "models"
+    (models / "vae" / "mlflow_run.json").mkdir(parents=True)  # the link cannot replace it
+    cfg = config("vae", tmp_path, models, *tracked(mlflow_server, tmp_path, "link-fails"))
+    with pytest.raises(OSError):
+        create_tracker(cfg)
+    client = MlflowClient(mlflow_server.uri)
+    experiment = client.get_experiment_by_name("test-link-fails")
+    assert experiment is not None
+    [run] = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FAILED"
+    assert leftovers(models) == []
+
+
+def test_train_threads_sets_torchs_threads_and_is_logged_with_the_run(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    before = torch.get_num_threads()
+    tracker = RecordingTracker()
+    try:
+        train(config("vae", data_dir, tmp_path / "models", "train.threads=1"), tracker)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert tracker.tags["threads"] == 1
+    assert tracker.params["train.threads"] == "1"
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ reason in data/crops.json.
 from __future__ import annotations
 
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable
 
 import numpy as np
@@ -25,7 +25,9 @@ from tqdm import tqdm
 from face_generation.config import config_from_args, stage_parser
 from face_generation.data import images
 from face_generation.data.tables import (
+    remove_leftovers,
     CROP_COLUMNS,
+    Skipped,
     Row,
     crops_path,
     read_table,
@@ -86,7 +88,7 @@ def header_or_reason(
 
 
 def crop_centered(
-    rows: list[Row], crop_cfg: DictConfig, max_pixels: int, skipped: Counter[str]
+    rows: list[Row], crop_cfg: DictConfig, max_pixels: int, skipped: Skipped
 ) -> list[Row]:
     """Rows with their centred boxes, from the images' headers.
 
@@ -100,9 +102,9 @@ def crop_centered(
     for row in tqdm(rows, desc="crop: headers", unit="img", mininterval=1.0):
         header = header_or_reason(row["path"], header_bytes, max_pixels)
         if isinstance(header, str):
-            skipped[header] += 1
+            skipped.add(row["path"], header)
         elif min(header.width, header.height) < min_size:
-            skipped[images.TOO_SMALL] += 1
+            skipped.add(row["path"], images.TOO_SMALL)
         else:
             size = (header.width, header.height)
             if size not in boxes:
@@ -112,22 +114,22 @@ def crop_centered(
 
 
 def decoded(
-    rows: Iterable[Row], min_size: int, max_pixels: int, skipped: Counter[str]
+    rows: Iterable[Row], min_size: int, max_pixels: int, skipped: Skipped
 ) -> Iterable[tuple[Row, np.ndarray]]:
     for row in rows:
         try:
             pixels = images.decode_rgb(images.read_bytes(row["path"]), max_pixels)
         except images.ImageError as error:
-            skipped[error.reason] += 1
+            skipped.add(row["path"], error.reason)
             continue
         if min(pixels.shape[:2]) < min_size:
-            skipped[images.TOO_SMALL] += 1
+            skipped.add(row["path"], images.TOO_SMALL)
             continue
         yield row, pixels
 
 
 def crop_detected(
-    rows: list[Row], crop_cfg: DictConfig, max_pixels: int, skipped: Counter[str]
+    rows: list[Row], crop_cfg: DictConfig, max_pixels: int, skipped: Skipped
 ) -> list[Row]:
     import torch
     from facenet_pytorch import MTCNN
@@ -145,7 +147,7 @@ def crop_detected(
                 or probability[0] is None
                 or probability[0] < crop_cfg.min_confidence
             ):
-                skipped[images.NO_FACE] += 1
+                skipped.add(row["path"], images.NO_FACE)
                 continue
             height, width = pixels.shape[:2]
             boxes[row["path"]] = face_box(detections[0], crop_cfg.margin, width, height)
@@ -165,9 +167,10 @@ def crop_detected(
 
 def run(cfg: DictConfig) -> list[Row]:
     started = time.perf_counter()
+    remove_leftovers(cfg, "crop")
     rows = read_table(split_path(cfg), "split")
     crop_cfg = cfg.data.crop
-    skipped: Counter[str] = Counter()
+    skipped = Skipped()
     max_pixels = int(cfg.data.max_pixels)
     if crop_cfg.method == "center":
         kept = crop_centered(rows, crop_cfg, max_pixels, skipped)
@@ -177,11 +180,12 @@ def run(cfg: DictConfig) -> list[Row]:
         raise UserError(f"unknown data.crop.method {crop_cfg.method!r}: use center or mtcnn")
     if not kept:
         raise UserError(
-            f"no usable image among {len(rows)}: skipped {dict(skipped)}; "
+            f"no usable image among {len(rows)}: skipped {skipped.counts()}; "
             "check data.path and data.crop (min_size, method)"
         )
     output = crops_path(cfg)
     write_table(output, kept, CROP_COLUMNS)
+    skipped.write(output)
     seconds = time.perf_counter() - started
     write_json(
         summary_path(output),
@@ -189,10 +193,14 @@ def run(cfg: DictConfig) -> list[Row]:
             "method": crop_cfg.method,
             "images_in": len(rows),
             "images_out": len(kept),
-            "skipped": dict(skipped),
+            "skipped": skipped.counts(),
         },
     )
-    print(stage_summary("crop", len(rows), len(kept), dict(skipped), seconds))
+    print(
+        stage_summary(
+            "crop", len(rows), len(kept), skipped.counts(), seconds, skipped.examples(output)
+        )
+    )
     return kept
 
 

@@ -29,8 +29,10 @@ from tqdm import tqdm
 from face_generation.config import config_from_args, stage_parser
 from face_generation.data import images
 from face_generation.data.tables import (
+    remove_leftovers,
     MANIFEST_COLUMNS,
     Row,
+    Skipped,
     manifest_path,
     stage_summary,
     summary_path,
@@ -97,8 +99,8 @@ def utkface_labels(file_name: str) -> dict[str, str] | None:
     return match.groupdict() if match else None
 
 
-def scan_images(root: Path) -> tuple[list[Row], Counter[str]]:
-    """Manifest rows for every readable image under `root`, and counts of what was skipped."""
+def scan_images(root: Path) -> tuple[list[Row], Skipped]:
+    """Manifest rows for every readable image under `root`, and the files skipped."""
     if not root.exists():
         raise FileNotFoundError(
             f"data.path={root} does not exist: point data.path at a folder or .zip of face images"
@@ -112,12 +114,12 @@ def scan_images(root: Path) -> tuple[list[Row], Counter[str]]:
     identities = read_label_table(root, CELEBA_IDENTITY_FILE)
     partitions = read_label_table(root, CELEBA_PARTITION_FILE)
     rows: list[Row] = []
-    skipped: Counter[str] = Counter()
+    skipped = Skipped()
     for path in tqdm(paths, desc="download: hashing", unit="img", mininterval=1.0):
         try:
             sha1 = hashlib.sha1(images.read_bytes(path)).hexdigest()
         except images.ImageError as error:
-            skipped[error.reason] += 1
+            skipped.add(path, error.reason)
             continue
         name = Path(path.split(images.ZIP_SEPARATOR)[-1]).name
         row: Row = {"path": path, "sha1": sha1, "identity": identities.get(name, "")}
@@ -159,6 +161,7 @@ def source_root(cfg: DictConfig) -> Path:
 
 def run(cfg: DictConfig) -> list[Row]:
     started = time.perf_counter()
+    remove_leftovers(cfg, "download")
     root = source_root(cfg)
     rows, skipped = scan_images(root)
     # UTKFace-style names that lack a field: the image is kept, its labels are left empty.
@@ -166,7 +169,9 @@ def run(cfg: DictConfig) -> list[Row]:
     unlabelled = has_labels.count(False) if any(has_labels) else 0
     output = manifest_path(cfg)
     write_table(output, rows, MANIFEST_COLUMNS)
-    seen = len(rows) + sum(skipped.values())
+    skipped.write(output)
+    counts = skipped.counts()
+    seen = len(rows) + sum(counts.values())
     write_json(
         summary_path(output),
         {
@@ -174,11 +179,12 @@ def run(cfg: DictConfig) -> list[Row]:
             "root": str(root),
             "images_in": seen,
             "images_out": len(rows),
-            "skipped": dict(skipped),
+            "skipped": counts,
             "kept_without_labels": unlabelled,
         },
     )
-    print(stage_summary("download", seen, len(rows), dict(skipped), time.perf_counter() - started))
+    seconds = time.perf_counter() - started
+    print(stage_summary("download", seen, len(rows), counts, seconds, skipped.examples(output)))
     if unlabelled:
         print(
             f"[download] {unlabelled} file names lack UTKFace's age_gender_race fields; kept unlabelled"

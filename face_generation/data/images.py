@@ -24,6 +24,7 @@ ZIP_SEPARATOR = "::"  # "archive.zip::member/name.jpg" names an image inside a z
 
 # Why an image was skipped; these names are the keys of metrics/data.json.
 UNREADABLE = "unreadable"  # the file cannot be read (permissions, symlink loop, vanished)
+EMPTY = "empty"  # a file of 0 bytes (an interrupted copy or download)
 NOT_AN_IMAGE = "not_an_image"  # no image format recognises the bytes
 CORRUPT = "corrupt"  # recognised, but decoding fails (truncated JPEG, broken PNG)
 TOO_LARGE = "too_large"  # declares more pixels than data.max_pixels (or PIL's bomb limit)
@@ -221,6 +222,8 @@ def read_header(data: bytes, max_pixels: int | None = None) -> ImageHeader:
 
 def _open(data: bytes, max_pixels: int | None) -> tuple[Image.Image, ImageHeader]:
     """PIL's lazily opened image and its header, checked against `max_pixels`."""
+    if not data:
+        raise ImageError(EMPTY, "the file is empty (0 bytes)")
     try:
         with warnings.catch_warnings():
             # Sizes are checked against our limit below; PIL's own (2 x 89 MP) raises.

@@ -34,9 +34,11 @@ from tqdm import tqdm
 from face_generation.config import config_from_args, stage_parser
 from face_generation.data import images
 from face_generation.data.tables import (
+    remove_leftovers,
     CROP_COLUMNS,
     SPLITS,
     Row,
+    Skipped,
     crops_path,
     packed_dir,
     read_json,
@@ -71,26 +73,26 @@ def resize_batch(faces: torch.Tensor, resolution: int, antialias: bool) -> np.nd
 
 def load_faces(
     rows: Sequence[Row], resolution: int, antialias: bool, max_pixels: int
-) -> tuple[np.ndarray, list[int], Counter[str]]:
-    """Decode, crop and resize rows; returns the faces, the indices kept and skip reasons."""
-    skipped: Counter[str] = Counter()
+) -> tuple[np.ndarray, list[int], Skipped]:
+    """Decode, crop and resize rows; returns the faces, the indices kept and the skipped."""
+    skipped = Skipped()
     read: list[tuple[int, bytes]] = []
     for index, row in enumerate(rows):
         try:
             read.append((index, images.read_bytes(row["path"])))
         except images.ImageError as error:
-            skipped[error.reason] += 1
+            skipped.add(row["path"], error.reason)
     crops_by_side: dict[int, list[tuple[int, np.ndarray]]] = {}
     decoded = images.decode_rgb_many([data for _, data in read], max_pixels)
     for (index, _), pixels in zip(read, decoded, strict=True):
-        if isinstance(pixels, images.ImageError):
-            skipped[pixels.reason] += 1
-            continue
         row = rows[index]
+        if isinstance(pixels, images.ImageError):
+            skipped.add(row["path"], pixels.reason)
+            continue
         top, bottom = int(row["box_top"]), int(row["box_bottom"])
         left, right = int(row["box_left"]), int(row["box_right"])
         if right > pixels.shape[1] or bottom > pixels.shape[0]:
-            skipped[images.CORRUPT] += 1  # the pixels disagree with the header crop read
+            skipped.add(row["path"], images.CORRUPT)  # the pixels disagree with crop's header
             continue
         crops_by_side.setdefault(right - left, []).append((index, pixels[top:bottom, left:right]))
     kept = sorted(index for group in crops_by_side.values() for index, _ in group)
@@ -113,11 +115,11 @@ def _resized(group: list[tuple[int, np.ndarray]], resolution: int, antialias: bo
 
 class Packed(NamedTuple):
     """Per group: the indices of the rows kept, and (if asked for) the sha256 of each of their
-    faces; over all groups: how many rows were skipped, by reason."""
+    faces; over all groups: the rows skipped, with their reasons."""
 
     kept: list[list[int]]
     digests: list[list[bytes]]
-    skipped: Counter[str]
+    skipped: Skipped
 
 
 def pack_groups(
@@ -139,7 +141,7 @@ def pack_groups(
     """
     antialias = bool(pack_cfg.antialias)
 
-    def pack_chunk(task: tuple[int, int, int]) -> tuple[list[int], list[bytes], Counter[str]]:
+    def pack_chunk(task: tuple[int, int, int]) -> tuple[list[int], list[bytes], Skipped]:
         group, start, stop = task
         faces, kept, skipped = load_faces(
             groups[group][start:stop], resolution, antialias, max_pixels
@@ -156,7 +158,7 @@ def pack_groups(
         for group, rows in enumerate(groups)
         for start in range(0, len(rows), size)
     ]
-    packed = Packed([[] for _ in groups], [[] for _ in groups], Counter())
+    packed = Packed([[] for _ in groups], [[] for _ in groups], Skipped())
     progress = tqdm(total=sum(map(len, groups)), desc=desc, unit="img", mininterval=1.0)
     with contextlib.ExitStack() as stack:
         if pack_cfg.workers and len(tasks) > 1:
@@ -175,7 +177,7 @@ def pack_groups(
 
 def pack_rows(
     rows: list[Row], resolution: int, pack_cfg: DictConfig, max_pixels: int, desc: str
-) -> tuple[np.ndarray, list[Row], Counter[str]]:
+) -> tuple[np.ndarray, list[Row], Skipped]:
     """Faces of all rows, in row order, in memory, using `pack_cfg.workers` threads."""
     faces = np.empty((len(rows), resolution, resolution, 3), np.uint8)
     (kept,), _, skipped = pack_groups([rows], [faces], resolution, pack_cfg, max_pixels, desc)
@@ -230,7 +232,7 @@ def write_splits(
         crop_skipped = read_json(summary_path(crops_path(cfg))).get("skipped", {})
         raise UserError(
             f"no face left in the {' and '.join(empty)} split (faces per split: {counts}; "
-            f"skipped by crop: {crop_skipped}, by pack: {dict(packed.skipped)}); every split "
+            f"skipped by crop: {crop_skipped}, by pack: {packed.skipped.counts()}); every split "
             "needs faces for training and evaluation: add images, or loosen data.crop "
             "(method, min_confidence, min_size)"
         )
@@ -265,6 +267,7 @@ def data_report(cfg: DictConfig, pack_summary: dict) -> dict:
 
 def run(cfg: DictConfig) -> dict:
     started = time.perf_counter()
+    remove_leftovers(cfg, "pack")
     resolution = checked_resolution(cfg)
     rows = read_table(crops_path(cfg), "crop")
     output = packed_dir(cfg)
@@ -290,6 +293,7 @@ def run(cfg: DictConfig) -> dict:
             for row, index in enumerate(split_kept)
         )
     write_table(output / "index.csv", index_rows, INDEX_COLUMNS)
+    skipped.write(output / "index.csv")
     meta = {"resolution": resolution, "counts": counts, "data_hash": digest.hexdigest()[:16]}
     write_json(output / "meta.json", meta)
     seconds = time.perf_counter() - started
@@ -297,10 +301,11 @@ def run(cfg: DictConfig) -> dict:
         "images_in": len(rows),
         "images_out": sum(counts.values()),
         "counts": counts,
-        "skipped": dict(skipped),
+        "skipped": skipped.counts(),
     }
     write_json(Path(cfg.paths.metrics) / "data.json", data_report(cfg, pack_summary))
-    print(stage_summary("pack", len(rows), sum(counts.values()), dict(skipped), seconds))
+    examples = skipped.examples(output / "index.csv")
+    print(stage_summary("pack", len(rows), sum(counts.values()), skipped.counts(), seconds, examples))
     print(
         f"[pack] {output}: "
         + ", ".join(f"{split} {counts[split]}" for split in SPLITS)

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from face_generation.config import config_from_args, stage_parser
 from face_generation.data.images import DUPLICATE
 from face_generation.data.tables import (
+    remove_leftovers,
     SPLIT_COLUMNS,
     SPLITS,
     Row,
@@ -98,6 +99,7 @@ def assign_splits(rows: list[Row], split_cfg: DictConfig) -> tuple[list[str], st
 
 def run(cfg: DictConfig) -> list[Row]:
     started = time.perf_counter()
+    remove_leftovers(cfg, "split")
     rows = read_table(manifest_path(cfg), "download")
     if not rows:
         raise UserError(f"{manifest_path(cfg)} lists no images: nothing to split")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -85,10 +86,67 @@ def read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def stage_summary(stage: str, seen: int, kept: int, skipped: dict[str, int], seconds: float) -> str:
-    """The one line every stage prints when it ends."""
+# What a killed stage can leave under paths.data: pack's arrays (GBs at full scale), the
+# temporaries of tables and summaries. Not the download's .part files: those resume.
+LEFTOVERS = ("packed/*/*.tmp.npy", "*.tmp", "raw/*.tmp")
+
+
+def remove_leftovers(cfg: DictConfig, stage: str) -> None:
+    """Delete the temporary files an interrupted stage left under paths.data, and say so."""
+    data = Path(cfg.paths.data)
+    found = [path for pattern in LEFTOVERS for path in data.glob(pattern) if path.is_file()]
+    if not found:
+        return
+    size = sum(path.stat().st_size for path in found)
+    for path in found:
+        path.unlink(missing_ok=True)
+    print(f"[{stage}] removed {len(found)} temporary file(s) of an interrupted run "
+          f"({size / 1e6:.1f} MB) under {data}")  # fmt: skip
+
+
+class Skipped:
+    """The files a stage skipped, each with its reason: counted by reason for the summaries,
+    and listed in `<table>.skipped.csv` beside the stage's table (path, reason), so a user
+    with 200,000 photos can find the ones that were left out."""
+
+    SHOWN = 3  # files the summary line names
+
+    def __init__(self) -> None:
+        self.files: list[Row] = []
+
+    def add(self, path: str, reason: str) -> None:
+        self.files.append({"path": path, "reason": reason})
+
+    def update(self, other: Skipped) -> None:
+        self.files.extend(other.files)
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(row["reason"] for row in self.files))
+
+    def write(self, table: Path) -> Path:
+        """The list beside `table` (written even when empty: no stale list of an earlier run)."""
+        write_table(skipped_path(table), self.files, ("path", "reason"))
+        return skipped_path(table)
+
+    def examples(self, table: Path) -> str:
+        """The first few skipped files and where the rest are listed, for the summary line."""
+        if not self.files:
+            return ""
+        shown = ", ".join(f"{Path(r['path']).name} ({r['reason']})" for r in self.files[: self.SHOWN])
+        more = f" and {len(self.files) - self.SHOWN} more" if len(self.files) > self.SHOWN else ""
+        return f"; skipped: {shown}{more}, all in {skipped_path(table)}"
+
+
+def skipped_path(table: Path) -> Path:
+    return table.with_name(f"{table.stem}.skipped.csv")
+
+
+def stage_summary(
+    stage: str, seen: int, kept: int, skipped: dict[str, int], seconds: float, examples: str = ""
+) -> str:
+    """The one line every stage prints when it ends (`examples`: `Skipped.examples`)."""
     reasons = ", ".join(f"{name} {count}" for name, count in sorted(skipped.items()) if count)
     return (
         f"[{stage}] {seen} in, {kept} out, {sum(skipped.values())} skipped"
-        f"{' (' + reasons + ')' if reasons else ''}, {seconds:.1f} s"
+        f"{' (' + reasons + ')' if reasons else ''}, {seconds:.1f} s{examples}"
     )

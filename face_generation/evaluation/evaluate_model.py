@@ -40,7 +40,7 @@ from face_generation.evaluation.record import (
     write_record,
 )
 from face_generation.runtime.checkpoint import CheckpointError, training_run_id
-from face_generation.runtime.device import pick_device
+from face_generation.runtime.device import pick_device, use_threads
 from face_generation.runtime.generator import load_generator
 
 
@@ -58,6 +58,7 @@ def evaluate(cfg: DictConfig, checkpoint: Path | None = None) -> EvaluationResul
     checkpoint = checkpoint or default_checkpoint(cfg)
     name = str(cfg.model.name)
     device = pick_device(str(cfg.eval.device))
+    use_threads(cfg.eval.threads)
     trained = load_generator(checkpoint, device)
     if trained.name != name:
         raise CheckpointError(

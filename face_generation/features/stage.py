@@ -129,12 +129,9 @@ def finite_rows(*arrays: Any) -> Any:
 
 def prepare_torch(cfg: DictConfig) -> Any:
     """The device of `features.device`, and `features.threads` CPU threads when set."""
-    import torch
+    from face_generation.runtime.device import pick_device, use_threads
 
-    from face_generation.runtime.device import pick_device
-
-    if cfg.features.threads:
-        torch.set_num_threads(int(cfg.features.threads))
+    use_threads(cfg.features.threads or None)
     return pick_device(str(cfg.features.device))
 
 

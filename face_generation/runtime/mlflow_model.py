@@ -39,16 +39,24 @@ from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema, Tens
 from mlflow.types.schema import Array
 
 from face_generation.data.images import ImageError
+from face_generation.errors import describe
 from face_generation.runtime.device import pick_device
 from face_generation.runtime.family import Family
 from face_generation.runtime.generator import (
     TrainedGenerator,
+    generate,
     load_generator,
     photo_refusal,
     sampling_options,
     takes_photos,
 )
 from face_generation.runtime.images import face_pixels, png_bytes, to_uint8
+from face_generation.runtime.options import (
+    RequestLimits,
+    check_range,
+    configured_limits,
+    read_options,
+)
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 CONDITION_COLUMN, REFERENCE_COLUMN = "condition", "reference"  # conditional models' inputs
@@ -98,14 +106,21 @@ def bad_request(message: str) -> MlflowException:
     return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
-def row_options(row: pd.Series, generator: TrainedGenerator) -> dict[str, Any]:
-    """The sampling options a request row sets (its non-empty option columns)."""
+def row_options(
+    row: pd.Series, generator: TrainedGenerator, limits: RequestLimits
+) -> dict[str, Any]:
+    """The sampling options a request row sets (its non-empty option columns), by the rule of
+    runtime/options.py. pandas holds an integer column with empty cells as floats, so a whole
+    float (5.0) in an integer option's column is that integer; 2.7 is refused."""
     known = sampling_options(generator.family)
-    return {
-        name: type(known[name])(row[name])
-        for name in known
-        if name in row.index and not pd.isna(row[name])
-    }
+    requested = {}
+    for name, default in known.items():
+        if name in row.index and not pd.isna(row[name]):
+            value = row[name].item() if isinstance(row[name], np.generic) else row[name]
+            if type(default) is int and isinstance(value, float) and value.is_integer():
+                value = int(value)
+            requested[name] = value
+    return read_options(requested, generator, limits)
 
 
 def present(row: pd.Series, column: str) -> bool:
@@ -113,8 +128,11 @@ def present(row: pd.Series, column: str) -> bool:
     return value is not None and not (np.isscalar(value) and pd.isna(value))
 
 
-def row_condition(row: pd.Series, n: int, generator: TrainedGenerator) -> torch.Tensor | None:
-    """The n condition rows a request row asks for (its `condition` or `reference`), or None."""
+def row_condition(
+    row: pd.Series, n: int, generator: TrainedGenerator, max_pixels: int | None = None
+) -> torch.Tensor | None:
+    """The n condition rows a request row asks for (its `condition` or `reference`: a photo of
+    at most `max_pixels` pixels, decoded as inference and the web service decode), or None."""
     condition, reference = present(row, CONDITION_COLUMN), present(row, REFERENCE_COLUMN)
     if not (condition or reference):
         return None
@@ -129,7 +147,7 @@ def row_condition(row: pd.Series, n: int, generator: TrainedGenerator) -> torch.
             raise bad_request(photo_refusal(generator.family))
         data = row[REFERENCE_COLUMN]
         try:
-            face = face_pixels(bytes(data), generator.resolution)
+            face = face_pixels(bytes(data), generator.resolution, max_pixels)
         except ImageError as error:
             raise bad_request(f"the reference photo cannot be used: {error}") from None
         photo = torch.from_numpy(face).permute(2, 0, 1)[None].float() / 127.5 - 1
@@ -144,6 +162,8 @@ class GeneratorModel(PythonModel):
 
     def __init__(self) -> None:
         self.generator: TrainedGenerator | None = None
+        self.limits: RequestLimits | None = None  # configs/serve/'s, read at the first request
+        self.max_pixels: int | None = None  # data.max_pixels of the training config
 
     def load_context(self, context: PythonModelContext) -> None:
         self.generator = load_generator(context.artifacts[CHECKPOINT_ARTIFACT], pick_device())
@@ -162,6 +182,10 @@ class GeneratorModel(PythonModel):
         missing = {"n", "seed"} - set(model_input.columns)
         if missing:
             raise bad_request(f"input needs integer columns n and seed; missing {sorted(missing)}")
+        if self.limits is None:
+            self.limits = configured_limits()
+            max_pixels = self.generator.config.data.get("max_pixels")  # older checkpoints: none
+            self.max_pixels = None if max_pixels is None else int(max_pixels)
         counts = [int(n) for n in model_input["n"]]
         if any(n < 1 for n in counts) or sum(counts) > MAX_IMAGES_PER_CALL:
             raise bad_request(
@@ -171,17 +195,18 @@ class GeneratorModel(PythonModel):
         try:
             batches = [
                 to_uint8(
-                    self.generator.sample(
+                    generate(
+                        self.generator,
                         n,
-                        cond=row_condition(row, n, self.generator),
-                        generator=torch.Generator().manual_seed(int(row["seed"])),
-                        **row_options(row, self.generator),
+                        check_range("seed", int(row["seed"]), 0, self.limits.max_seed),
+                        cond=row_condition(row, n, self.generator, self.max_pixels),
+                        **row_options(row, self.generator, self.limits),
                     )
                 )
                 for n, (_, row) in zip(counts, model_input.iterrows(), strict=True)
             ]
-        except ValueError as error:  # an option value the family refuses
-            raise bad_request(str(error)) from None
+        except ValueError as error:  # the rule's OptionError, or a value the family refuses
+            raise bad_request(describe(error)) from None
         images = np.concatenate(batches)
         if output == "png":
             return [base64.b64encode(png_bytes(image)).decode("ascii") for image in images]

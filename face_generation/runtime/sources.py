@@ -16,6 +16,10 @@ from face_generation.errors import UserError
 from face_generation.runtime.generator import TrainedGenerator, load_generator
 
 TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
+SOURCES = (
+    "give a checkpoint file (models/NAME/model.pt), runs:/RUN_ID/generator, "
+    "models:/NAME/VERSION or a local MLflow model folder"
+)
 
 
 def is_mlflow_uri(model: str) -> bool:
@@ -30,6 +34,11 @@ def is_mlflow_uri(model: str) -> bool:
 def load_model(model: str, device: torch.device, use_ema: bool = True) -> TrainedGenerator:
     """The trained generator of a checkpoint or an MLflow model URI (resolved against
     MLFLOW_TRACKING_URI); a URI that cannot be served is a UserError (a ValueError)."""
+    if re.match(r"^https?://", model):  # MLflow reads these as artifact stores, not models
+        raise UserError(f"{model}: an http(s) URL is not a model; {SOURCES}")
+    if Path(model).is_dir() and not (Path(model) / "MLmodel").is_file():
+        raise UserError(f"{model} is a folder, not a checkpoint: name the file in it, e.g. "
+                        f"{Path(model) / 'model.pt'}; {SOURCES}")  # fmt: skip
     if is_mlflow_uri(model):
         import mlflow.pyfunc  # imported only when needed: it takes seconds
         from mlflow.exceptions import MlflowException

@@ -1,6 +1,7 @@
 """The HTTP API and the web page over the served models (FastAPI; OpenAPI docs at /docs).
 
     GET  /              the page (static/index.html, with app.js and style.css: no build step)
+    GET  /docs          the API documentation, drawn from /openapi.json by static/docs.js
     GET  /health        answers while models are busy: inference runs in worker threads
     GET  /models        name, family, version, resolution, inputs and sampling options of each
     POST /generate      JSON {model, n, seed, options} → a PNG grid, or base64 PNGs as JSON
@@ -17,9 +18,9 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -30,13 +31,15 @@ from omegaconf import DictConfig
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from face_generation.errors import describe
 from face_generation.runtime.family import RECONSTRUCT, SAMPLE
 from face_generation.runtime.generator import generate, photo_refusal, takes_photos
 from face_generation.runtime.images import grid_pixels, png_bytes, to_uint8
+from face_generation.runtime.options import OptionError, RequestLimits, check_range, read_options
 from face_generation.runtime.pixels import to_float_nchw
+from face_generation.serving.guard import RequestGuard
 from face_generation.serving.models import ServedModel
 from face_generation.serving.uploads import (
-    BodyLimit,
     Photo,
     Refusal,
     UploadLimits,
@@ -46,9 +49,14 @@ from face_generation.serving.uploads import (
 )
 
 STATIC = Path(__file__).with_name("static")
-PAGE_FILES = {"app.js": "text/javascript", "style.css": "text/css"}  # all /static serves
+PAGE_FILES = {  # all /static serves
+    "app.js": "text/javascript",
+    "docs.js": "text/javascript",
+    "style.css": "text/css",
+}
 Format = Literal["png", "json"]
 OptionValue = bool | int | float | str
+T = TypeVar("T")
 
 
 class GenerateRequest(BaseModel):
@@ -81,15 +89,28 @@ def create_app(models: dict[str, ServedModel], cfg: DictConfig) -> FastAPI:
     """The service for `models`, with the limits and defaults of `cfg.serve`."""
     serve = cfg.serve
     limits = UploadLimits.from_config(serve.limits)
+    request_limits = RequestLimits.from_config(serve.limits)  # inference's and MLflow's too
     app = FastAPI(
+        docs_url=None,  # FastAPI's loads Swagger UI from a CDN: /docs below works offline
+        redoc_url=None,
         title="face_generation",
         summary="Generate faces with the trained models: grids, variants of reference photos, reconstructions.",
     )
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(
+        RequestGuard,
+        max_requests=int(serve.max_requests),
+        body_timeout=float(serve.body_timeout_s),
+        max_json_bytes=limits.max_json_bytes,
+        max_multipart_bytes=limits.max_body_bytes,
+    )
 
     @app.exception_handler(Refusal)
     async def refused(request: Request, refusal: Refusal) -> JSONResponse:
         return JSONResponse({"detail": refusal.reason}, status_code=refusal.status)
+
+    @app.exception_handler(OptionError)
+    async def option_refused(request: Request, error: OptionError) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=422)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -101,37 +122,19 @@ def create_app(models: dict[str, ServedModel], cfg: DictConfig) -> FastAPI:
             raise Refusal(404, f"no model {name[:80]!r} here; models: {', '.join(models)}")
         return models[name]
 
-    def bounded(name: str, value: float, low: float, high: float) -> None:
-        if not low <= value <= high:
-            raise Refusal(422, f"{name} must be between {low} and {high}, got {value}")
-
     def count_and_seed(n: int | None, seed: int) -> int:
         n = int(serve.default_n) if n is None else n
-        bounded("n", n, 1, int(serve.limits.max_n))
-        bounded("seed", seed, 0, int(serve.limits.max_seed))
+        check_range("n", n, 1, request_limits.max_n)
+        check_range("seed", seed, 0, request_limits.max_seed)
         return n
 
-    def sampling_options(model: ServedModel, requested: dict[str, Any]) -> dict[str, Any]:
-        """All the model's options with the request's in place: each typed like its default
-        and within its bounds."""
-        defaults = model.generator.options()
-        chosen = {}
-        for name, value in requested.items():
-            if name not in defaults:
-                known = ", ".join(defaults) or "none"
-                raise Refusal(
-                    422, f"{model.name} has no option {name[:40]!r}; its options: {known}"
-                )
-            default = defaults[name]
-            if isinstance(default, float) and type(value) is int:
-                value = float(value)  # JSON writes 1.0 as 1
-            if default is not None and type(value) is not type(default):
-                raise Refusal(422, f"option {name} takes values like {default!r}, got {value!r}")
-            bounds = serve.limits.options.get(name)
-            if bounds is not None and isinstance(value, int | float):
-                bounded(name, value, *bounds)
-            chosen[name] = value
-        return model.generator.options(**chosen)  # every option, as the family will use it
+    async def run(model: ServedModel, work: Callable[[], T]) -> tuple[T, float]:
+        """`work` on the model's thread; what the family refuses (sampler="bogus") is a 422
+        with the family's own sentence (the contract: options it cannot use are ValueErrors)."""
+        try:
+            return await run_in_threadpool(model.run, work)
+        except ValueError as error:
+            raise Refusal(422, describe(error)) from None
 
     async def read_inputs(
         model: ServedModel, photos: Sequence[UploadFile], test_faces: str
@@ -157,7 +160,7 @@ def create_app(models: dict[str, ServedModel], cfg: DictConfig) -> FastAPI:
         count = 0 if model.test_faces is None else len(model.test_faces)
         if count == 0:
             raise Refusal(422, f"no test faces are offered for {model.name}")
-        if not all(part.isdigit() and int(part) < count for part in parts):
+        if not all(part.isascii() and part.isdigit() and int(part) < count for part in parts):
             raise Refusal(422, f"test faces are numbers from 0 to {count - 1}, got {text[:40]!r}")
         return [int(part) for part in parts]
 
@@ -166,7 +169,7 @@ def create_app(models: dict[str, ServedModel], cfg: DictConfig) -> FastAPI:
 
         def face(item: Photo | int) -> np.ndarray:
             if isinstance(item, Photo):
-                return decode_face(item, model.generator.resolution)
+                return decode_face(item, model.generator.resolution, limits)
             assert model.test_faces is not None  # parse_indices checked it
             return np.asarray(model.test_faces[item])
 
@@ -217,6 +220,10 @@ def create_app(models: dict[str, ServedModel], cfg: DictConfig) -> FastAPI:
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
+    @app.get("/docs", include_in_schema=False)
+    async def api_docs() -> FileResponse:
+        return FileResponse(STATIC / "docs.html", media_type="text/html")
+
     @app.get("/static/{name}", include_in_schema=False)
     async def page_file(name: str) -> FileResponse:
         if name not in PAGE_FILES:  # a fixed list: no request reaches another file
@@ -243,12 +250,12 @@ def create_app(models: dict[str, ServedModel], cfg: DictConfig) -> FastAPI:
         if SAMPLE not in model.generator.family.capabilities:
             raise Refusal(422, f"{model.name} does not generate images")
         n = count_and_seed(request.n, request.seed)
-        options = sampling_options(model, request.options)
+        options = read_options(request.options, model.generator, request_limits)
 
         def work() -> np.ndarray:
             return to_uint8(generate(model.generator, n, request.seed, **options))
 
-        images, seconds = await run_in_threadpool(model.run, work)
+        images, seconds = await run(model, work)
         return await run_in_threadpool(
             answer, model, request.format, request.seed, options, seconds, images
         )
@@ -271,7 +278,7 @@ def create_app(models: dict[str, ServedModel], cfg: DictConfig) -> FastAPI:
         if not takes_photos(served_model.generator.family):
             raise Refusal(422, f"{model}: {photo_refusal(served_model.generator.family)}")
         n = count_and_seed(n, seed)
-        chosen = sampling_options(served_model, parse_options(options))
+        chosen = read_options(parse_options(options), served_model.generator, request_limits)
         inputs = await read_inputs(served_model, photos, test_faces)
 
         def work() -> tuple[np.ndarray, np.ndarray]:
@@ -286,7 +293,7 @@ def create_app(models: dict[str, ServedModel], cfg: DictConfig) -> FastAPI:
             )
             return to_uint8(images), to_uint8(references)
 
-        (images, references), seconds = await run_in_threadpool(served_model.run, work)
+        (images, references), seconds = await run(served_model, work)
         return await run_in_threadpool(
             answer, served_model, format, seed, chosen, seconds, images, references
         )
@@ -308,7 +315,7 @@ def create_app(models: dict[str, ServedModel], cfg: DictConfig) -> FastAPI:
             originals = faces(served_model, inputs)
             return to_uint8(served_model.generator.reconstruct(originals)), to_uint8(originals)
 
-        (images, originals), seconds = await run_in_threadpool(served_model.run, work)
+        (images, originals), seconds = await run(served_model, work)
         return await run_in_threadpool(
             answer, served_model, format, None, {}, seconds, images, originals
         )

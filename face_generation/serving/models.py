@@ -88,6 +88,11 @@ def resolve_registry_uri(source: str) -> tuple[str, str | None]:
         client = MlflowClient()
         if reference == "latest":
             versions = client.search_model_versions(f"name='{name}'")
+            if not versions:
+                raise ValueError(
+                    f"{source}: no version of a registered model {name!r} in the MLflow "
+                    "registry (MLFLOW_TRACKING_URI); register one by training with tracking on"
+                )
             reference = str(max(int(version.version) for version in versions))
         else:
             reference = str(client.get_model_version_by_alias(name, reference).version)

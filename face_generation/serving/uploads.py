@@ -1,35 +1,28 @@
 """Photos that requests upload: checked before anything is decoded, then decoded as faces.
 
 The checks run in this order, each refusing with an HTTP status and a one-line reason:
-  * the request body's size (`BodyLimit`, before the body is read) and each photo's size;
+  * the request body's size (`guard.RequestGuard`, before the body is read) and each photo's;
   * the type, from the photo's first bytes (never its name): JPEG, PNG or WebP;
   * the pixel count, from the header, which PIL reads without decoding, so a decompression
     bomb (a small file that claims a huge image) is refused before it costs memory.
-Only then is a photo decoded, turned upright by its EXIF orientation and cut to a face.
+Only then is a photo decoded, by `runtime.images.face_pixels`, as every other path decodes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
-from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
-from PIL import Image, ImageOps
-from starlette.responses import JSONResponse
+from PIL import Image
+
+from face_generation.data.images import ImageError
+from face_generation.runtime.images import face_pixels
 
 MB, KB = 1_000_000, 1_000  # decimal, as the limits in the config read
 # What PIL raises on a file it cannot parse (UnidentifiedImageError is an OSError).
 UNREADABLE = (OSError, SyntaxError, ValueError, EOFError)
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class Refusal(Exception):
@@ -46,6 +39,7 @@ class UploadLimits:
     max_bytes: int  # bytes per photo
     max_pixels: int  # pixels per photo, from its header
     max_form_bytes: int  # the text fields of a multipart request
+    max_json_bytes: int  # a JSON request (a few numbers)
 
     @classmethod
     def from_config(cls, limits: DictConfig) -> UploadLimits:
@@ -54,6 +48,7 @@ class UploadLimits:
             max_bytes=round(float(limits.max_upload_mb) * MB),
             max_pixels=round(float(limits.max_megapixels) * 1e6),
             max_form_bytes=round(float(limits.max_form_kb) * KB),
+            max_json_bytes=round(float(limits.max_json_kb) * KB),
         )
 
     @property
@@ -111,63 +106,11 @@ def check_photo(name: str, data: bytes, limits: UploadLimits) -> Photo:
     return Photo(name, data, image_format)
 
 
-def decode_face(photo: Photo, resolution: int) -> np.ndarray:
-    """A checked photo as a resolution² uint8 RGB face: upright by its EXIF orientation, its
-    centre square, resized with antialiasing (faces should be roughly aligned crops)."""
+def decode_face(photo: Photo, resolution: int, limits: UploadLimits) -> np.ndarray:
+    """A checked photo as a resolution² uint8 RGB face, decoded by `face_pixels`, the one
+    decoder of the CLI, the MLflow model and the pipeline (16-bit, palette, transparency on
+    white, CMYK, EXIF orientation: the same pixels everywhere)."""
     try:
-        with Image.open(io.BytesIO(photo.data), formats=[photo.format]) as image:
-            # JPEG only: decode at 1/2, 1/4 or 1/8 scale when that still covers the face
-            image.draft("RGB", (resolution, resolution))
-            upright = ImageOps.exif_transpose(image).convert("RGB")
-    except UNREADABLE as error:
+        return face_pixels(photo.data, resolution, limits.max_pixels)
+    except ImageError as error:
         raise Refusal(400, f"{photo.name} cannot be decoded ({error})") from None
-    size = (resolution, resolution)
-    return np.asarray(ImageOps.fit(upright, size, Image.Resampling.LANCZOS))
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-class BodyLimit:
-    """ASGI middleware: a request body over `max_bytes` is answered 413, by its Content-Length
-    before it is read, or, without one (chunked), as soon as it grows past the limit, so no
-    upload is spooled to disk beyond it."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length", b"0")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            await self.refuse(scope, receive, send)
-            return
-        received, over, started = 0, False, False
-
-        async def counting_receive() -> Message:
-            nonlocal received, over
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                over = True
-                raise BodyTooLarge
-            return message
-
-        async def send_unless_over(message: Message) -> None:
-            nonlocal started
-            if over:  # the app's answer to the aborted read (FastAPI: 400) is replaced
-                return
-            started = True
-            await send(message)
-
-        with contextlib.suppress(BodyTooLarge):  # raised into the app when the body ran over
-            await self.app(scope, counting_receive, send_unless_over)
-        if over and not started:
-            await self.refuse(scope, receive, send)
-
-    async def refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        reason = f"the request is larger than the limit of {self.max_bytes / MB:.3g} MB"
-        await JSONResponse({"detail": reason}, status_code=413)(scope, receive, send)

@@ -45,14 +45,23 @@ def prune_checkpoints(directory: Path, keep: int) -> None:
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Write atomically: temporary file, fsync, rename over `path`."""
+    """Write atomically: temporary file, fsync, rename over `path`. A failed write (a full
+    disk) removes its temporary and raises an OSError that names `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    with temporary.open("wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    temporary.replace(path)
+    try:
+        with temporary.open("wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        temporary.replace(path)
+    except BaseException as error:
+        temporary.unlink(missing_ok=True)
+        # torch reports a failed write (ENOSPC) as a RuntimeError raised over the OSError
+        cause = error if isinstance(error, OSError) else error.__context__
+        if isinstance(cause, OSError):
+            raise OSError(cause.errno, cause.strerror, str(path)) from error
+        raise
 
 
 def rng_state() -> dict[str, Any]:

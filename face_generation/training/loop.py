@@ -29,13 +29,14 @@ from tqdm import tqdm
 
 from face_generation.data.packed import features_dir, load_feature_split, load_split, read_meta
 from face_generation.data.tables import packed_dir
+from face_generation.errors import describe
 from face_generation.runtime.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
     load_weights,
     step_path,
 )
-from face_generation.runtime.device import pick_device
+from face_generation.runtime.device import pick_device, use_threads
 from face_generation.runtime.family import Family, StepContext
 from face_generation.runtime.images import save_grid
 from face_generation.runtime.registry import family_for
@@ -58,7 +59,7 @@ from face_generation.training.output import (
     set_aside_previous_run,
 )
 from face_generation.training.resume import check_same_model, plan_resume
-from face_generation.training.settings import check_train_settings
+from face_generation.training.settings import check_learning_rates, check_train_settings
 from face_generation.training.tracker import (
     NullTracker,
     Tracker,
@@ -223,6 +224,7 @@ def train(cfg: DictConfig, tracker: Tracker | None = None) -> TrainResult:
     return.
     """
     check_train_settings(cfg.train)
+    check_learning_rates(cfg.model)
     family_for(
         cfg
     )  # an unknown family, or a condition it cannot take, fails before any file is touched
@@ -255,12 +257,32 @@ def preview_condition(cfg: DictConfig, family: type[Family], n: int) -> torch.Te
     return torch.from_numpy(np.asarray(rows[np.arange(n) % len(rows)])).float()
 
 
+def end_failed_run(tracker: Tracker, error: BaseException, previous_of: Path | None) -> None:
+    """After `error`: end the tracking run and put back the earlier run's files of
+    `previous_of` (a fresh start's folder). The files come back whatever the tracker does (a
+    full disk fails its last write too), and a failure here is printed, never raised over
+    `error`."""
+    try:
+        tracker.close("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+    except Exception as failure:
+        print(f"[train] could not end the tracking run: {describe(failure)}")
+    finally:
+        if previous_of is not None:
+            try:
+                restore_previous_run(previous_of)
+                print(f"[train] the earlier run's files in {previous_of} are restored")
+            except Exception as failure:
+                print(f"[train] the earlier run's files stay in {previous_of / '.previous'} "
+                      f"(put back at the next start): {describe(failure)}")  # fmt: skip
+
+
 def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainResult:
     train_cfg = cfg.train
     started = time.perf_counter()
 
     # Device and seeds: the same initial weights on every rank.
     device = pick_device(str(train_cfg.device))
+    use_threads(train_cfg.threads)
     context = step_context(device, train_cfg)
     seed = int(train_cfg.seed)
     seed_everything(seed)
@@ -335,19 +357,26 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
         tracker = NullTracker(run_id)
     if tracker is None and plan.checkpoint is None:
         close_orphaned_runs(cfg)  # runs of this model killed before their first checkpoint
-    tracker = tracker or create_tracker(cfg, run_id, resume_step=start_step)
-    if plan.checkpoint is None:
-        tracker.log_params(flatten_config(cfg))
-        tracker.log_dataset(packed, data_hash, len(arrays["images"]))
-    tracker.set_tags(
-        {
-            "model": str(cfg.model.name),
-            "data_hash": data_hash,
-            "device": str(device),
-            "seed": seed,
-            "train_images": len(arrays["images"]),
-        }
-    )
+    opened = tracker
+    try:  # from here on a failure ends the run and gives the earlier files back
+        opened = tracker = tracker or create_tracker(cfg, run_id, resume_step=start_step)
+        if plan.checkpoint is None:
+            tracker.log_params(flatten_config(cfg))
+            tracker.log_dataset(packed, data_hash, len(arrays["images"]))
+        tracker.set_tags(
+            {
+                "model": str(cfg.model.name),
+                "data_hash": data_hash,
+                "device": str(device),
+                "seed": seed,
+                "threads": torch.get_num_threads(),  # train.threads, or torch's choice
+                "train_images": len(arrays["images"]),
+            }
+        )
+    except BaseException as error:
+        previous_of = output if previous_kept and context.is_main else None
+        end_failed_run(opened or NullTracker(run_id), error, previous_of)
+        raise
     steps = int(train_cfg.steps)
     print(
         f"[train] {cfg.model.name} on {len(arrays['images'])} {resolution}×{resolution} faces "
@@ -361,9 +390,19 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
         if not context.is_main:
             return path
         state = training_state(cfg, family, ema, step, tracker.run_id, data_hash, losses)
-        save_checkpoint(state, path)
-        for target in also:
-            save_checkpoint(model_file_state(state), target)
+        try:
+            save_checkpoint(state, path)
+            for target in also:
+                save_checkpoint(model_file_state(state), target)
+        except OSError as error:  # a full disk: say which file, and what the user still has
+            kept = (
+                f"the earlier run's files, back in {output}"
+                if previous_kept
+                else f"the checkpoint {last_good}"
+                if last_good
+                else "no checkpoint of this run"
+            )
+            raise OSError(error.errno, f"{error.strerror}; kept {kept}", error.filename) from error
         prune_checkpoints(checkpoints, int(train_cfg.keep_checkpoints))
         if previous_kept:  # this run has a checkpoint of its own now
             discard_previous_run(output)
@@ -462,10 +501,7 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
             tracker.log_generator(output / "model.pt", family_type, resolution)
     except BaseException as error:
         progress.close()
-        tracker.close("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
-        if previous_kept and context.is_main:
-            restore_previous_run(output)
-            print(f"[train] the earlier run's files in {output} are restored")
+        end_failed_run(tracker, error, output if previous_kept and context.is_main else None)
         raise
     tracker.close("FINISHED")
     print(f"[train] done: step {step} in {time.perf_counter() - started:.0f} s; {output / 'model.pt'} "

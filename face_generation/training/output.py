@@ -72,18 +72,27 @@ def set_aside_previous_run(folder: Path) -> bool:
 
 
 def restore_previous_run(folder: Path) -> bool:
-    """Put the files of folder/.previous/ back, over what a failed fresh start left; True when
-    there was anything to restore."""
+    """Put the files of folder/.previous/ back in place of everything a failed fresh start
+    wrote (its run files and their temporaries); True when there was anything to restore."""
     previous = folder / ".previous"
     if not previous.is_dir():
         return False
+    for name in RUN_FILES:
+        remove(folder / name)
+    for temporary in folder.glob(".*.tmp"):  # e.g. .mlflow_run.json.tmp of a failed write
+        remove(temporary)
     for path in previous.iterdir():
-        target = folder / path.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        path.replace(target)
+        path.replace(folder / path.name)
     previous.rmdir()
     return True
+
+
+def remove(path: Path) -> None:
+    """Delete a file or a folder tree; nothing when it is not there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def discard_previous_run(folder: Path) -> None:

@@ -24,7 +24,7 @@ from face_generation.training.checkpoint import newest_checkpoint
 # Settings that do not change what is trained: `matching` ignores them.
 NOT_TRAINING = ("tracking", "paths", "eval", "ckpt", "serve")
 NOT_TRAINING_TRAIN = ("resume", "steps", "keep_checkpoints", "log_every", "sample_every",
-                      "ckpt_every", "num_workers")  # fmt: skip
+                      "ckpt_every", "num_workers", "threads")  # fmt: skip
 
 
 @dataclass

@@ -9,11 +9,14 @@ setting and what it accepts, raised before any file is moved or any MLflow run i
 
 from __future__ import annotations
 
+from typing import Any
+
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from face_generation.config_schema import TrainSettings
 from face_generation.errors import UserError
+from face_generation.runtime.device import pick_device
 
 PRECISIONS = ("bf16", "fp32")
 RESUME_MODES = ("auto", "matching")
@@ -40,6 +43,8 @@ def check_train_settings(train_cfg: DictConfig) -> TrainSettings:
                 if getattr(settings, name) < 1]  # fmt: skip
     if settings.num_workers < 0:
         problems.append(("num_workers", settings.num_workers, "0 or more"))
+    if settings.threads is not None and settings.threads < 1:
+        problems.append(("threads", settings.threads, "null (torch's choice) or at least 1"))
     if settings.precision not in PRECISIONS:
         problems.append(("precision", settings.precision, " or ".join(PRECISIONS)))
     if settings.grad_clip is not None and settings.grad_clip <= 0:
@@ -49,4 +54,20 @@ def check_train_settings(train_cfg: DictConfig) -> TrainSettings:
     if problems:
         name, value, accepted = problems[0]
         raise SettingsError(f"train.{name}={value} is not allowed: it must be {accepted}")
+    try:
+        pick_device(settings.device)
+    except UserError as error:
+        raise SettingsError(f"train.device={settings.device}: {error}") from None
     return settings
+
+
+def check_learning_rates(node: Any, prefix: str = "model") -> None:
+    """Every `lr` under the model config is a positive number (a SettingsError otherwise), so
+    `model.optimizer.lr=-1` is one line before training, not the optimiser's traceback."""
+    if not isinstance(node, DictConfig):
+        return
+    for key, value in node.items():
+        name = f"{prefix}.{key!s}"
+        if key == "lr" and not (isinstance(value, int | float) and value > 0):
+            raise SettingsError(f"{name}={value} is not allowed: it must be a positive number")
+        check_learning_rates(value, name)

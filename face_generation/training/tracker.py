@@ -104,7 +104,11 @@ class MlflowTracker:
         )
         self.registered_name = registered_model_name(cfg.tracking, str(cfg.model.name))
         self.tags: dict[str, Any] = {}  # what the loop tagged the run with (data_hash, ...)
-        self.write_run_link()
+        try:
+            self.write_run_link()
+        except BaseException:  # a full disk: the run must not stay RUNNING
+            self.run.close("FAILED")
+            raise
 
     @property
     def run_id(self) -> str:
@@ -125,8 +129,12 @@ class MlflowTracker:
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.tmp")
-        temporary.write_text(json.dumps(link, indent=2) + "\n")
-        os.replace(temporary, path)  # whole or not at all: DVC and the report read it
+        try:
+            temporary.write_text(json.dumps(link, indent=2) + "\n")
+            os.replace(temporary, path)  # whole or not at all: DVC and the report read it
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
         return path
 
     def log_params(self, params: Mapping[str, Any]) -> None:
