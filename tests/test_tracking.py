@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ from face_generation.tracking import sync as sync_cli
 from face_generation.tracking.delivery import deliver_spool
 from face_generation.tracking.provenance import (
     flatten_config,
+    git_commit,
+    params_overrides,
     registered_model_name,
     version_metadata,
 )
@@ -37,6 +40,7 @@ from face_generation.tracking.server import (
     server_status,
     start_server,
     stop_server,
+    tracking_uri,
 )
 from face_generation.tracking.spool import Spool
 from face_generation.training.tracker import close_orphaned_runs
@@ -262,6 +266,53 @@ def test_run_logs_params_metrics_artifacts_and_tags(
     assert logged.data.tags["data_hash"] == "d41d8cd9"
     assert logged.data.tags["dvc_exp"] == "brisk-lynx"
     assert len(logged.data.tags["git_commit"]) == 40  # the tests run inside the repository
+
+
+def git_repo(root: Path) -> Path:
+    """A committed project: code, params.yaml, dvc.lock and metrics, as a fresh clone has."""
+    root.mkdir()
+    (root / "train.py").write_text("STEPS = 1\n")
+    (root / "params.yaml").write_text("train:\n  steps: 1000\nmodels:\n  vae:\n    beta: 1.0\n")
+    (root / "dvc.lock").write_text("schema: '2.0'\n")
+    (root / "metrics").mkdir()
+    (root / "metrics" / "vae.json").write_text("{}\n")
+    for command in (
+        ["init", "-q"],
+        ["add", "."],
+        ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"],
+    ):
+        subprocess.run(["git", *command], cwd=root, check=True)
+    return root
+
+
+def test_an_experiment_is_its_overrides_and_code_changes_are_dirty(
+    tracking_cfg: DictConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `dvc exp run -S train.steps=100` leaves in the work tree (params.yaml, dvc.lock and
+    metrics rewritten) is the experiment's parameters, not uncommitted code."""
+    repo = git_repo(tmp_path / "project")
+    params = repo / "params.yaml"
+    params.write_text(params.read_text().replace("1000", "100").replace("1.0", "0.5"))
+    (repo / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    (repo / "metrics" / "vae.json").write_text('{"fd_effnet": 1}\n')
+    commit = git_commit(repo)
+    assert commit is not None and commit[1] is False  # not "with uncommitted changes"
+    assert params_overrides(repo) == ["models.vae.beta=0.5", "train.steps=100"]
+
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("DVC_EXP_NAME", "brisk-lynx")
+    with TrackedRun(tracking_cfg, "vae") as run:
+        pass
+    tags = MlflowClient(tracking_uri(tracking_cfg)).get_run(str(run.run_id)).data.tags
+    assert tags["params_overrides"] == "models.vae.beta=0.5 train.steps=100"
+    assert tags["dvc_exp"] == "brisk-lynx"
+    description, version_tags = version_metadata("vae", 32, 100, "aaaa")
+    assert "DVC experiment brisk-lynx (models.vae.beta=0.5 train.steps=100)" in description
+    assert version_tags["params_overrides"] == tags["params_overrides"]
+
+    (repo / "train.py").write_text("STEPS = 2\n")  # a code change is one
+    commit = git_commit(repo)
+    assert commit is not None and commit[1] is True
 
 
 def test_links_and_experiments_open_the_ui_on_training_runs(
