@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,6 @@ from typing import Any
 import yaml
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 from omegaconf import DictConfig, OmegaConf
-
-GENERATOR = "generator"  # the name a training run logs its model under
 
 
 def flatten_config(cfg: DictConfig | Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -86,6 +85,19 @@ def params_overrides(cwd: str | Path | None = None) -> list[str]:
     return [f"{key}={after.get(key, '(removed)')}" for key in changed]
 
 
+def entry_point() -> str:
+    """The running command: the module of `python -m MODULE`, else the script's file name."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    return spec.name.removesuffix(".__main__") if spec is not None else Path(sys.argv[0]).name
+
+
+def queued_experiment(cwd: str | Path | None = None) -> bool:
+    """True inside a DVC experiment run from the queue: DVC runs those in a temporary copy of
+    the repository under .dvc/tmp/exps/, not in the user's workspace."""
+    directory = Path(cwd or Path.cwd()).resolve()
+    return any(parent.parts[-3:] == (".dvc", "tmp", "exps") for parent in directory.parents)
+
+
 def _git(cwd: str | Path, *arguments: str) -> str:
     return subprocess.run(
         ["git", *arguments], cwd=cwd, capture_output=True, text=True, check=True
@@ -94,7 +106,8 @@ def _git(cwd: str | Path, *arguments: str) -> str:
 
 def run_tags(data_hash: str | None = None) -> dict[str, str]:
     """Tags that tie a run to its code, data, parameters and DVC experiment."""
-    tags: dict[str, str] = {}
+    # The UI's Source column: the command that ran (`face_generation.train`), a local run.
+    tags = {"mlflow.source.name": entry_point(), "mlflow.source.type": "LOCAL"}
     if (commit := git_commit()) is not None:
         tags["git_commit"] = commit[0]
         tags["mlflow.source.git.commit"] = commit[0]  # shown by the MLflow UI
@@ -111,6 +124,8 @@ def run_tags(data_hash: str | None = None) -> dict[str, str]:
     ):
         if os.environ.get(variable):
             tags[tag] = os.environ[variable]
+    if queued_experiment():
+        tags["dvc_exp_queued"] = "true"
     return tags
 
 
