@@ -3,7 +3,7 @@
 MODEL is a checkpoint written by training (models/<name>/model.pt, or any
 models/<name>/checkpoints/step-N.pt) or an MLflow model URI (runs:/<run id>/<path>,
 models:/<name>/<version>, or a local MLflow model folder); MLflow URIs are resolved against
-MLFLOW_TRACKING_URI.
+the tracking server of params.yaml (tracking.host, port, uri), else MLFLOW_TRACKING_URI.
 
 Writes OUT/samples.png (a grid of all samples) and OUT/samples/0000.png, 0001.png, ... (one
 per sample). The same --seed (and options) gives the same images. --option NAME=VALUE sets one
@@ -49,7 +49,8 @@ from face_generation.runtime.generator import (
     takes_photos,
 )
 from face_generation.runtime.images import load_faces, save_each, save_grid
-from face_generation.runtime.sources import load_model
+from face_generation.runtime.sources import REGISTRY_SCHEMES, load_model
+from face_generation.tracking.server import use_pipeline_server
 
 
 def parse_options(pairs: Sequence[str], trained: TrainedGenerator) -> dict[str, Any]:
@@ -159,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     with reported_errors("inference", CheckpointError, ValueError):
         option_pairs = [*args.option, *option_flags(extra)]
+        if args.model.startswith(REGISTRY_SCHEMES):
+            use_pipeline_server("inference")  # the server of params.yaml, as every command
         trained = load_model(args.model, pick_device(args.device), use_ema=not args.no_ema)
         options = parse_options(option_pairs, trained)
         # The data stages' limit (configs/data/): the same files are refused everywhere.

@@ -1,7 +1,8 @@
 """Serve trained generators over HTTP, with a web page: `python -m face_generation.serve`.
 
 Loads every models/<name>/model.pt (or the models named in serve.models: checkpoints or MLflow
-model URIs such as models:/face_generation-vae/1), listens on serve.host:serve.port
+model URIs such as models:/face_generation-vae/1, resolved against the tracking server of
+params.yaml, as every command finds it, and printed), listens on serve.host:serve.port
 (127.0.0.1:8000), prints the page's URL and serves until Ctrl-C. The API's documentation is
 at /docs. Settings live in configs/serve/default.yaml.
 
@@ -16,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import os
 import socket
 from collections.abc import Sequence
 
-from face_generation.config import compose
+from face_generation.config import compose, tracking_source
 from face_generation.runtime.checkpoint import CheckpointError
+from face_generation.runtime.sources import REGISTRY_SCHEMES
 
 
 def listen(host: str, port: int, backlog: int) -> socket.socket:
@@ -46,16 +47,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         "overrides", nargs="*", metavar="OVERRIDE", help="Hydra overrides such as serve.port=8080"
     )
     args = parser.parse_args(argv)
-    cfg = compose("config", args.overrides)
+    tracking, source = tracking_source()  # params.yaml's tracking.port, as every command
+    cfg = compose("config", [*tracking, *args.overrides])
 
     import uvicorn  # after --help: these imports take seconds
 
     from face_generation.serving.app import create_app
     from face_generation.serving.models import load_served_models
-    from face_generation.tracking.server import tracking_uri
+    from face_generation.tracking.server import use_tracking_server
 
-    # models:/ URIs resolve against MLFLOW_TRACKING_URI, else this project's tracking server
-    os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri(cfg.tracking))
+    uri = use_tracking_server(cfg.tracking)
+    if any(str(model).startswith(REGISTRY_SCHEMES) for model in cfg.serve.models.values()):
+        print(f"[serve] MLflow model URIs resolve against {uri} ({source or 'configs/tracking/'})")
     try:
         models = load_served_models(cfg)
     except (CheckpointError, OSError, ValueError) as error:

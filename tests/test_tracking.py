@@ -25,7 +25,7 @@ from mlflow.types import ColSpec, Schema, TensorSpec
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from face_generation.config import compose
+from face_generation.config import compose, tracking_source
 from face_generation.evaluation.mlflow_run import log_evaluation
 from face_generation.evaluation.record import EvaluationResult, write_record
 from face_generation.tracking import promote as promote_cli
@@ -46,6 +46,7 @@ from face_generation.tracking.server import (
     start_server,
     stop_server,
     tracking_uri,
+    use_pipeline_server,
 )
 from face_generation.tracking.spool import Spool
 from face_generation.training.tracker import close_orphaned_runs, create_tracker
@@ -53,6 +54,8 @@ from tests.killed_process import run_until_killed
 from tests.tracking_fixtures import MlflowServer, free_port, server_overrides, tracked
 
 IMAGE_SHAPE = (3, 8, 8)
+# A server's files under a test's folder (the pid file stays the default, per port in ./mlruns/)
+FILES = (("backend_store", "mlflow.db"), ("artifacts", "artifacts"), ("log_file", "server.log"))
 
 
 class NoiseGenerator(PythonModel):
@@ -180,6 +183,63 @@ def test_start_and_stop_on_another_port_leave_the_running_server_alone(
     after = server_status(mlflow_server.cfg)
     assert after.healthy and after.pid == running.pid
     assert live_processes([running.pid]) == [running.pid]
+
+
+def test_every_command_finds_the_server_on_the_port_params_yaml_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After `make run RUN_ARGS=tracking.port=P` (params.yaml says P), `tracking.server start`,
+    `status` and `stop` and the MLflow URIs of inference and serve need no port again; `stop`
+    still finds that server after params.yaml went back to another port."""
+    port = free_port()
+    params = tmp_path / "params.yaml"
+    params.write_text(f"tracking:\n  host: 127.0.0.1\n  port: {port}\n  uri: null\n")
+    monkeypatch.chdir(tmp_path)  # the pid files go to ./mlruns/, one per port, as in a checkout
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")  # params.yaml comes first
+    files = [f"tracking.{key}={tmp_path / name}" for key, name in FILES]
+    uri = f"http://127.0.0.1:{port}"
+
+    server_cli.main(["start", *files])
+    started = compose("config", [f"tracking.port={port}", *files]).tracking
+    try:
+        server_cli.main(["status", *files])
+        assert f"MLflow server running at {uri} (pid " in capsys.readouterr().out
+        use_pipeline_server("inference")
+        assert os.environ["MLFLOW_TRACKING_URI"] == uri
+        assert f"[inference] MLflow model URIs resolve against {uri} (params.yaml)" in (
+            capsys.readouterr().out
+        )
+
+        params.write_text("tracking:\n  host: 127.0.0.1\n  port: 5000\n  uri: null\n")
+        server_cli.main(["stop", *files])
+        assert f"MLflow server at {uri} stopped" in capsys.readouterr().out
+        assert not server_status(started).healthy
+    finally:
+        stop_server(started)  # when an assertion failed before `stop`
+
+
+def test_without_params_yaml_the_environment_names_the_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
+    overrides, source = tracking_source()
+    assert source == "MLFLOW_TRACKING_URI"
+    assert tracking_uri(compose("config", overrides).tracking) == "http://mlflow.internal:5000"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert tracking_source() == ([], None)  # inference then asks for one, never guesses 5000
+
+
+def test_make_run_passes_overrides_to_the_pipeline() -> None:
+    """README: `make run RUN_ARGS='tracking.port=5101'` (dry run: nothing is executed)."""
+    result = subprocess.run(
+        ["make", "-n", "run", "RUN_ARGS=tracking.port=5101 train.steps=500"],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "-m face_generation.pipeline tracking.port=5101 train.steps=500" in result.stdout
 
 
 def test_a_server_that_does_not_come_up_is_stopped_and_its_log_named(tmp_path: Path) -> None:

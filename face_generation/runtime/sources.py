@@ -16,6 +16,7 @@ from face_generation.errors import UserError
 from face_generation.runtime.generator import TrainedGenerator, load_generator
 
 TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
+REGISTRY_SCHEMES = ("models:/", "runs:/")  # URIs that only a tracking server resolves
 
 
 def is_mlflow_uri(model: str) -> bool:
@@ -36,7 +37,7 @@ def load_model(model: str, device: torch.device, use_ema: bool = True) -> Traine
 
         from face_generation.runtime.mlflow_model import GeneratorModel
 
-        if model.startswith(("models:/", "runs:/")) and not os.environ.get(TRACKING_URI_VARIABLE):
+        if model.startswith(REGISTRY_SCHEMES) and not os.environ.get(TRACKING_URI_VARIABLE):
             # without it MLflow would quietly open (and create) ./mlflow.db instead of the server
             raise UserError(
                 f"{model} is resolved by an MLflow server: set {TRACKING_URI_VARIABLE}, e.g. "
