@@ -6,7 +6,9 @@ Every stage is `python -m face_generation.<module>` and takes its config one of 
   * `--params params.yaml`, the composed `configs/pipeline.yaml` that DVC tracks, plus
     optional overrides on top (dotted keys only).
 Either way the config is checked against the typed schemas of config_schema.py: a wrong type or
-an unknown key is a UserError naming the key, before the stage does anything. `--cfg job`
+an unknown key is a UserError naming the key, before the stage does anything. Where the MLflow
+server is (tracking.host, port, uri) comes from params.yaml for every command, else from
+MLFLOW_TRACKING_URI (`tracking_source`); the command line's overrides win. `--cfg job`
 prints the config a stage would run with and exits, as Hydra's own command line does; sweeps
 (Hydra's `-m`) are DVC experiments (SWEEPS).
 """

@@ -477,6 +477,12 @@ def evaluation_of(
     return EvaluationResult(write_record(record, folder), record)
 
 
+def own_registry(tracking_cfg: DictConfig) -> DictConfig:
+    """A config whose registered models are this test's own (named after its experiment)."""
+    prefix = {"registered_model_prefix": str(tracking_cfg.experiment)}
+    return OmegaConf.create({"tracking": OmegaConf.merge(tracking_cfg, prefix)})
+
+
 def test_the_champion_is_the_best_on_a_comparison_that_means_something(
     tracking_cfg: DictConfig,
     mlflow_server: MlflowServer,
@@ -487,14 +493,14 @@ def test_the_champion_is_the_best_on_a_comparison_that_means_something(
     """Training logs and registers a generator, evaluation logs its numbers: the alias moves
     only among versions of the same data and evaluation settings, each over at least
     tracking.champion.min_samples samples, run in the workspace; the description says why."""
+    cfg = own_registry(tracking_cfg)
     client = MlflowClient(mlflow_server.uri)
-    cfg = OmegaConf.create({"tracking": tracking_cfg})
-    name = registered_model_name(tracking_cfg, "noise")
-    assert tracking_cfg.champion.min_samples == 1000
+    name = registered_model_name(cfg.tracking, "noise")
+    assert cfg.tracking.champion.min_samples == 1000
 
     def trained_and_evaluated(evaluation: EvaluationResult) -> str:
         data_hash = evaluation.record["data_hash"]
-        with TrackedRun(tracking_cfg, "noise", data_hash=data_hash) as run:
+        with TrackedRun(cfg.tracking, "noise", data_hash=data_hash) as run:
             description, tags = version_metadata("noise", 8, 6, data_hash)
             log_generator(
                 run,
@@ -554,6 +560,23 @@ def test_the_champion_is_the_best_on_a_comparison_that_means_something(
     assert champion() == other
 
 
+def test_a_version_evaluated_again_over_enough_samples_becomes_a_candidate(
+    tracking_cfg: DictConfig, mlflow_server: MlflowServer, tmp_path: Path
+) -> None:
+    cfg = own_registry(tracking_cfg)
+    client = MlflowClient(mlflow_server.uri)
+    name = registered_model_name(cfg.tracking, "noise")
+    with TrackedRun(cfg.tracking, "noise", data_hash="aaaa") as run:
+        log_generator(run, name, version_tags={"data_hash": "aaaa"})  # as training tags it
+    version = str(run.model_version("noise"))
+    log_evaluation(cfg, run.run_id, evaluation_of(tmp_path, "aaaa", 2.0, n=10))
+    assert "min_samples" in client.get_model_version(name, version).tags["champion_refused"]
+    log_evaluation(cfg, run.run_id, evaluation_of(tmp_path, "aaaa", 2.0))
+    tags = client.get_model_version(name, version).tags
+    assert tags["champion_candidate"] == "true" and "champion_refused" not in tags
+    assert client.get_model_version_by_alias(name, "champion").version == version
+
+
 def test_promote_moves_the_alias_by_hand_and_says_so(
     mlflow_server: MlflowServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -588,11 +611,11 @@ def test_the_training_run_keeps_its_duration_after_evaluation(
     tracking_cfg: DictConfig, mlflow_server: MlflowServer, tmp_path: Path
 ) -> None:
     """Evaluation adds its numbers to the finished training run without reopening it."""
+    cfg = own_registry(tracking_cfg)
     client = MlflowClient(mlflow_server.uri)
-    with TrackedRun(tracking_cfg, "noise", data_hash="aaaa") as run:
-        log_generator(run, registered_model_name(tracking_cfg, "noise"))
+    with TrackedRun(cfg.tracking, "noise", data_hash="aaaa") as run:
+        log_generator(run, registered_model_name(cfg.tracking, "noise"))
     trained = client.get_run(str(run.run_id)).info
-    cfg = OmegaConf.create({"tracking": tracking_cfg})
     log_evaluation(cfg, run.run_id, evaluation_of(tmp_path, "aaaa", 4.0))
     evaluated = client.get_run(str(run.run_id))
     assert evaluated.data.metrics["eval/fd_effnet"] == 4.0

@@ -27,7 +27,12 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from face_generation.evaluation.record import EvaluationResult, details_path
-from face_generation.tracking.delivery import CANDIDATE_TAG, SETTINGS_TAG, http_settings
+from face_generation.tracking.delivery import (
+    CANDIDATE_TAG,
+    REFUSAL_TAG,
+    SETTINGS_TAG,
+    http_settings,
+)
 from face_generation.tracking.provenance import (
     queued_experiment,
     registered_model_name,
@@ -182,7 +187,7 @@ def update_version(run: TrackedRun, tracking_cfg: DictConfig, record: dict) -> N
         **version_tags(record, tracking_cfg.version_metrics),
         SETTINGS_TAG: settings,
         CANDIDATE_TAG: str(refusal is None).lower(),
-        **({"champion_refused": refusal} if refusal else {}),
+        **({REFUSAL_TAG: refusal} if refusal else {}),
     }
     crown = {
         "alias": champion.alias,

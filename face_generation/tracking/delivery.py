@@ -48,8 +48,8 @@ from face_generation.tracking.spool import Event, Spool
 
 LOCAL_KEY_TAG = "face_generation.local_key"  # ties an MLflow run (or model) to its spool
 # Version tags evaluation sets: the settings its numbers were measured with, and whether the
-# version may take the champion alias (enough samples, a run the user applied).
-SETTINGS_TAG, CANDIDATE_TAG = "eval_settings", "champion_candidate"
+# version may take the champion alias (enough samples, a run the user applied), or why not.
+SETTINGS_TAG, CANDIDATE_TAG, REFUSAL_TAG = "eval_settings", "champion_candidate", "champion_refused"
 CHAMPION_HEADING = "Champion, alias"  # starts the description paragraph of the alias holder
 END_STATUSES = ("FINISHED", "FAILED", "KILLED")
 BATCHED_KINDS = ("metrics", "params", "tags")  # records that go to MLflow by log_batch
@@ -303,6 +303,8 @@ def _send_version(client: MlflowClient, run_id: str, event: Event) -> None:
         return
     for key, value in event["tags"].items():
         client.set_model_version_tag(name, versions[0].version, key, value)
+    if event["tags"].get(CANDIDATE_TAG) == "true" and REFUSAL_TAG in versions[0].tags:
+        client.delete_model_version_tag(name, versions[0].version, REFUSAL_TAG)  # re-evaluated
     if event.get("champion"):
         crown_champion(client, name, **event["champion"])
 
