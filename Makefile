@@ -43,8 +43,10 @@ test: install lint
 durations: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS) --durations=30 --durations-min=1 -q
 
+# Hydra overrides for the pipeline, e.g. make run RUN_ARGS='tracking.port=5101 train.steps=500'
+RUN_ARGS ?=
 run: install
-	$(BIN)/python -m face_generation.pipeline
+	$(BIN)/python -m face_generation.pipeline $(RUN_ARGS)
 
 # The web page and HTTP API over the trained models (models/<name>/model.pt), on 127.0.0.1;
 # settings in configs/serve/, e.g. make serve SERVE_ARGS=serve.port=8080

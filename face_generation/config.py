@@ -6,7 +6,9 @@ Every stage is `python -m face_generation.<module>` and takes its config one of 
   * `--params params.yaml`, the composed `configs/pipeline.yaml` that DVC tracks, plus
     optional overrides on top (dotted keys only).
 Either way the config is checked against the typed schemas of config_schema.py: a wrong type or
-an unknown key is a UserError naming the key, before the stage does anything. `--cfg job`
+an unknown key is a UserError naming the key, before the stage does anything. Where the MLflow
+server is (tracking.host, port, uri) comes from params.yaml for every command, else from
+MLFLOW_TRACKING_URI (`tracking_source`); the command line's overrides win. `--cfg job`
 prints the config a stage would run with and exits, as Hydra's own command line does; sweeps
 (Hydra's `-m`) are DVC experiments (SWEEPS).
 """
@@ -30,10 +32,39 @@ from face_generation.errors import UserError, reported_errors
 # The config tree ships inside the package, so an installed wheel composes too; `configs/` at
 # the repository root is a link to it, for DVC (.dvc/config) and the README.
 CONFIG_DIR = Path(os.environ.get("FACE_GENERATION_CONFIGS") or Path(__file__).with_name("configs"))
+PARAMS_FILE = Path("params.yaml")  # the pipeline's composed config, in the project root
+TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
+SERVER_KEYS = ("host", "port", "uri")  # where the MLflow server is: one source for every command
 SWEEPS = (
     "sweeps run as DVC experiments, one per combination: "
     "dvc exp run --queue -S 'train.steps=1000,2000', then dvc queue start (dvc exp show compares them)"
 )
+
+
+def tracking_source(params: Path = PARAMS_FILE) -> tuple[list[str], str | None]:
+    """Where every command finds the MLflow server, as Hydra overrides to put before the
+    command line's own (which win), and what they came from: params.yaml's tracking.host,
+    port and uri (what the pipeline runs with, e.g. after `make run RUN_ARGS=tracking.port=5101`)
+    when it exists, else MLFLOW_TRACKING_URI from the environment; ([], None) when neither."""
+    if params.is_file():
+        loaded = OmegaConf.load(params)
+        tracking = loaded.get("tracking") if isinstance(loaded, DictConfig) else None
+        if isinstance(tracking, DictConfig):
+            values = {key: tracking.get(key) for key in SERVER_KEYS if key in tracking}
+            overrides = [f"tracking.{key}={_override_value(v)}" for key, v in values.items()]
+            return overrides, str(params)
+    if uri := os.environ.get(TRACKING_URI_VARIABLE):
+        return [f"tracking.uri={_override_value(uri)}"], TRACKING_URI_VARIABLE
+    return [], None
+
+
+def _override_value(value: Any) -> str:
+    """A value as Hydra's override grammar reads it back: null, a number, or a quoted string."""
+    if value is None:
+        return "null"
+    if isinstance(value, int | float):
+        return str(value)
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def compose(config_name: str = "config", overrides: Sequence[str] = ()) -> DictConfig:
@@ -211,7 +242,7 @@ def config_from_args(args: argparse.Namespace) -> DictConfig:
         refuse_multirun(args)
         if args.params:
             return job_config(load_params(args.params, args.overrides), args)
-        return job_config(compose("config", args.overrides), args)
+        return job_config(compose("config", [*tracking_source()[0], *args.overrides]), args)
 
 
 def running_stage() -> str:
@@ -238,7 +269,8 @@ def model_config_from_args(args: argparse.Namespace) -> DictConfig:
     refuse_multirun(args)
     if not args.params:
         model = [f"model={args.model}"] if args.model else []
-        return job_config(compose("config", [*args.overrides, *model]), args)
+        overrides = [*tracking_source()[0], *args.overrides, *model]
+        return job_config(compose("config", overrides), args)
     cfg = load_params(args.params, args.overrides, args.model)
     if "model" not in cfg:
         raise UserError(f"{args.params} holds several models: pass --model NAME")

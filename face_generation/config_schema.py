@@ -342,6 +342,7 @@ class EvalConfig:
 class ChampionConfig:
     alias: str = MISSING
     metric: str = MISSING
+    min_samples: int = MISSING
 
 
 @dataclass

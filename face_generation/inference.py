@@ -3,7 +3,7 @@
 MODEL is a checkpoint written by training (models/<name>/model.pt, or any
 models/<name>/checkpoints/step-N.pt) or an MLflow model URI (runs:/<run id>/<path>,
 models:/<name>/<version>, or a local MLflow model folder); MLflow URIs are resolved against
-MLFLOW_TRACKING_URI.
+the tracking server of params.yaml (tracking.host, port, uri), else MLFLOW_TRACKING_URI.
 
 Writes OUT/samples.png (a grid of all samples) and OUT/samples/0000.png, 0001.png, ... (one
 per sample). The same --seed (and options) gives the same images. --option NAME=VALUE sets one
@@ -55,7 +55,8 @@ from face_generation.runtime.options import (
     from_text,
     read_options,
 )
-from face_generation.runtime.sources import load_model
+from face_generation.runtime.sources import REGISTRY_SCHEMES, load_model
+from face_generation.tracking.server import use_pipeline_server
 
 
 def parse_options(
@@ -167,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         cfg = compose("config")
         limits = RequestLimits.from_config(cfg.serve.limits)  # the web service's limits
         check_range("seed", args.seed, 0, limits.max_seed)
+        if args.model.startswith(REGISTRY_SCHEMES):
+            use_pipeline_server("inference")  # the server of params.yaml, as every command
         trained = load_model(args.model, pick_device(args.device), use_ema=not args.no_ema)
         options = parse_options(option_pairs, trained, limits)
         # The data stages' limit (configs/data/): the same files are refused everywhere.

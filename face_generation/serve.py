@@ -1,7 +1,8 @@
 """Serve trained generators over HTTP, with a web page: `python -m face_generation.serve`.
 
 Loads every models/<name>/model.pt (or the models named in serve.models: checkpoints or MLflow
-model URIs such as models:/face_generation-vae/1), listens on serve.host:serve.port
+model URIs such as models:/face_generation-vae/1, resolved against the tracking server of
+params.yaml, as every command finds it, and printed), listens on serve.host:serve.port
 (127.0.0.1:8000), prints the page's URL and serves until Ctrl-C. The API's documentation is
 at /docs. Settings live in configs/serve/default.yaml.
 
@@ -17,16 +18,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ipaddress
-import os
 import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
-from face_generation.config import compose
+from face_generation.config import compose, tracking_source
 from face_generation.errors import UserError, reported_errors
 from face_generation.runtime.checkpoint import CheckpointError
+from face_generation.runtime.sources import REGISTRY_SCHEMES
 
 if TYPE_CHECKING:
     from face_generation.serving.models import ServedModel
@@ -60,8 +61,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     from face_generation.serving.guard import server_config
 
     with reported_errors("serve", CheckpointError, ValueError):
-        cfg = compose("config", args.overrides)  # the whole config, checked before any model loads
-        models = load_models(cfg)
+        tracking, source = tracking_source()  # params.yaml's tracking.port, as every command
+        # the whole config, checked before any model loads
+        cfg = compose("config", [*tracking, *args.overrides])
+        models = load_models(cfg, source)
     app = create_app(models, cfg)
     try:
         listener = listen(str(cfg.serve.host), int(cfg.serve.port), int(cfg.serve.backlog))
@@ -77,14 +80,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         uvicorn.Server(server_config(app, cfg.serve)).run(sockets=[listener])
 
 
-def load_models(cfg: DictConfig) -> dict[str, ServedModel]:
-    """The models of `cfg.serve`; MLflow's own errors (an unknown model, version or alias, no
-    server) become one line."""
+def load_models(cfg: DictConfig, source: str | None) -> dict[str, ServedModel]:
+    """The models of `cfg.serve`; `models:/` URIs resolve against the server of cfg.tracking
+    (from `source`: params.yaml or the environment), which is printed; MLflow's own errors (an
+    unknown model, version or alias, no server) become one line."""
     from face_generation.serving.models import load_served_models
-    from face_generation.tracking.server import tracking_uri
+    from face_generation.tracking.server import use_tracking_server
 
-    # models:/ URIs resolve against MLFLOW_TRACKING_URI, else this project's tracking server
-    os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri(cfg.tracking))
+    uri = use_tracking_server(cfg.tracking)
+    if any(str(model).startswith(REGISTRY_SCHEMES) for model in cfg.serve.models.values()):
+        print(f"[serve] MLflow model URIs resolve against {uri} ({source or 'configs/tracking/'})")
     try:
         models = load_served_models(cfg)
     except (CheckpointError, OSError, ValueError):

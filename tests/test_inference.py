@@ -66,6 +66,24 @@ def test_samples_match_the_loaded_generator(
     )
 
 
+def test_a_second_call_leaves_no_stale_samples(
+    trained_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--n 6` then `--n 2` into the same folder: it holds the second call's 2 images only,
+    and the command says where they are."""
+    (tmp_path / "samples").mkdir()
+    mine = tmp_path / "samples" / "my-notes.png"  # not a file inference writes: it stays
+    mine.write_bytes(b"")
+    for n in ("6", "2"):
+        main([str(trained_models["dcgan"]), "--n", n, "--seed", "1", "--out", str(tmp_path)])
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
+        "0000.png",
+        "0001.png",
+        "my-notes.png",
+    ]
+    assert f"2 images in {tmp_path / 'samples'}/" in capsys.readouterr().out.splitlines()[-1]
+
+
 def test_vae_reconstructs_given_images(trained_models: dict[str, Path], tmp_path: Path) -> None:
     faces = np.load(trained_models["data"] / "packed" / str(RESOLUTION) / "test.npy")[:3]
     inputs = []

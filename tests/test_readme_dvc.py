@@ -407,6 +407,37 @@ def test_push_then_pull_restores_the_outputs(shell: Shell) -> None:
     assert "Data and pipelines are up to date." in shell.run("dvc status")
 
 
+def test_pull_in_a_fresh_clone_of_the_committed_tree_names_what_no_remote_holds(
+    tmp_path: Path,
+) -> None:
+    """README, "Remote storage": on a fresh clone of the committed tree the default remote is
+    empty, so `dvc pull` exits 1 naming the outputs of dvc.lock; `--allow-missing` exits 0."""
+    activate = Path(sys.prefix) / "bin" / "activate"
+    if not activate.is_file():
+        pytest.skip(f"the tests do not run in a venv ({sys.prefix}): nothing to activate")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO_ROOT), str(clone)], check=True)
+    (clone / ".venv").symlink_to(Path(sys.prefix))
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+
+    def run(command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", "-c", f"{ACTIVATE} && {command}"],
+            cwd=clone,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+
+    pull = run(REMOTE[1])
+    assert pull.returncode == 1, pull.stdout + pull.stderr
+    output = pull.stdout + pull.stderr
+    assert "do not exist neither locally nor on remote" in output
+    assert {"models/dcgan/model.pt", "data/packed/32"} <= set(output.split())
+    assert run(f"{REMOTE[1]} --allow-missing").returncode == 0
+    assert not (clone / "models" / "dcgan" / "model.pt").exists()  # `make run` builds it
+
+
 @pytest.mark.slow
 def test_faces_you_bring_are_versioned_with_dvc_add(shell: Shell, tmp_path: Path) -> None:
     faces = tmp_path / "faces"

@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel, load_model
 from mlflow.tracking import MlflowClient
@@ -22,12 +25,17 @@ from mlflow.types import ColSpec, Schema, TensorSpec
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from face_generation.config import compose
+from face_generation.config import compose, tracking_source
+from face_generation.evaluation.mlflow_run import log_evaluation
+from face_generation.evaluation.record import EvaluationResult, write_record
+from face_generation.tracking import promote as promote_cli
 from face_generation.tracking import server as server_cli
 from face_generation.tracking import sync as sync_cli
 from face_generation.tracking.delivery import deliver_spool
 from face_generation.tracking.provenance import (
     flatten_config,
+    git_commit,
+    params_overrides,
     registered_model_name,
     version_metadata,
 )
@@ -37,13 +45,17 @@ from face_generation.tracking.server import (
     server_status,
     start_server,
     stop_server,
+    tracking_uri,
+    use_pipeline_server,
 )
 from face_generation.tracking.spool import Spool
-from face_generation.training.tracker import close_orphaned_runs
+from face_generation.training.tracker import close_orphaned_runs, create_tracker
 from tests.killed_process import run_until_killed
 from tests.tracking_fixtures import MlflowServer, free_port, server_overrides, tracked
 
 IMAGE_SHAPE = (3, 8, 8)
+# A server's files under a test's folder (the pid file stays the default, per port in ./mlruns/)
+FILES = (("backend_store", "mlflow.db"), ("artifacts", "artifacts"), ("log_file", "server.log"))
 
 
 class NoiseGenerator(PythonModel):
@@ -61,11 +73,11 @@ GENERATOR_SIGNATURE = ModelSignature(
 
 
 def log_generator(run: TrackedRun, registered_name: str, **version: Any) -> None:
-    """What training does at its end: log the generator, registered as `registered_name`
-    (`version`: its description and tags)."""
+    """What training does at its end: log the generator under its family's name, registered as
+    `registered_name` (`version`: its description and tags)."""
     run.log_model(
         NoiseGenerator(),
-        "generator",
+        "noise",
         GENERATOR_SIGNATURE,
         registered_model_name=registered_name,
         pip_requirements=["mlflow", "numpy"],
@@ -173,6 +185,63 @@ def test_start_and_stop_on_another_port_leave_the_running_server_alone(
     assert live_processes([running.pid]) == [running.pid]
 
 
+def test_every_command_finds_the_server_on_the_port_params_yaml_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After `make run RUN_ARGS=tracking.port=P` (params.yaml says P), `tracking.server start`,
+    `status` and `stop` and the MLflow URIs of inference and serve need no port again; `stop`
+    still finds that server after params.yaml went back to another port."""
+    port = free_port()
+    params = tmp_path / "params.yaml"
+    params.write_text(f"tracking:\n  host: 127.0.0.1\n  port: {port}\n  uri: null\n")
+    monkeypatch.chdir(tmp_path)  # the pid files go to ./mlruns/, one per port, as in a checkout
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")  # params.yaml comes first
+    files = [f"tracking.{key}={tmp_path / name}" for key, name in FILES]
+    uri = f"http://127.0.0.1:{port}"
+
+    server_cli.main(["start", *files])
+    started = compose("config", [f"tracking.port={port}", *files]).tracking
+    try:
+        server_cli.main(["status", *files])
+        assert f"MLflow server running at {uri} (pid " in capsys.readouterr().out
+        use_pipeline_server("inference")
+        assert os.environ["MLFLOW_TRACKING_URI"] == uri
+        assert f"[inference] MLflow model URIs resolve against {uri} (params.yaml)" in (
+            capsys.readouterr().out
+        )
+
+        params.write_text("tracking:\n  host: 127.0.0.1\n  port: 5000\n  uri: null\n")
+        server_cli.main(["stop", *files])
+        assert f"MLflow server at {uri} stopped" in capsys.readouterr().out
+        assert not server_status(started).healthy
+    finally:
+        stop_server(started)  # when an assertion failed before `stop`
+
+
+def test_without_params_yaml_the_environment_names_the_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
+    overrides, source = tracking_source()
+    assert source == "MLFLOW_TRACKING_URI"
+    assert tracking_uri(compose("config", overrides).tracking) == "http://mlflow.internal:5000"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert tracking_source() == ([], None)  # inference then asks for one, never guesses 5000
+
+
+def test_make_run_passes_overrides_to_the_pipeline() -> None:
+    """README: `make run RUN_ARGS='tracking.port=5101'` (dry run: nothing is executed)."""
+    result = subprocess.run(
+        ["make", "-n", "run", "RUN_ARGS=tracking.port=5101 train.steps=500"],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "-m face_generation.pipeline tracking.port=5101 train.steps=500" in result.stdout
+
+
 def test_a_server_that_does_not_come_up_is_stopped_and_its_log_named(tmp_path: Path) -> None:
     overrides = [*server_overrides(tmp_path, free_port()), "tracking.start_timeout_s=0.5"]
     cfg = compose("config", overrides).tracking
@@ -264,6 +333,71 @@ def test_run_logs_params_metrics_artifacts_and_tags(
     assert len(logged.data.tags["git_commit"]) == 40  # the tests run inside the repository
 
 
+def git_repo(root: Path) -> Path:
+    """A committed project: code, params.yaml, dvc.lock and metrics, as a fresh clone has."""
+    root.mkdir()
+    (root / "train.py").write_text("STEPS = 1\n")
+    (root / "params.yaml").write_text("train:\n  steps: 1000\nmodels:\n  vae:\n    beta: 1.0\n")
+    (root / "dvc.lock").write_text("schema: '2.0'\n")
+    (root / "metrics").mkdir()
+    (root / "metrics" / "vae.json").write_text("{}\n")
+    for command in (
+        ["init", "-q"],
+        ["add", "."],
+        ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"],
+    ):
+        subprocess.run(["git", *command], cwd=root, check=True)
+    return root
+
+
+def test_an_experiment_is_its_overrides_and_code_changes_are_dirty(
+    tracking_cfg: DictConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `dvc exp run -S train.steps=100` leaves in the work tree (params.yaml, dvc.lock and
+    metrics rewritten) is the experiment's parameters, not uncommitted code."""
+    repo = git_repo(tmp_path / "project")
+    params = repo / "params.yaml"
+    params.write_text(params.read_text().replace("1000", "100").replace("1.0", "0.5"))
+    (repo / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    (repo / "metrics" / "vae.json").write_text('{"fd_effnet": 1}\n')
+    commit = git_commit(repo)
+    assert commit is not None and commit[1] is False  # not "with uncommitted changes"
+    assert params_overrides(repo) == ["models.vae.beta=0.5", "train.steps=100"]
+
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("DVC_EXP_NAME", "brisk-lynx")
+    with TrackedRun(tracking_cfg, "vae") as run:
+        pass
+    tags = MlflowClient(tracking_uri(tracking_cfg)).get_run(str(run.run_id)).data.tags
+    assert tags["params_overrides"] == "models.vae.beta=0.5 train.steps=100"
+    assert tags["dvc_exp"] == "brisk-lynx"
+    description, version_tags = version_metadata("vae", 32, 100, "aaaa")
+    assert "DVC experiment brisk-lynx (models.vae.beta=0.5 train.steps=100)" in description
+    assert version_tags["params_overrides"] == tags["params_overrides"]
+
+    (repo / "train.py").write_text("STEPS = 2\n")  # a code change is one
+    commit = git_commit(repo)
+    assert commit is not None and commit[1] is True
+
+
+def test_a_training_run_as_the_ui_lists_it(
+    make_config: Callable[..., DictConfig],
+    mlflow_server: MlflowServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under `dvc exp run` the run's name carries the experiment's (not the baseline's name
+    again), and the Source column shows the command and a local run."""
+    monkeypatch.setenv("DVC_EXP_NAME", "brisk-lynx")
+    cfg = make_config("model=vae", *tracked(mlflow_server, tmp_path, "ui"))
+    tracker = create_tracker(cfg)
+    tracker.close("FINISHED")
+    run = MlflowClient(mlflow_server.uri).get_run(tracker.run_id)
+    assert run.info.run_name == "vae@brisk-lynx"
+    assert run.data.tags["mlflow.source.name"] == "pytest"  # `python -m pytest` ran it
+    assert run.data.tags["mlflow.source.type"] == "LOCAL"
+
+
 def test_links_and_experiments_open_the_ui_on_training_runs(
     tracking_cfg: DictConfig, mlflow_server: MlflowServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -289,7 +423,7 @@ def test_model_is_logged_with_signature_and_registered(
     name = registered_model_name(tracking_cfg, "test_family")
     with TrackedRun(tracking_cfg, "model") as run:
         log_generator(run, name)
-        version = run.model_version("generator")
+        version = run.model_version("noise")
     assert version is not None
 
     client = MlflowClient(mlflow_server.uri)
@@ -307,42 +441,185 @@ def test_model_is_logged_with_signature_and_registered(
     assert client.get_logged_model(output.model_id).status == "READY"
 
 
-def test_versions_are_described_and_the_champion_is_the_best_on_the_same_data(
-    tracking_cfg: DictConfig, mlflow_server: MlflowServer
+def evaluation_of(
+    root: Path, data_hash: str, fd: float, n: int = 1000, **changes: Any
+) -> EvaluationResult:
+    """What evaluation writes for a model scored fd_effnet `fd` over n generated vs n real
+    faces (`changes`: other settings)."""
+    network = "effnet_lite0-224px-antialias"
+    record = {
+        "model": "noise",
+        "checkpoint": "models/noise/model.pt",
+        "step": 6,
+        "data_hash": data_hash,
+        "split": "test",
+        "n_generated": n,
+        "n_real": n,
+        "seed": 0,
+        "sampling": {},
+        "condition": None,
+        "network_evaluations": 1,
+        "feature_network": network,
+        "nearest_train": {"mean_distance_generated": 2.0, "mean_distance_test": 1.0},
+        "metrics": {
+            "fd_effnet": {
+                "available": True,
+                "value": fd,
+                "network": network,
+                "n_generated": n,
+                "n_real": n,
+                "data_hash": data_hash,
+            }
+        },
+        **changes,
+    }
+    folder = root / f"metrics-{len(list(root.glob('metrics-*')))}"
+    return EvaluationResult(write_record(record, folder), record)
+
+
+def own_registry(tracking_cfg: DictConfig) -> DictConfig:
+    """A config whose registered models are this test's own (named after its experiment)."""
+    prefix = {"registered_model_prefix": str(tracking_cfg.experiment)}
+    return OmegaConf.create({"tracking": OmegaConf.merge(tracking_cfg, prefix)})
+
+
+def test_the_champion_is_the_best_on_a_comparison_that_means_something(
+    tracking_cfg: DictConfig,
+    mlflow_server: MlflowServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """Training logs and registers a generator, evaluation logs its numbers: the alias moves
+    only among versions of the same data and evaluation settings, each over at least
+    tracking.champion.min_samples samples, run in the workspace; the description says why."""
+    cfg = own_registry(tracking_cfg)
     client = MlflowClient(mlflow_server.uri)
-    name = registered_model_name(tracking_cfg, "champion")
+    name = registered_model_name(cfg.tracking, "noise")
+    assert cfg.tracking.champion.min_samples == 1000
 
-    def trained_and_evaluated(data_hash: str, fd: float) -> tuple[str, TrackedRun]:
-        """A run as training and evaluation log it: the generator, then its numbers."""
-        with TrackedRun(tracking_cfg, "champion") as run:
+    def trained_and_evaluated(evaluation: EvaluationResult) -> str:
+        data_hash = evaluation.record["data_hash"]
+        with TrackedRun(cfg.tracking, "noise", data_hash=data_hash) as run:
             description, tags = version_metadata("noise", 8, 6, data_hash)
-            log_generator(run, name, version_description=description, version_tags=tags)
-            run.log_metrics({"eval/fd_effnet": fd}, step=6, model="generator")
-            champion = {"alias": "champion", "metric": "fd_effnet", "data_hash": data_hash}
-            run.update_version(name, {"fd_effnet": str(fd)}, champion)
-        version = run.model_version("generator")
+            log_generator(
+                run,
+                name,
+                version_description=description,
+                version_tags=tags,
+                model_description="noise generators",
+            )
+        log_evaluation(cfg, run.run_id, evaluation)
+        version = run.model_version("noise")
         assert version is not None
-        return version, run
+        return version
 
-    def champion() -> str:
-        return str(client.get_model_version_by_alias(name, "champion").version)
+    def champion() -> str | None:
+        try:
+            return str(client.get_model_version_by_alias(name, "champion").version)
+        except MlflowException:
+            return None
 
-    first, run = trained_and_evaluated("aaaa", 10.0)
-    version = client.get_model_version(name, first)
-    assert version.description.startswith("noise generator, 8x8 px, 6 steps on data aaaa, code ")
-    assert version.tags["data_hash"] == "aaaa" and version.tags["fd_effnet"] == "10.0"
-    assert version.tags["family"] == "noise" and len(version.tags["git_commit"]) == 40
+    # The embedded default's 10 test faces: numbers, but no champion, and it says why.
+    few = trained_and_evaluated(evaluation_of(tmp_path, "aaaa", 1.0, n=10))
+    assert champion() is None
+    assert "below tracking.champion.min_samples=1000" in capsys.readouterr().err
+    refused = client.get_model_version(name, few)
+    assert refused.tags["champion_candidate"] == "false" and refused.tags["fd_effnet"] == "1"
+    assert "10 generated vs 10 real" in refused.tags["eval_settings"]
+    assert client.get_registered_model(name).description == "noise generators"
+
+    first = trained_and_evaluated(evaluation_of(tmp_path, "aaaa", 10.0))
     assert champion() == first
-    (output,) = client.get_run(str(run.run_id)).outputs.model_outputs  # the model's own page
-    assert [m.key for m in client.get_logged_model(output.model_id).metrics] == ["eval/fd_effnet"]
+    description = client.get_model_version(name, first).description
+    assert description.startswith("noise generator, 8x8 px, 6 steps on data aaaa, code ")
+    assert "Champion, alias `champion`: the lowest fd_effnet (10) of 1 candidate" in description
+    assert "1000 generated vs 1000 real" in description
 
-    better, _ = trained_and_evaluated("aaaa", 5.0)
+    better = trained_and_evaluated(evaluation_of(tmp_path, "aaaa", 5.0))
     assert champion() == better
-    trained_and_evaluated("aaaa", 7.0)
+    assert "Champion" not in client.get_model_version(name, first).description  # lost it
+    assert "next: version " + first in client.get_model_version(name, better).description
+    trained_and_evaluated(evaluation_of(tmp_path, "aaaa", 7.0))
     assert champion() == better
-    other, _ = trained_and_evaluated("bbbb", 50.0)  # new data: numbers on other data do not compare
+    # Other sampling settings: compared only with their own kind.
+    hotter = trained_and_evaluated(evaluation_of(tmp_path, "aaaa", 6.0, sampling={"t": 2}))
+    assert champion() == hotter
+    trained_and_evaluated(evaluation_of(tmp_path, "aaaa", 3.0))  # beats better, not hotter...
+    assert champion() != hotter  # ...and the newest settings' comparison decides
+    # A queued DVC experiment runs in a temporary copy: it never takes the alias by itself.
+    queued = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpabc123"
+    queued.mkdir(parents=True)
+    monkeypatch.chdir(queued)
+    before = champion()
+    trained_and_evaluated(evaluation_of(tmp_path, "aaaa", 0.5))
+    assert champion() == before
+    assert "queued DVC experiment" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    other = trained_and_evaluated(evaluation_of(tmp_path, "bbbb", 50.0))  # new data
     assert champion() == other
+
+
+def test_a_version_evaluated_again_over_enough_samples_becomes_a_candidate(
+    tracking_cfg: DictConfig, mlflow_server: MlflowServer, tmp_path: Path
+) -> None:
+    cfg = own_registry(tracking_cfg)
+    client = MlflowClient(mlflow_server.uri)
+    name = registered_model_name(cfg.tracking, "noise")
+    with TrackedRun(cfg.tracking, "noise", data_hash="aaaa") as run:
+        log_generator(run, name, version_tags={"data_hash": "aaaa"})  # as training tags it
+    version = str(run.model_version("noise"))
+    log_evaluation(cfg, run.run_id, evaluation_of(tmp_path, "aaaa", 2.0, n=10))
+    assert "min_samples" in client.get_model_version(name, version).tags["champion_refused"]
+    log_evaluation(cfg, run.run_id, evaluation_of(tmp_path, "aaaa", 2.0))
+    tags = client.get_model_version(name, version).tags
+    assert tags["champion_candidate"] == "true" and "champion_refused" not in tags
+    assert client.get_model_version_by_alias(name, "champion").version == version
+
+
+def test_promote_moves_the_alias_by_hand_and_says_so(
+    mlflow_server: MlflowServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's command after the default pipeline (too few test faces for a champion):
+    `python -m face_generation.tracking.promote --model NAME`."""
+    overrides = tracked(mlflow_server, tmp_path, "promote")
+    cfg = compose("config", overrides)
+    name = registered_model_name(cfg.tracking, "noise")
+    versions = []
+    for fd in (3.0, 9.0):
+        with TrackedRun(cfg.tracking, "noise", data_hash="aaaa") as run:
+            log_generator(run, name, version_description="noise generator")
+        log_evaluation(cfg, run.run_id, evaluation_of(tmp_path, "aaaa", fd, n=10))
+        versions.append(str(run.model_version("noise")))
+    client = MlflowClient(mlflow_server.uri)
+    with pytest.raises(MlflowException):
+        client.get_model_version_by_alias(name, "champion")  # 10 faces: no automatic champion
+
+    promote_cli.main(["--model", "noise", *overrides])  # the newest
+    assert f"{name}@champion is version {versions[1]}" in capsys.readouterr().out
+    promote_cli.main(["--model", "noise", "--version", versions[0], *overrides])
+    assert client.get_model_version_by_alias(name, "champion").version == versions[0]
+    description = client.get_model_version(name, versions[0]).description
+    assert description.startswith("noise generator\n\nChampion, alias `champion`: promoted ")
+    assert "by hand" in description and "fd_effnet 3 (" in description
+    assert client.get_model_version(name, versions[1]).description == "noise generator"
+    with pytest.raises(SystemExit, match=r"^\[tracking\] cannot promote: "):
+        promote_cli.main(["--model", "absent", *overrides])
+
+
+def test_the_training_run_keeps_its_duration_after_evaluation(
+    tracking_cfg: DictConfig, mlflow_server: MlflowServer, tmp_path: Path
+) -> None:
+    """Evaluation adds its numbers to the finished training run without reopening it."""
+    cfg = own_registry(tracking_cfg)
+    client = MlflowClient(mlflow_server.uri)
+    with TrackedRun(cfg.tracking, "noise", data_hash="aaaa") as run:
+        log_generator(run, registered_model_name(cfg.tracking, "noise"))
+    trained = client.get_run(str(run.run_id)).info
+    log_evaluation(cfg, run.run_id, evaluation_of(tmp_path, "aaaa", 4.0))
+    evaluated = client.get_run(str(run.run_id))
+    assert evaluated.data.metrics["eval/fd_effnet"] == 4.0
+    assert (evaluated.info.status, evaluated.info.end_time) == ("FINISHED", trained.end_time)
 
 
 def test_a_finished_run_resumed_registers_no_second_version(
@@ -354,7 +631,7 @@ def test_a_finished_run_resumed_registers_no_second_version(
     # `train.resume=auto` on the final checkpoint: the end of training runs again.
     with TrackedRun(tracking_cfg, resume=run.state(), resume_step=6) as again:
         log_generator(again, name)
-        assert again.model_version("generator") == run.model_version("generator")
+        assert again.model_version("noise") == run.model_version("noise")
 
     client = MlflowClient(mlflow_server.uri)
     assert len(client.search_model_versions(f"name = '{name}'")) == 1
@@ -422,7 +699,7 @@ def test_server_outage_loses_nothing(
     assert len(client.list_artifacts(run_a.run_id, "images")) == 2  # the image and its preview
     (dataset,) = client.get_run(run_a.run_id).inputs.dataset_inputs
     assert (dataset.dataset.name, dataset.dataset.digest) == ("faces-8px", "d41d8cd9")
-    assert client.get_model_version(model_name, run_b.model_version("generator")).run_id == (
+    assert client.get_model_version(model_name, run_b.model_version("noise")).run_id == (
         run_b.run_id
     )
 

@@ -91,6 +91,7 @@ def test_training_writes_checkpoints_samples_and_metrics(
     assert tracker.tags["data_hash"] == "test"
     assert [path.name for path in tracker.artifacts] == ["losses.csv"]
     assert [(key, step, path.name) for key, step, path in tracker.images] == [
+        ("samples", 0, "step-00000000.png"),  # where MLflow's image card opens
         ("samples", 3, "step-00000003.png"),  # the UI's step slider
         ("samples", 6, "step-00000006.png"),
     ]
@@ -142,7 +143,11 @@ def test_tracked_run_logs_curves_samples_and_a_registered_generator(
     history = client.get_metric_history(result.run_id, "train/d_loss")
     assert [metric.step for metric in history] == [2, 3, 4, 6]
     images = [a.path for a in client.list_artifacts(result.run_id, "images")]
-    assert [sum(f"samples+step+{step}+" in path for path in images) for step in (3, 6)] == [2, 2]
+    # The image card on the run's metrics tab opens at step 0, its slider goes to the others;
+    # each grid is a PNG and the compressed copy the card shows.
+    steps = (0, 3, 6)
+    assert [sum(f"samples+step+{step}+" in path for path in images) for step in steps] == [2] * 3
+    assert run.data.tags["mlflow.loggedImages"] == "True"
     (dataset,) = run.inputs.dataset_inputs  # the training data: the DVC output and its hash
     assert dataset.dataset.digest == "test" and dataset.dataset.name == "lfw_subset-32px"
     assert json.loads(dataset.dataset.source)["uri"] == str(data_dir / "packed" / "32")

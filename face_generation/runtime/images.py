@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -61,7 +62,12 @@ def grid_pixels(pixels: np.ndarray, columns: int | None = None, gutter: int = 2)
 
 
 def save_each(images: torch.Tensor, folder: Path, prefix: str = "") -> list[Path]:
-    """One PNG per image: folder/<prefix>0000.png, 0001.png, ..."""
+    """One PNG per image: folder/<prefix>0000.png, 0001.png, ...; the numbered PNGs an earlier
+    call left there go first, so the folder holds this call's images only."""
+    owned = re.compile(rf"{re.escape(prefix)}\d{{4,}}\.png")
+    for stale in folder.glob("*.png") if folder.is_dir() else ():
+        if owned.fullmatch(stale.name):
+            stale.unlink()
     return [
         save_png(pixels, folder / f"{prefix}{index:04d}.png")
         for index, pixels in enumerate(to_uint8(images))

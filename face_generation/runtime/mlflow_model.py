@@ -3,7 +3,7 @@
 Training logs it (tracking code), along the lines of
 
     mlflow.pyfunc.log_model(
-        name="generator",
+        name="vae",  # the family's name
         python_model=str(MODEL_CODE),  # models from code: nothing pickled
         artifacts={CHECKPOINT_ARTIFACT: "models/vae/model.pt"},
         signature=model_signature(family, resolution),

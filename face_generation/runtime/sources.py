@@ -20,6 +20,7 @@ SOURCES = (
     "give a checkpoint file (models/NAME/model.pt), runs:/RUN_ID/generator, "
     "models:/NAME/VERSION or a local MLflow model folder"
 )
+REGISTRY_SCHEMES = ("models:/", "runs:/")  # URIs that only a tracking server resolves
 
 
 def is_mlflow_uri(model: str) -> bool:
@@ -45,7 +46,7 @@ def load_model(model: str, device: torch.device, use_ema: bool = True) -> Traine
 
         from face_generation.runtime.mlflow_model import GeneratorModel
 
-        if model.startswith(("models:/", "runs:/")) and not os.environ.get(TRACKING_URI_VARIABLE):
+        if model.startswith(REGISTRY_SCHEMES) and not os.environ.get(TRACKING_URI_VARIABLE):
             # without it MLflow would quietly open (and create) ./mlflow.db instead of the server
             raise UserError(
                 f"{model} is resolved by an MLflow server: set {TRACKING_URI_VARIABLE}, e.g. "

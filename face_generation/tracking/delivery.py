@@ -47,6 +47,10 @@ from omegaconf import DictConfig
 from face_generation.tracking.spool import Event, Spool
 
 LOCAL_KEY_TAG = "face_generation.local_key"  # ties an MLflow run (or model) to its spool
+# Version tags evaluation sets: the settings its numbers were measured with, and whether the
+# version may take the champion alias (enough samples, a run the user applied), or why not.
+SETTINGS_TAG, CANDIDATE_TAG, REFUSAL_TAG = "eval_settings", "champion_candidate", "champion_refused"
+CHAMPION_HEADING = "Champion, alias"  # starts the description paragraph of the alias holder
 END_STATUSES = ("FINISHED", "FAILED", "KILLED")
 BATCHED_KINDS = ("metrics", "params", "tags")  # records that go to MLflow by log_batch
 # The experiment tag the MLflow 3 UI reads to open an experiment on its training runs (and
@@ -290,33 +294,75 @@ def _send_dataset(client: MlflowClient, run_id: str, event: Event) -> None:
 
 
 def _send_version(client: MlflowClient, run_id: str, event: Event) -> None:
-    """Tag the version the run registered, then move the champion alias; nothing when the run
-    registered no version (its training was not tracked on this server)."""
+    """Tag the version the run registered, then (when evaluation made it a candidate) move the
+    champion alias; nothing when the run registered no version (its training was not tracked
+    on this server)."""
     name = event["registered_model_name"]
     versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     if not versions:
         return
     for key, value in event["tags"].items():
         client.set_model_version_tag(name, versions[0].version, key, value)
-    crown_champion(client, name, **event["champion"])
+    if event["tags"].get(CANDIDATE_TAG) == "true" and REFUSAL_TAG in versions[0].tags:
+        client.delete_model_version_tag(name, versions[0].version, REFUSAL_TAG)  # re-evaluated
+    if event.get("champion"):
+        crown_champion(client, name, **event["champion"])
 
 
 def crown_champion(
-    client: MlflowClient, name: str, alias: str, metric: str, data_hash: str
+    client: MlflowClient,
+    name: str,
+    alias: str,
+    metric: str,
+    data_hash: str,
+    eval_settings: str = "",
+    min_samples: int = 0,
 ) -> str | None:
     """Point `alias` at the version of `name` with the lowest `metric` (a distance) among the
-    versions trained on `data_hash` and evaluated (tagged with `metric`); its version number,
-    None when there is no such version. Numbers on other data do not compare."""
+    candidates: versions trained on `data_hash`, evaluated with the same `eval_settings`, each
+    tagged a champion candidate (CANDIDATE_TAG: enough samples, a run the user applied). Its
+    version number, None when there is no such version. The winner's description says on what
+    it won; the version that held the alias before loses that paragraph."""
     candidates = [
         version
         for version in client.search_model_versions(f"name = '{name}'")
-        if version.tags.get("data_hash") == data_hash and metric in version.tags
+        if version.tags.get("data_hash") == data_hash
+        and version.tags.get(SETTINGS_TAG, "") == eval_settings
+        and version.tags.get(CANDIDATE_TAG) == "true"
+        and metric in version.tags
     ]
     if not candidates:
         return None
-    best = min(candidates, key=lambda v: (float(v.tags[metric]), -int(v.version)))  # tie: newest
-    client.set_registered_model_alias(name, alias, str(best.version))
+    ranked = sorted(candidates, key=lambda v: (float(v.tags[metric]), -int(v.version)))
+    best = ranked[0]  # a tie goes to the newest
+    others = ", ".join(f"version {v.version}: {v.tags[metric]}" for v in ranked[1:4])
+    won = (
+        f"the lowest {metric} ({best.tags[metric]}) of {len(ranked)} candidate versions on "
+        f"data {data_hash}, each evaluated over at least {min_samples} samples with the same "
+        f"settings ({eval_settings})" + (f"; next: {others}" if others else "")
+    )
+    hand_alias(client, name, alias, str(best.version), won)
     return str(best.version)
+
+
+def hand_alias(client: MlflowClient, name: str, alias: str, version: str, why: str) -> None:
+    """Point `alias` at `version`, whose description gets a paragraph saying `why`; the version
+    that held the alias before loses its paragraph."""
+    try:
+        holder = client.get_model_version_by_alias(name, alias)
+    except MlflowException:  # no version holds it yet
+        holder = None
+    if holder is not None and str(holder.version) != version:
+        client.update_model_version(name, holder.version, _without_win(holder.description))
+    described = client.get_model_version(name, version).description
+    paragraph = f"{CHAMPION_HEADING} `{alias}`: {why}"
+    client.update_model_version(name, version, f"{_without_win(described)}\n\n{paragraph}")
+    client.set_registered_model_alias(name, alias, version)
+
+
+def _without_win(description: str | None) -> str:
+    """A version's description without the paragraph that says why it holds the alias."""
+    return (description or "").split(f"\n\n{CHAMPION_HEADING}")[0]
 
 
 def _steps_after(client: MlflowClient, run_id: str, step: int) -> dict[str, set[int]]:
@@ -369,11 +415,14 @@ def _send_model(
         client.finalize_logged_model(model_id, LoggedModelStatus.READY)
         state = spool.update_model_state(seq, uploaded=True)
     if name and "version" not in state:
+        described = event.get("model_description") or None
         try:
-            client.create_registered_model(name)
+            client.create_registered_model(name, description=described)
         except MlflowException as error:
             if error.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
+            if described and not client.get_registered_model(name).description:
+                client.update_registered_model(name, described)  # registered before descriptions
         source = f"models:/{model_id}"
         # A version made before a lost reply (the OSS registry reports the source, not
         # always the model id).

@@ -72,7 +72,7 @@ class TrackedRun:
             run.log_metrics({"loss": loss, "images_per_s": ips}, step)
             ... checkpoint["tracking"] = run.state()
         run.log_image("models/vae/samples/step-00000250.png", "samples", step=250)
-        run.log_model(generator_pyfunc, "generator", signature,
+        run.log_model(generator_pyfunc, "vae", signature,
                       registered_model_name=registered_model_name(cfg.tracking, "vae"))
         run.close()
 
@@ -93,8 +93,12 @@ class TrackedRun:
         tags: Mapping[str, str] | None = None,
         experiment: str | None = None,
         provenance: bool = True,
+        reopen: bool = True,
     ) -> None:
         self.cfg = cfg
+        # reopen=False: records are added to an ended run that stays as it ended (status, end
+        # time): evaluation adds its numbers so, and the run's duration stays the training's.
+        self._reopen = reopen
         self.uri = tracking_uri(cfg)
         self._root = Path(cfg.spool_dir)
         self._next_try = 0.0  # time.monotonic() before which delivery is not tried
@@ -129,6 +133,7 @@ class TrackedRun:
         self.spool = spool
         if resume:
             self.spool.update_meta(closed=False)
+        if resume and reopen:
             self.spool.append({"kind": "status", "status": "RUNNING", "timestamp": now_ms()})
         if resume and resume_step is not None:
             # The steps after the checkpoint are run and logged again: what the lost steps
@@ -257,6 +262,7 @@ class TrackedRun:
         registered_model_name: str | None = None,
         version_description: str = "",
         version_tags: Mapping[str, str] | None = None,
+        model_description: str = "",
         step: int = 0,
         input_example: Any = None,
         artifacts: Mapping[str, str] | None = None,
@@ -267,7 +273,8 @@ class TrackedRun:
 
         The model is saved into the spool first, so it survives an outage; delivery makes it
         a LoggedModel of this run and, with `registered_model_name`, a new version in the
-        Model Registry with `version_description` and `version_tags` (see
+        Model Registry with `version_description` and `version_tags` (the registered model
+        gets `model_description` when it has none yet; see
         `model_version()`). Give `pip_requirements`: without them MLflow
         infers them by loading the model in a subprocess, which is slow. Returns the local
         model folder (loadable with `mlflow.pyfunc.load_model`).
@@ -294,6 +301,7 @@ class TrackedRun:
                 "registered_model_name": registered_model_name,
                 "version_description": version_description,
                 "version_tags": dict(version_tags or {}),
+                "model_description": model_description,
                 "step": int(step),
             }
         )
@@ -301,17 +309,20 @@ class TrackedRun:
         return model_dir
 
     def update_version(
-        self, registered_model_name: str, tags: Mapping[str, str], champion: Mapping[str, str]
+        self,
+        registered_model_name: str,
+        tags: Mapping[str, str],
+        champion: Mapping[str, Any] | None,
     ) -> None:
         """Tag the version of `registered_model_name` that this run registered (evaluation's
-        numbers), then point the alias `champion["alias"]` at the version with the lowest
-        `champion["metric"]` among those trained on `champion["data_hash"]`."""
+        numbers); with `champion` (alias, metric, data_hash, eval_settings, min_samples), then
+        point the alias at the best candidate version (delivery.crown_champion)."""
         self.spool.append(
             {
                 "kind": "version",
                 "registered_model_name": registered_model_name,
                 "tags": {key: str(value) for key, value in tags.items()},
-                "champion": dict(champion),
+                "champion": dict(champion) if champion else None,
             }
         )
         self._deliver_when_due(now=True)
@@ -335,7 +346,7 @@ class TrackedRun:
         if self._closed:
             return not self.spool.pending
         self._closed = True
-        self.spool.end(status, now_ms())
+        self.spool.end(status if self._reopen else None, now_ms())
         delivered = self.flush()
         self.spool.finish(keep=self.cfg.keep_spool_after_delivery)
         if delivered:

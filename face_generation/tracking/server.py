@@ -5,9 +5,12 @@ One server per project: SQLite backend store and an artifact store under `mlruns
 detached in its own process group with a pid file, so `stop` ends it and every process it
 started (the uvicorn worker too). `start` reuses a healthy server already on the port.
 
-The pid file records the port with the pid, and `start`, `stop` and `status` act only on the
-server of the port asked for: a server on another port is never waited for, blamed or stopped.
-A port held by another program is reported at once.
+The port (and host, or a shared server's `tracking.uri`) comes from params.yaml when it exists,
+so these commands find the server the pipeline started (`config.tracking_source`); an override
+on the command line wins. The pid file records the port with the pid, and `start` and `status`
+act only on the server of that port: a server on another port is never waited for, blamed or
+stopped. `stop` without `tracking.port=` stops every server this checkout started (each pid
+file beside `tracking.pid_file`). A port held by another program is reported at once.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 LOG_TAIL_LINES = 20  # how much of the server log a start failure shows
 ML_WORKFLOW = "workflowType=machine_learning"  # the UI's query parameter for its training view
@@ -169,6 +172,39 @@ def stop_server(cfg: DictConfig) -> bool:
     _terminate_group(pid, cfg.stop_timeout_s, cfg.health_poll_s)
     pid_file.unlink(missing_ok=True)
     return True
+
+
+def started_servers(cfg: DictConfig) -> list[DictConfig]:
+    """The tracking settings of each server this checkout started that still runs: every pid
+    file in `tracking.pid_file`'s folder (one per port) whose process group lives."""
+    servers = []
+    for pid_file in sorted(Path(cfg.pid_file).parent.glob("*.pid")):
+        record = _read_record(pid_file)
+        if record is not None and record[1] is not None and _group_members(record[0]):
+            server = OmegaConf.merge(cfg, {"port": record[1], "pid_file": str(pid_file)})
+            assert isinstance(server, DictConfig)
+            servers.append(server)
+    return servers
+
+
+def use_tracking_server(cfg: DictConfig) -> str:
+    """Make MLflow resolve `models:/` and `runs:/` URIs in this process against the server of
+    `cfg` (MLFLOW_TRACKING_URI), whatever the environment said; its URI."""
+    uri = tracking_uri(cfg)
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    return uri
+
+
+def use_pipeline_server(command: str) -> None:
+    """For a command without tracking settings of its own (inference): MLflow model URIs resolve
+    against params.yaml's server, else MLFLOW_TRACKING_URI, and it says which; with neither,
+    nothing (the loader then asks for one instead of guessing port 5000)."""
+    from face_generation.config import compose, tracking_source
+
+    overrides, source = tracking_source()
+    if source is not None:
+        uri = use_tracking_server(compose("config", overrides).tracking)
+        print(f"[{command}] MLflow model URIs resolve against {uri} ({source})")
 
 
 def _launch(cfg: DictConfig) -> subprocess.Popen[bytes]:
@@ -343,30 +379,39 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise SystemExit(f"[tracking] {error}") from None
         print(f"[tracking] MLflow server ready in {time.perf_counter() - started:.1f} s")
         print(f"[tracking] UI: {ui_url(uri)}")
+    elif args.action == "stop" and not any(o.startswith("tracking.port=") for o in args.overrides):
+        # No port asked for: every server this checkout started, whatever port it took.
+        for server in started_servers(cfg) or [cfg]:
+            stop_one(server)
     elif args.action == "stop":
-        stopped = stop_server(cfg)
-        status = server_status(cfg)
-        if stopped:
-            print(f"[tracking] MLflow server at {status.uri} stopped")
-        elif status.healthy:
-            print(
-                f"[tracking] the server at {status.uri} was not started by this project "
-                f"(no live process for port {cfg.port} in {cfg.pid_file}); stop it where it "
-                "was started"
-            )
-        elif _port_taken(str(cfg.host), int(cfg.port), cfg.health_timeout_s):
-            print(
-                f"[tracking] port {cfg.port} is held by another program, not an MLflow server "
-                "this project started; nothing stopped"
-            )
-        else:
-            print(f"[tracking] no MLflow server was running at {status.uri}")
+        stop_one(cfg)
     else:
         status = server_status(cfg)
         print(f"[tracking] {status.describe()}")
         print(f"[tracking] log: {status.log_file}")
         if not status.healthy:
             raise SystemExit(1)
+
+
+def stop_one(cfg: DictConfig) -> None:
+    """`stop` for the server of one port, saying what it did."""
+    stopped = stop_server(cfg)
+    status = server_status(cfg)
+    if stopped:
+        print(f"[tracking] MLflow server at {status.uri} stopped")
+    elif status.healthy:
+        print(
+            f"[tracking] the server at {status.uri} was not started by this project "
+            f"(no live process for port {cfg.port} in {cfg.pid_file}); stop it where it "
+            "was started"
+        )
+    elif _port_taken(str(cfg.host), int(cfg.port), cfg.health_timeout_s):
+        print(
+            f"[tracking] port {cfg.port} is held by another program, not an MLflow server "
+            "this project started; nothing stopped"
+        )
+    else:
+        print(f"[tracking] no MLflow server was running at {status.uri}")
 
 
 if __name__ == "__main__":

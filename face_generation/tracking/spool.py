@@ -109,9 +109,11 @@ class Spool:
         self.meta.update(values)
         _write_json(self.dir / "run.json", self.meta)
 
-    def end(self, status: str, timestamp: int) -> None:
-        """Record the end of the run (FINISHED, FAILED or KILLED): the spool is closed."""
-        self.append({"kind": "status", "status": status, "timestamp": timestamp})
+    def end(self, status: str | None, timestamp: int) -> None:
+        """Record the end of the run (FINISHED, FAILED or KILLED; None: the run keeps the
+        status it has): the spool is closed."""
+        if status is not None:
+            self.append({"kind": "status", "status": status, "timestamp": timestamp})
         self.update_meta(closed=True)
 
     @property

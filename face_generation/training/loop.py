@@ -446,6 +446,8 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
             network.train()
         for network in family.frozen.values():
             network.eval().requires_grad_(False)
+        if start_step == 0:
+            save_samples(0)  # the untrained start: MLflow's image card opens at step 0
         for batch in batches.iterate(start_step, steps):
             step_metrics = family.train_step(batch, step)
             step += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -100,7 +101,7 @@ class MlflowTracker:
 
         self.cfg = cfg
         self.run = TrackedRun(
-            cfg.tracking, run_name=str(cfg.model.name), resume=run_id, resume_step=resume_step
+            cfg.tracking, run_name=run_name(cfg), resume=run_id, resume_step=resume_step
         )
         self.registered_name = registered_model_name(cfg.tracking, str(cfg.model.name))
         self.tags: dict[str, Any] = {}  # what the loop tagged the run with (data_hash, ...)
@@ -116,8 +117,6 @@ class MlflowTracker:
 
     def write_run_link(self) -> Path:
         """models/<name>/mlflow_run.json: this run's id and page, its registered version."""
-        from face_generation.tracking.provenance import GENERATOR
-
         path = Path(self.cfg.paths.models) / str(self.cfg.model.name) / RUN_LINK
         link = {
             "run_id": self.run.run_id,  # null while the server has not answered yet
@@ -125,7 +124,7 @@ class MlflowTracker:
             "tracking_uri": self.run.uri,
             "url": self.run.url,
             "registered_model": self.registered_name,
-            "version": self.run.model_version(GENERATOR),
+            "version": self.run.model_version(str(self.cfg.model.name)),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.tmp")
@@ -171,7 +170,7 @@ class MlflowTracker:
             model_signature,
             requirements,
         )
-        from face_generation.tracking.provenance import GENERATOR, version_metadata
+        from face_generation.tracking.provenance import version_metadata
         from face_generation.tracking.run import tell
         from face_generation.tracking.server import ui_url
 
@@ -183,17 +182,18 @@ class MlflowTracker:
         )
         self.run.log_model(
             str(MODEL_CODE),
-            GENERATOR,
+            family.name,  # the logged model's name in the UI
             model_signature(family, resolution),
             registered_model_name=self.registered_name,
             version_description=description,
+            model_description=model_description(family, self.cfg),
             version_tags=tags,
             input_example=input_example(),
             artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
             pip_requirements=requirements(),
             code_paths=[str(Path(__file__).resolve().parents[1])],  # the face_generation package
         )
-        version = self.run.model_version(GENERATOR)
+        version = self.run.model_version(family.name)
         if version is not None:
             page = ui_url(self.run.uri, f"models/{self.registered_name}/versions/{version}")
             tell(f"registered {self.registered_name} version {version}: {page}")
@@ -201,6 +201,27 @@ class MlflowTracker:
     def close(self, status: str) -> None:
         self.run.close(status)
         self.write_run_link()  # the final run id and version
+
+
+def run_name(cfg: DictConfig) -> str:
+    """The run's name: the model, and under `dvc exp run` the DVC experiment's name too, so that
+    an experiment's runs are told apart from the baseline's (`vae@brisk-lynx`)."""
+    experiment = os.environ.get("DVC_EXP_NAME")
+    return f"{cfg.model.name}@{experiment}" if experiment else str(cfg.model.name)
+
+
+def model_description(family: type[Family], cfg: DictConfig) -> str:
+    """The registered model's own description (each version has its own beside it): the
+    family, from its module's docstring, and what its versions and alias are."""
+    module = sys.modules[family.__module__].__doc__ or f"{family.name} family"
+    title = " ".join(module.split(":")[0].split())
+    champion = cfg.tracking.champion
+    return (
+        f"{title}, trained by face_generation (python -m face_generation.train "
+        f"model={family.name}). One version per tracked training, each described with its "
+        f"data, steps, code and evaluation; the alias `{champion.alias}`, when set, is the "
+        f"version with the best {champion.metric} on a comparison its description states."
+    )
 
 
 def close_orphaned_runs(cfg: DictConfig) -> None:
