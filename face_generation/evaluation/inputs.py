@@ -94,7 +94,7 @@ class EvaluationInputs:
     def conditions(self) -> torch.Tensor | None:
         """A conditional family's condition rows of the eval split (sample i is conditioned on
         real image i's row), from the features stage's arrays; None for unconditional ones."""
-        array = self.trained.family.condition
+        array = self.trained.condition
         if array is None:
             return None
         features = features_dir(Path(self.cfg.paths.data), self.trained.resolution)

@@ -28,7 +28,8 @@ from face_generation.features.identity import FaceIdentityEncoder
 from face_generation.features.inception import load_inception
 from face_generation.features.lpips import load_lpips, lpips_distance
 from face_generation.features.weights import WeightsUnavailableError
-from face_generation.runtime.family import RECONSTRUCT, SAMPLE, Family
+from face_generation.runtime.family import RECONSTRUCT, SAMPLE
+from face_generation.runtime.generator import TrainedGenerator
 
 SAMPLES = "samples"
 RECONSTRUCTIONS = "reconstructions"
@@ -37,11 +38,12 @@ CONDITIONS = "conditions"
 Entries = dict[str, dict]
 
 
-def provided(family: type[Family]) -> frozenset[str]:
-    """What a family's declared capabilities let the metrics ask for."""
+def provided(trained: TrainedGenerator) -> frozenset[str]:
+    """What a model's declared capabilities and condition let the metrics ask for."""
+    family = trained.family
     offers = {SAMPLES: SAMPLE in family.capabilities}
     offers[RECONSTRUCTIONS] = RECONSTRUCT in family.capabilities
-    offers[CONDITIONS] = family.condition is not None
+    offers[CONDITIONS] = trained.condition is not None
     return frozenset(need for need, offered in offers.items() if offered)
 
 
@@ -245,7 +247,7 @@ class ZeroShotIdentity(Metric):
     )
 
     def compute(self, inputs: EvaluationInputs) -> Entries:
-        condition = str(inputs.trained.family.condition)
+        condition = str(inputs.trained.condition)
         judge = independent_judge(self.eval_cfg, condition, str(inputs.device))
         if isinstance(judge, str):
             network = str(self.eval_cfg.identity.encoder)
@@ -292,7 +294,7 @@ METRICS: tuple[type[Metric], ...] = (
 )
 
 
-def applicable_metrics(family: type[Family], eval_cfg: DictConfig) -> list[Metric]:
-    """The metrics whose needs `family`'s declared capabilities meet, configured from eval_cfg."""
-    available = provided(family)
+def applicable_metrics(trained: TrainedGenerator, eval_cfg: DictConfig) -> list[Metric]:
+    """The metrics whose needs the model's declared capabilities meet, configured from eval_cfg."""
+    available = provided(trained)
     return [metric(eval_cfg) for metric in METRICS if metric.needs <= available]

@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from face_generation.runtime.family import RECONSTRUCT, SAMPLE
-from face_generation.runtime.generator import generate, photo_refusal, takes_photos
+from face_generation.runtime.generator import generate, photo_refusal
 from face_generation.runtime.images import grid_pixels, png_bytes, to_uint8
 from face_generation.runtime.pixels import to_float_nchw
 from face_generation.serving.models import ServedModel
@@ -268,8 +268,11 @@ def create_app(models: dict[str, ServedModel], cfg: DictConfig) -> FastAPI:
         """n variants of each reference (a conditional model's condition, computed from the
         photo), seeded: the same request gives the same images."""
         served_model = served(model)
-        if not takes_photos(served_model.generator.family):
-            raise Refusal(422, f"{model}: {photo_refusal(served_model.generator.family)}")
+        generator = served_model.generator
+        if not generator.takes_photos:
+            raise Refusal(
+                422, f"{model}: {photo_refusal(generator.family, generator.config.model)}"
+            )
         n = count_and_seed(n, seed)
         chosen = sampling_options(served_model, parse_options(options))
         inputs = await read_inputs(served_model, photos, test_faces)

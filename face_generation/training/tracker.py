@@ -176,7 +176,7 @@ class MlflowTracker:
         self.run.log_model(
             str(MODEL_CODE),
             GENERATOR,
-            model_signature(family, resolution),
+            model_signature(family, resolution, self.cfg.model),
             registered_model_name=self.registered_name,
             version_description=description,
             version_tags=tags,
