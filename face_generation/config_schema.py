@@ -322,6 +322,9 @@ class LpipsConfig:
 class ZeroShotConfig:
     num_references: int = MISSING
     samples_per_reference: int = MISSING
+    confidence: float = MISSING
+    bootstrap_resamples: int = MISSING
+    bootstrap_seed: int = MISSING
 
 
 @dataclass

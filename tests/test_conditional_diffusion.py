@@ -130,6 +130,12 @@ def test_evaluation_scores_zero_shot_identity_and_sweeps_guidance(
         assert -1 <= metrics[name]["value"] <= 1 and metrics[name]["references"] == 4
     for name in ("zero_shot_same_person", "zero_shot_random_same_person"):
         assert 0 <= metrics[name]["value"] <= 1
+    gap = metrics["zero_shot_identity_cosine"]["gap_to_random"]
+    expected = (
+        metrics["zero_shot_identity_cosine"]["value"] - metrics["zero_shot_random_cosine"]["value"]
+    )
+    assert gap["value"] == pytest.approx(expected) and gap["resampled"] == "references"
+    assert gap["interval"][0] <= gap["value"] <= gap["interval"][1]
     sweep = record["guidance_sweep"]
     assert [row["guidance"] for row in sweep] == [0.0, 3.0]
     assert all(row["fd_effnet"] > 0 and -1 <= row["identity_cosine"] <= 1 for row in sweep)

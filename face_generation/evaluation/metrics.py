@@ -18,7 +18,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from face_generation.evaluation.frechet import feature_statistics, frechet_distance_between
-from face_generation.evaluation.identity import identity_similarity
+from face_generation.evaluation.identity import bootstrap_gap, identity_similarity, row_cosines
 from face_generation.evaluation.inputs import EvaluationInputs
 from face_generation.evaluation.kid import kid
 from face_generation.evaluation.precision_recall import precision_recall
@@ -267,6 +267,14 @@ class ZeroShotIdentity(Metric):
         same = identity_similarity(np.repeat(real, k, axis=0), generated, judge.threshold)
         other = np.repeat(np.roll(real, -1, axis=0), k, axis=0)  # reference i+1 for samples of i
         chance = identity_similarity(other, generated, judge.threshold)
+        gap, low, high = bootstrap_gap(
+            row_cosines(np.repeat(real, k, axis=0), generated),
+            row_cosines(other, generated),
+            references,
+            int(settings.bootstrap_resamples),
+            float(settings.confidence),
+            int(settings.bootstrap_seed),
+        )
         details = {"references": references, "samples_per_reference": k, "condition": condition}
         values = (
             same.cosine_mean,
@@ -280,6 +288,14 @@ class ZeroShotIdentity(Metric):
         }
         for name in ("zero_shot_same_person", "zero_shot_random_same_person"):
             entries[name]["threshold"] = same.threshold
+        # how far the conditioned samples are above chance, with its bootstrap interval
+        entries["zero_shot_identity_cosine"]["gap_to_random"] = {
+            "value": gap,
+            "interval": [low, high],
+            "confidence": float(settings.confidence),
+            "resamples": int(settings.bootstrap_resamples),
+            "resampled": "references",
+        }
         return entries
 
 
