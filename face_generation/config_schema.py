@@ -275,6 +275,8 @@ class IdentityConfig:
     face_box: str = MISSING
     fallback_box: list[float] = MISSING
     detector_upsample: int = MISSING
+    far: float = MISSING
+    calibration_faces: int = MISSING
     dlib: DlibConfig = field(default_factory=DlibConfig)
     facenet: FacenetConfig = field(default_factory=FacenetConfig)
 

@@ -27,7 +27,14 @@ from face_generation.runtime.images import png_bytes, save_each, to_uint8
 from face_generation.runtime.mlflow_model import GeneratorModel, model_signature
 from face_generation.training.loop import train
 from face_generation.training.tracker import NullTracker
-from tests.faces import RESOLUTION, SPLIT_SIZES, config, overrides, write_packed
+from tests.faces import (
+    RESOLUTION,
+    SPLIT_SIZES,
+    config,
+    overrides,
+    write_labels,
+    write_packed,
+)
 
 # The backbone at the faces' own 32 px (the default upsamples to 128): quick, same code.
 BACKBONE = ["backbone.image_size=32", "features.grids=[2,4]", "features.device=cpu"]
@@ -46,6 +53,7 @@ def conditioned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Trained
     """(root, the trained model): packed faces, their backbone features, 6 steps of training."""
     root = tmp_path_factory.mktemp("conditional")
     write_packed(root / "data")
+    write_labels(root / "data")  # the people of the eval split: the judge's calibration
     run_features(settings(root / "data", root / "models"), ["backbone"])
     result = train(settings(root / "data", root / "models"), NullTracker())
     return root, load_generator(result.checkpoint)
@@ -128,8 +136,17 @@ def test_evaluation_scores_zero_shot_identity_and_sweeps_guidance(
     for name in ("zero_shot_identity_cosine", "zero_shot_random_cosine"):
         assert metrics[name]["network"].startswith("dlib")
         assert -1 <= metrics[name]["value"] <= 1 and metrics[name]["references"] == 4
+    # the judge calibrated on the eval split's known people (tests/faces.identities: two of
+    # three faces among the 8), at FAR 0.01: the shares are under that threshold
+    calibration = metrics["zero_shot_identity_cosine"]["calibration"]
+    assert (calibration["same_pairs"], calibration["different_pairs"], calibration["far"]) == (
+        6, 9, 0.01,
+    )  # fmt: skip
+    assert calibration["threshold"] > 0 and 0 <= calibration["tar"] <= 1
+    assert -1 <= calibration["different_cosine"] <= 1 and -1 <= calibration["same_cosine"] <= 1
     for name in ("zero_shot_same_person", "zero_shot_random_same_person"):
         assert 0 <= metrics[name]["value"] <= 1
+        assert metrics[name]["threshold"] == calibration["threshold"]
     gap = metrics["zero_shot_identity_cosine"]["gap_to_random"]
     expected = (
         metrics["zero_shot_identity_cosine"]["value"] - metrics["zero_shot_random_cosine"]["value"]

@@ -69,3 +69,43 @@ def identity_similarity(
         threshold=float(threshold),
         count=len(first),
     )
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The judge's same-person distance at a false-accept rate, from real pairs of known people
+    (threshold None: uncalibrated, too few pairs), and the real-pair anchors: the mean cosine
+    of same-person and of different-person pairs, beside which a generated score is read."""
+
+    threshold: float | None
+    far: float
+    tar: float | None  # share of same-person pairs accepted at the threshold
+    same_pairs: int
+    different_pairs: int
+    same_cosine: float | None
+    different_cosine: float | None
+
+
+def calibrate(embeddings: np.ndarray, people: np.ndarray, far: float) -> Calibration:
+    """Every pair of rows whose people are known (>= 0): the distance under which a share
+    `far` of different-person pairs fall is the threshold; TAR is the share of same-person
+    pairs under it."""
+    known = np.flatnonzero(np.asarray(people) >= 0)
+    first, second = np.triu_indices(len(known), k=1)
+    rows_a, rows_b = known[first], known[second]
+    same = np.asarray(people)[rows_a] == np.asarray(people)[rows_b]
+    vectors = as_float64(embeddings)
+    distance = np.linalg.norm(vectors[rows_a] - vectors[rows_b], axis=1)
+    cosine = row_cosines(vectors[rows_a], vectors[rows_b]) if len(rows_a) else np.zeros(0)
+    counts = int(same.sum()), int((~same).sum())
+    if min(counts) == 0:
+        return Calibration(None, far, None, *counts, None, None)
+    threshold = float(np.quantile(distance[~same], far, method="lower"))
+    return Calibration(
+        threshold,
+        far,
+        float((distance[same] < threshold).mean()),
+        *counts,
+        float(cosine[same].mean()),
+        float(cosine[~same].mean()),
+    )

@@ -12,13 +12,19 @@ reconstruction.py (SSIM, PSNR), identity.py; the networks live in face_generatio
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import ClassVar
 
 import numpy as np
 from omegaconf import DictConfig
 
 from face_generation.evaluation.frechet import feature_statistics, frechet_distance_between
-from face_generation.evaluation.identity import bootstrap_gap, identity_similarity, row_cosines
+from face_generation.evaluation.identity import (
+    bootstrap_gap,
+    calibrate,
+    identity_similarity,
+    row_cosines,
+)
 from face_generation.evaluation.inputs import EvaluationInputs
 from face_generation.evaluation.kid import kid
 from face_generation.evaluation.precision_recall import precision_recall
@@ -262,11 +268,15 @@ class ZeroShotIdentity(Metric):
         samples = inputs.sample_conditioned(
             inputs.conditions[:references].repeat_interleave(k, dim=0), "zero-shot samples"
         )
-        real = judge.embed(inputs.real[:references], progress="identity: references")
+        faces = max(references, min(int(self.eval_cfg.identity.calibration_faces), inputs.count))
+        embedded = judge.embed(inputs.real[:faces], progress="identity: references")
+        real = embedded[:references]
+        calibration = calibrate(embedded, inputs.people[:faces], float(self.eval_cfg.identity.far))
+        threshold = judge.threshold if calibration.threshold is None else calibration.threshold
         generated = judge.embed(samples, progress="identity: zero-shot samples")
-        same = identity_similarity(np.repeat(real, k, axis=0), generated, judge.threshold)
+        same = identity_similarity(np.repeat(real, k, axis=0), generated, threshold)
         other = np.repeat(np.roll(real, -1, axis=0), k, axis=0)  # reference i+1 for samples of i
-        chance = identity_similarity(other, generated, judge.threshold)
+        chance = identity_similarity(other, generated, threshold)
         gap, low, high = bootstrap_gap(
             row_cosines(np.repeat(real, k, axis=0), generated),
             row_cosines(other, generated),
@@ -275,7 +285,13 @@ class ZeroShotIdentity(Metric):
             float(settings.confidence),
             int(settings.bootstrap_seed),
         )
-        details = {"references": references, "samples_per_reference": k, "condition": condition}
+        # where a generated score sits between strangers and the same person, on real pairs
+        details = {
+            "references": references,
+            "samples_per_reference": k,
+            "condition": condition,
+            "calibration": asdict(calibration),
+        }
         values = (
             same.cosine_mean,
             same.same_person_share,
@@ -288,6 +304,11 @@ class ZeroShotIdentity(Metric):
         }
         for name in ("zero_shot_same_person", "zero_shot_random_same_person"):
             entries[name]["threshold"] = same.threshold
+            if calibration.threshold is None:  # a share under an uncalibrated threshold misleads
+                entries[name].update(
+                    value=None,
+                    note="uncalibrated (no pairs of known people in the eval split)",
+                )
         # how far the conditioned samples are above chance, with its bootstrap interval
         entries["zero_shot_identity_cosine"]["gap_to_random"] = {
             "value": gap,
