@@ -258,8 +258,8 @@ def model_stage_parser(description: str, verb: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         metavar="NAME",
-        help=f"model family to {verb} (vae, dcgan, encoder): with --params, picks models.NAME "
-        "(or feature_models.NAME); otherwise the same as the override model=NAME",
+        help=f"model to {verb}: with --params, a name under models (vae, dcgan, diffusion by "
+        "default) or feature_models (encoder); otherwise the family, as the override model=NAME",
     )
     return parser
 

@@ -102,6 +102,15 @@ class LatentSampling:
 
 
 @dataclass
+class ModelReads:
+    """What a model's DVC stages read besides the packed faces (dvc.yaml's train and evaluate)."""
+
+    features: str = MISSING  # the feature folder of its condition's network
+    network: str = MISSING  # that network's code or weights
+    code: str = MISSING  # the conditioning code
+
+
+@dataclass
 class ModelConfig:
     """What every family's config starts with; a family's schema adds its own keys."""
 
@@ -115,6 +124,7 @@ class VAEConfig(ModelConfig):
     max_channels: int = MISSING
     leaky_slope: float = MISSING
     beta: float = MISSING
+    reads: ModelReads = field(default_factory=ModelReads)
     optimizer: AdamConfig = field(default_factory=AdamConfig)
     sampling: LatentSampling = field(default_factory=LatentSampling)
 
@@ -127,6 +137,7 @@ class DCGANConfig(ModelConfig):
     max_channels: int = MISSING
     leaky_slope: float = MISSING
     init_std: float = MISSING
+    reads: ModelReads = field(default_factory=ModelReads)
     optimizer: AdamConfig = field(default_factory=AdamConfig)
     sampling: LatentSampling = field(default_factory=LatentSampling)
 
@@ -162,9 +173,11 @@ class DiffusionConfig(ModelConfig):
     prediction: str = MISSING
     loss_weighting: str = MISSING
     min_snr_gamma: float = MISSING
-    condition: str | None = MISSING  # null | identity | backbone
+    condition: Any = MISSING  # null | {network: <its settings>, array: <name>}
+    inputs: dict[str, Any] = field(default_factory=dict)
     cond_dim: int = MISSING
     cond_drop: float = MISSING
+    reads: ModelReads = field(default_factory=ModelReads)
     optimizer: AdamConfig = field(default_factory=AdamConfig)
     sampling: DiffusionSampling = field(default_factory=DiffusionSampling)
 
@@ -263,6 +276,8 @@ class IdentityConfig:
     face_box: str = MISSING
     fallback_box: list[float] = MISSING
     detector_upsample: int = MISSING
+    far: float = MISSING
+    calibration_faces: int = MISSING
     dlib: DlibConfig = field(default_factory=DlibConfig)
     facenet: FacenetConfig = field(default_factory=FacenetConfig)
 
@@ -289,6 +304,7 @@ class ReportConfig:
     chart_columns: int = MISSING
     chart_panel_inches: list[float] = MISSING
     dpi: int = MISSING
+    smoke_scale_below: int = MISSING
 
 
 @dataclass
@@ -309,6 +325,9 @@ class LpipsConfig:
 class ZeroShotConfig:
     num_references: int = MISSING
     samples_per_reference: int = MISSING
+    confidence: float = MISSING
+    bootstrap_resamples: int = MISSING
+    bootstrap_seed: int = MISSING
 
 
 @dataclass

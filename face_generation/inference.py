@@ -11,8 +11,8 @@ of the family's sampling options (VAE and DCGAN: temperature; diffusion: steps, 
 guidance, eta); `--NAME VALUE` is the same as `--option NAME=VALUE`. An unknown name lists
 the model's options. For models that reconstruct (the VAE), --input FILE... reconstructs those
 images instead: OUT/reconstructions.png (each input beside its reconstruction) and
-OUT/reconstructions/0000.png, ... For conditional models that embed photos (diffusion with
-model.condition=identity or backbone), --reference FILE... draws --n variants of each
+OUT/reconstructions/0000.png, ... For conditional models that embed photos (diffusion, on
+the backbone embedding by default or an encoder's identity), --reference FILE... draws --n variants of each
 photo's person, conditioned on the photo's embedding by the network the model was trained
 with: OUT/references.png (one row per photo: the photo, then its variants) and
 OUT/references/0000.png, ... Photos should be roughly aligned face crops (centre square).
@@ -23,7 +23,7 @@ Examples:
   python -m face_generation.inference models/vae/model.pt --input face1.jpg face2.jpg
   python -m face_generation.inference models/diffusion/model.pt --n 16 --steps 50 --sampler heun
   python -m face_generation.inference models/diffusion/model.pt --reference me.jpg --guidance 3
-      (a diffusion model trained with model.condition=identity or backbone)
+      (diffusion conditions on the backbone embedding by default)
   python -m face_generation.inference models:/face_generation-vae/1 --out plots/registered
 """
 
@@ -45,7 +45,6 @@ from face_generation.runtime.generator import (
     TrainedGenerator,
     generate,
     photo_refusal,
-    takes_photos,
 )
 from face_generation.runtime.images import load_faces, save_each, save_grid
 from face_generation.runtime.options import (
@@ -99,8 +98,8 @@ def variants_of_references(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(photos, variants): N×3×R×R photos in [-1, 1] and N·n samples, n per photo in order,
     each conditioned on its photo's embedding."""
-    if not takes_photos(trained.family):
-        raise ValueError(f"--reference: {photo_refusal(trained.family)}")
+    if not trained.takes_photos:
+        raise ValueError(f"--reference: {photo_refusal(trained.family, trained.config.model)}")
     photos = load_faces(paths, trained.resolution, max_pixels)
     conditions = trained.conditions_from_photos(photos).float()
     cond = conditions.repeat_interleave(n, dim=0)

@@ -16,7 +16,11 @@ from face_generation.config import compose
 from face_generation.runtime.registry import family_names
 from face_generation.training.loop import train
 from face_generation.training.tracker import NullTracker
-from tests import diffusion_family, tiny_family  # noqa: F401  (importing registers them)
+from tests import (  # noqa: F401  (importing registers them)
+    conditional_family,
+    diffusion_family,
+    tiny_family,
+)
 from tests.browser import browser  # noqa: F401  (fixture)
 from tests.faces import RESOLUTION, SPLIT_SIZES, config, write_labels, write_packed
 from tests.tracking_fixtures import mlflow_server, tracking_cfg  # noqa: F401  (fixtures)

@@ -28,7 +28,8 @@ MODEL_CONFIG = OmegaConf.merge(
     OmegaConf.load(CONFIG_DIR / "model" / "diffusion.yaml"),
     {
         "name": "diffusion_embedding",
-        "condition": "tiny/embedding",  # a feature array by name (features/conditions.py)
+        # a feature array no network computes from photos (runtime/conditioning.py)
+        "condition": {"network": {"name": "tiny"}, "array": "embedding"},
         "cond_dim": EMBEDDING_DIM,
         "sampling": {"steps": 10},  # the contract tests' preview grids, quickly
     },

@@ -88,8 +88,9 @@ def write_labels(data_dir: Path, resolution: int = RESOLUTION) -> Path:
 
 
 # Per family: settings that keep its smoke training cheap (the encoder's backbone at the
-# faces' own 32 px instead of upsampling them).
-SMOKE = {"encoder": ["model.image_size=32"]}
+# faces' own 32 px instead of upsampling them; diffusion unconditional, without the backbone's
+# features: tests/test_conditional_diffusion.py trains it on them).
+SMOKE = {"encoder": ["model.image_size=32"], "diffusion": ["model.condition=null"]}
 
 
 def overrides(model: str, data_dir: Path, models_dir: Path, *extra: str) -> list[str]:

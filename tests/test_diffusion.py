@@ -44,7 +44,9 @@ from tests.tiny_family import EMBEDDING_DIM
 
 
 def model_config(name: str = "diffusion", *overrides: str) -> DictConfig:
-    return compose("config", [f"model={name}", *overrides]).model
+    """The model's config; `diffusion` unconditional (its default conditions on the backbone)."""
+    unconditional = ["model.condition=null"] if name == "diffusion" else []
+    return compose("config", [f"model={name}", *unconditional, *overrides]).model
 
 
 def schedule(kind: str) -> NoiseSchedule:
@@ -199,8 +201,7 @@ def test_training_uses_the_null_embedding_with_probability_cond_drop(cond_drop: 
             "model.head_channels=4",
         ],
     )
-    family_type = EmbeddingDiffusion.configured(whole)
-    family = family_type(whole.model, 4, step_context(torch.device("cpu"), whole.train))
+    family = EmbeddingDiffusion(whole.model, 4, step_context(torch.device("cpu"), whole.train))
     dropped: list[torch.Tensor] = []
     family.model.register_forward_pre_hook(lambda module, args: dropped.append(args[3]))
     rows = 512
@@ -388,3 +389,7 @@ def test_evaluation_writes_the_sampling_and_its_network_passes_beside_the_scores
     assert "steps=4, sampler=heun, guidance=1.0, eta=0.0 (7)" in report_markdown(
         {"diffusion": record}
     )
+    # 8 test faces: scores the report labels smoke-scale, unless the bar is at their count
+    smoke = report_markdown({"diffusion": record}, smoke_below=1000)
+    assert "**Smoke-scale:** diffusion scored on fewer than 1000 generated samples" in smoke
+    assert "Smoke-scale" not in report_markdown({"diffusion": record}, smoke_below=8)

@@ -17,11 +17,12 @@ from PIL import Image
 
 from face_generation.data.packed import features_dir
 from face_generation.evaluation.evaluate_model import evaluate
+from face_generation.families.conditioning import ConditionalFamily
 from face_generation.inference import main as inference_main
 from face_generation.runtime.checkpoint import CheckpointError, load_checkpoint
 from face_generation.runtime.device import pick_device
 from face_generation.runtime.family import SAMPLE, Batch
-from face_generation.runtime.generator import load_generator, sampling_options, takes_photos
+from face_generation.runtime.generator import load_generator, sampling_options
 from face_generation.runtime.pixels import to_float_nchw
 from face_generation.runtime.registry import (
     UnknownFamilyError,
@@ -41,26 +42,33 @@ FAMILIES = family_names()
 SAMPLING = [name for name in FAMILIES if SAMPLE in family_class(name).capabilities]
 
 
+def family_config(name: str, trained: TrainedModels) -> Any:
+    return config(name, trained.data, trained.root / "unused").model
+
+
 def first_batch(name: str, trained: TrainedModels) -> tuple[Any, Batch]:
     """The family built on the CPU, and its first training batch."""
     cfg = config(name, trained.data, trained.root / "unused")
     family_type = family_for(cfg)
     context = step_context(torch.device("cpu"), cfg.train)
+    arrays = training_arrays(cfg, family_type, "train")
     batches = PackedBatches(
-        training_arrays(cfg, family_type, "train"),
+        arrays,
         batch_size=int(cfg.train.batch_size),
         seed=0,
         hflip=True,
         device=context.device,
         on_device=False,
-        inputs=family_type.inputs,
+        inputs=family_type.inputs_of(cfg.model),
     )
     torch.manual_seed(0)
-    return family_type(cfg.model, RESOLUTION, context), next(batches.iterate(0, 1))
+    family = family_type(cfg.model, RESOLUTION, context)
+    family.prepare(arrays)  # as the loop does before the first step
+    return family, next(batches.iterate(0, 1))
 
 
 def test_the_registry_knows_the_project_families_and_the_test_one() -> None:
-    assert {"vae", "dcgan", "tiny"} <= set(FAMILIES)
+    assert {"vae", "dcgan", "diffusion", "tiny", "echo"} <= set(FAMILIES)
     with pytest.raises(UnknownFamilyError, match=r"model.name='nope'.*known families.*vae"):
         family_class("nope")
 
@@ -68,7 +76,7 @@ def test_the_registry_knows_the_project_families_and_the_test_one() -> None:
 @pytest.mark.parametrize("name", FAMILIES)
 def test_a_step_trains_the_trained_networks_only(name: str, trained: TrainedModels) -> None:
     family, batch = first_batch(name, trained)
-    for declared in family.inputs:
+    for declared in family.inputs_of(family_config(name, trained)):
         if declared.name != "images":
             assert len(batch.features[declared.name]) == len(batch.images)
     before = {
@@ -154,7 +162,7 @@ def test_sampling_is_seeded_takes_options_and_refuses_unknown_ones(
     assert not torch.equal(images, draw(1, **{option: type(default)(default * 0.5)}))
     with pytest.raises(ValueError, match=rf"unknown sampling option.*{option}"):
         draw(1, no_such_option=1)
-    if generator.family.condition is not None:
+    if generator.condition is not None:
         cond = torch.randn(4, 4)
         conditioned = generator.sample(4, cond=cond, generator=torch.Generator().manual_seed(1))
         assert not torch.equal(images, conditioned)
@@ -167,17 +175,37 @@ def test_photos_become_conditions_shaped_like_the_condition_rows(
     generator = load_generator(trained.checkpoints[name])
     faces = np.load(trained.data / "packed" / str(RESOLUTION) / "test.npy")
     photos = to_float_nchw(faces, None)
-    if not takes_photos(generator.family):  # the web service refuses reference photos with this
+    if not generator.takes_photos:  # the web service refuses reference photos with this
         with pytest.raises(ValueError, match=r"takes no reference photos|cannot compute it"):
             generator.conditions_from_photos(photos)
         return
     conditions = generator.conditions_from_photos(photos)
-    condition = str(generator.family.condition)
+    condition = str(generator.condition)
     rows = np.load(features_dir(trained.data, RESOLUTION) / condition / "test.npy")
     assert conditions.shape == rows.shape  # one row per photo, as the condition array holds
     assert torch.equal(conditions, generator.conditions_from_photos(photos))
     images = generator.sample(len(faces), cond=conditions, generator=torch.Generator())
     assert images.shape == (len(faces), 3, RESOLUTION, RESOLUTION)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_conditional_model_keeps_random_conditions_fitted_on_its_training_rows(
+    name: str, trained: TrainedModels
+) -> None:
+    generator = load_generator(trained.checkpoints[name])
+    if generator.condition is None or not issubclass(generator.family, ConditionalFamily):
+        with pytest.raises(ValueError, match="keeps no random conditions"):
+            generator.random_conditions(2)
+        return
+    folder = features_dir(trained.data, RESOLUTION) / generator.condition
+    rows = np.load(folder / "train.npy").astype(np.float64)
+    drawn = generator.random_conditions(20_000, torch.Generator().manual_seed(0)).double()
+    assert drawn.shape == (20_000, rows.shape[1])
+    spread = rows.std(axis=0, ddof=1)
+    np.testing.assert_allclose(drawn.mean(0), rows.mean(axis=0), atol=float(spread.max()) * 0.05)
+    np.testing.assert_allclose(drawn.std(0), spread, rtol=0.05)
+    images = generator.sample(4, cond=drawn[:4].float(), generator=torch.Generator())
+    assert images.shape == (4, 3, RESOLUTION, RESOLUTION)
 
 
 @pytest.mark.parametrize("name", SAMPLING)

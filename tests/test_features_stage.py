@@ -448,3 +448,27 @@ def test_feature_rows_reach_the_step_alike_on_the_device_and_cpu_paths(packed: P
     rows = batches[0].rows.numpy()
     expected = np.asarray(arrays["labels/identity"])[rows]
     assert np.array_equal(batches[0].features["labels/identity"].numpy(), expected)
+
+
+def test_the_judge_describes_faces_with_the_stages_dlib_code() -> None:
+    """Evaluation's dlib judge and the identity and verify stages' rows are one wrapper's
+    descriptors: the same vectors for the same faces (the stages' unit length)."""
+    from face_generation.config import compose
+    from face_generation.features.dlib_face import dlib_files, load_dlib
+    from face_generation.features.dlib_rows import DlibDescriber
+    from face_generation.features.face_boxes import FaceBoxes
+    from tests.faces import real_faces
+
+    identity = compose("config").eval.identity
+    faces = real_faces(4, 64)
+    judge = load_dlib(identity.dlib, FaceBoxes.from_config(identity))
+    judged = judge.forward(judge.preprocess(faces)).embedding.numpy()
+    stage = DlibDescriber(
+        *dlib_files(identity.dlib),
+        str(identity.face_box),
+        list(identity.fallback_box),
+        int(identity.detector_upsample),
+    ).describe(faces)
+    assert stage.ok.all()
+    unit = judged / np.linalg.norm(judged, axis=1, keepdims=True)
+    np.testing.assert_allclose(unit, stage.vectors, atol=1e-6)

@@ -20,7 +20,7 @@ from face_generation.evaluation.frechet import (
     feature_statistics,
     frechet_distance_between,
 )
-from face_generation.evaluation.identity import identity_similarity
+from face_generation.evaluation.identity import bootstrap_gap, calibrate, identity_similarity
 from face_generation.evaluation.kid import kid
 from face_generation.evaluation.precision_recall import precision_recall
 from face_generation.evaluation.real_stats import real_features
@@ -166,6 +166,44 @@ def test_identity_similarity_of_embeddings_with_themselves_and_others() -> None:
         orthogonal.distance_mean == pytest.approx(np.sqrt(2))
         and orthogonal.same_person_share == 0.0
     )
+
+
+def test_the_zero_shot_gap_interval_resamples_references() -> None:
+    rng = np.random.default_rng(5)
+    references, k = 400, 4
+    # each reference's own offset (shared by its k samples) plus per-sample noise
+    offsets = np.repeat(rng.normal(0.2, 0.1, references), k)
+    same, other = offsets + rng.normal(0, 0.05, references * k), np.zeros(references * k)
+    gap, low, high = bootstrap_gap(same, other, references, 2000, 0.95, seed=0)
+    assert gap == pytest.approx(same.mean())
+    # the interval of a mean of 400 references with spread about 0.1: ±1.96·0.1/√400 ≈ ±0.01
+    assert low < gap < high and high - low == pytest.approx(2 * 1.96 * 0.1 / 20, rel=0.2)
+    assert bootstrap_gap(same, other, references, 2000, 0.95, seed=0) == (gap, low, high)
+    constant = bootstrap_gap(np.full(8, 0.3), np.full(8, 0.1), 4, 100, 0.95, seed=1)
+    assert constant == pytest.approx((0.2, 0.2, 0.2))
+
+
+def test_the_judge_is_calibrated_on_pairs_of_known_people_at_a_false_accept_rate() -> None:
+    rng = np.random.default_rng(8)
+    people = np.repeat(np.arange(40), 3)  # 40 people, 3 faces each
+    centres = rng.normal(size=(40, 16))
+    faces = centres[people] + rng.normal(scale=0.3, size=(120, 16))
+    calibration = calibrate(faces, np.r_[people[:-2], -1, -1], far=0.01)
+    assert calibration.same_pairs == 39 * 3 and calibration.different_pairs == 118 * 117 // 2 - 117
+    first, second = np.triu_indices(118, k=1)
+    different = people[first] != people[second]
+    distance = np.linalg.norm(faces[first] - faces[second], axis=1)[different]
+    assert calibration.threshold is not None
+    assert (
+        (distance < calibration.threshold).mean()
+        <= 0.01
+        < (distance <= calibration.threshold).mean() + 0.01
+    )
+    assert calibration.tar is not None and calibration.tar > 0.9
+    assert calibration.same_cosine is not None and calibration.different_cosine is not None
+    assert calibration.same_cosine > 0.8 > 0.2 > calibration.different_cosine
+    unknown = calibrate(faces, np.full(120, -1), far=0.01)
+    assert unknown.threshold is None and unknown.tar is None and unknown.same_pairs == 0
 
 
 # --- standard networks, unavailable offline ---

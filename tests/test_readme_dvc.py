@@ -337,11 +337,15 @@ def test_make_serve_after_the_pipeline_serves_every_generator(
 @pytest.mark.timeout(1800)
 def test_a_backbone_setting_reruns_only_its_folder_and_what_reads_it(shell: Shell) -> None:
     """Not a README command: the pipeline with an override (README, "Parameters"). Another
-    backbone setting reruns its feature folder, the verification and the report, nothing else;
+    backbone setting reruns its feature folder, the verification, the model conditioned on it
+    (diffusion) and the report, nothing else;
     the defaults again bring the workspace back to the baseline."""
     pipeline = BASELINE[0]
     output = shell.run(f"{pipeline} backbone.image_size=96")
-    assert stages_run(output) == {"features", "verify", "report"}
+    # diffusion conditions on the backbone embedding (models.diffusion.reads): it reruns too
+    assert stages_run(output) == {
+        "features", "verify", "train@diffusion", "evaluate@diffusion", "report",
+    }  # fmt: skip
     shell.run(pipeline)
     assert "Data and pipelines are up to date." in shell.run("dvc status")
     assert shell.git("status", "--porcelain", "params.yaml") == ""

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from omegaconf import OmegaConf
 from PIL import Image
 
 from face_generation.config import compose
@@ -287,8 +288,9 @@ def test_a_conditional_family_without_the_photo_hook_is_named() -> None:
         name = "blind"
         condition_from_photos = Family.condition_from_photos  # the contract's default
 
-    assert takes_photos(TinyFamily) and not takes_photos(Blind)
-    refused = photo_refusal(Blind)
+    model_cfg = OmegaConf.create({"name": "blind"})  # tiny declares its arrays on the class
+    assert takes_photos(TinyFamily, model_cfg) and not takes_photos(Blind, model_cfg)
+    refused = photo_refusal(Blind, model_cfg)
     assert "conditions on 'tiny/embedding' but cannot compute it from photos" in refused
 
 

@@ -65,7 +65,7 @@ def evaluate(cfg: DictConfig, checkpoint: Path | None = None) -> EvaluationResul
             f"checkpoint {checkpoint} holds a '{trained.name}' model, not '{name}': "
             f"pass a {name} checkpoint, or evaluate with model={trained.name}"
         )
-    if SAMPLES not in provided(trained.family):
+    if SAMPLES not in provided(trained):
         raise ValueError(f"the {name} family does not generate images: nothing to evaluate")
 
     # The data at the resolution the model was trained at.
@@ -97,7 +97,7 @@ def evaluate(cfg: DictConfig, checkpoint: Path | None = None) -> EvaluationResul
     overrides = {str(key): value for key, value in cfg.eval.sampling.items()}
     inputs = EvaluationInputs(cfg, trained, test, count, data_hash, device)
     metrics: dict[str, dict] = {}
-    for metric in applicable_metrics(trained.family, cfg.eval):
+    for metric in applicable_metrics(trained, cfg.eval):
         metrics.update(metric.compute(inputs))
     neighbours = nearest_train(inputs, load_split(packed, "train", resolution))
 
@@ -110,7 +110,7 @@ def evaluate(cfg: DictConfig, checkpoint: Path | None = None) -> EvaluationResul
         neighbours.train_images,
         neighbours.nearest,
         inputs.prefix,
-        inputs.reconstructions if RECONSTRUCTIONS in provided(trained.family) else None,
+        inputs.reconstructions if RECONSTRUCTIONS in provided(trained) else None,
     )
     sweep: list[dict] = []
     if sweeps(inputs):
@@ -136,7 +136,7 @@ def evaluate(cfg: DictConfig, checkpoint: Path | None = None) -> EvaluationResul
         "feature_network": str(inputs.backbone.cache_key),
         "metrics": metrics,
         "nearest_train": neighbours.summary,
-        "condition": trained.family.condition,
+        "condition": trained.condition,
         "guidance_sweep": sweep,
     }
     metrics_path = write_record(record, Path(cfg.paths.metrics))

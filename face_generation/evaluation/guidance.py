@@ -27,10 +27,9 @@ from face_generation.runtime.family import sampling_options
 def sweeps(inputs: EvaluationInputs) -> bool:
     """Whether this evaluation sweeps guidance: a conditional family with a guidance option,
     and scales in the config."""
-    family = inputs.trained.family
     return (
-        CONDITIONS in provided(family)
-        and "guidance" in sampling_options(family)
+        CONDITIONS in provided(inputs.trained)
+        and "guidance" in sampling_options(inputs.trained.family)
         and len(inputs.eval_cfg.guidance_sweep) > 0
     )
 
@@ -40,7 +39,7 @@ def guidance_sweep(
 ) -> tuple[list[dict[str, Any]], list[Path]]:
     """(one row per scale, the files written): see the module docstring."""
     eval_cfg = inputs.eval_cfg
-    condition = str(inputs.trained.family.condition)
+    condition = str(inputs.trained.condition)
     judge = independent_judge(eval_cfg, condition, str(inputs.device))
     references = min(int(eval_cfg.zero_shot.num_references), inputs.count)
     real_identity = None if isinstance(judge, str) else judge.embed(inputs.real[:references])

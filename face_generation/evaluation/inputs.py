@@ -94,13 +94,26 @@ class EvaluationInputs:
     def conditions(self) -> torch.Tensor | None:
         """A conditional family's condition rows of the eval split (sample i is conditioned on
         real image i's row), from the features stage's arrays; None for unconditional ones."""
-        array = self.trained.family.condition
+        array = self.trained.condition
         if array is None:
             return None
         features = features_dir(Path(self.cfg.paths.data), self.trained.resolution)
         split = str(self.eval_cfg.split)
         rows = load_feature_split(features, array, split, len(self.test))
         return torch.from_numpy(np.asarray(rows[: self.count], np.float32))
+
+    @cached_property
+    def people(self) -> np.ndarray:
+        """The identity code of each of the first `count` eval-split faces (-1: unknown), from
+        the labels stage; all unknown when it has not run."""
+        features = features_dir(Path(self.cfg.paths.data), self.trained.resolution)
+        try:
+            rows = load_feature_split(
+                features, "labels/identity", str(self.eval_cfg.split), len(self.test)
+            )
+        except FileNotFoundError:
+            return np.full(self.count, -1, np.int64)
+        return np.asarray(rows[: self.count], np.int64)
 
     def sample(self, count: int, progress: str | None, **overrides: Any) -> np.ndarray:
         """`count` samples (conditioned on the first `count` condition rows, for conditional

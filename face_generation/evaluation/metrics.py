@@ -12,13 +12,19 @@ reconstruction.py (SSIM, PSNR), identity.py; the networks live in face_generatio
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import ClassVar
 
 import numpy as np
 from omegaconf import DictConfig
 
 from face_generation.evaluation.frechet import feature_statistics, frechet_distance_between
-from face_generation.evaluation.identity import identity_similarity
+from face_generation.evaluation.identity import (
+    bootstrap_gap,
+    calibrate,
+    identity_similarity,
+    row_cosines,
+)
 from face_generation.evaluation.inputs import EvaluationInputs
 from face_generation.evaluation.kid import kid
 from face_generation.evaluation.precision_recall import precision_recall
@@ -28,7 +34,8 @@ from face_generation.features.identity import FaceIdentityEncoder
 from face_generation.features.inception import load_inception
 from face_generation.features.lpips import load_lpips, lpips_distance
 from face_generation.features.weights import WeightsUnavailableError
-from face_generation.runtime.family import RECONSTRUCT, SAMPLE, Family
+from face_generation.runtime.family import RECONSTRUCT, SAMPLE
+from face_generation.runtime.generator import TrainedGenerator
 
 SAMPLES = "samples"
 RECONSTRUCTIONS = "reconstructions"
@@ -37,11 +44,12 @@ CONDITIONS = "conditions"
 Entries = dict[str, dict]
 
 
-def provided(family: type[Family]) -> frozenset[str]:
-    """What a family's declared capabilities let the metrics ask for."""
+def provided(trained: TrainedGenerator) -> frozenset[str]:
+    """What a model's declared capabilities and condition let the metrics ask for."""
+    family = trained.family
     offers = {SAMPLES: SAMPLE in family.capabilities}
     offers[RECONSTRUCTIONS] = RECONSTRUCT in family.capabilities
-    offers[CONDITIONS] = family.condition is not None
+    offers[CONDITIONS] = trained.condition is not None
     return frozenset(need for need, offered in offers.items() if offered)
 
 
@@ -245,7 +253,7 @@ class ZeroShotIdentity(Metric):
     )
 
     def compute(self, inputs: EvaluationInputs) -> Entries:
-        condition = str(inputs.trained.family.condition)
+        condition = str(inputs.trained.condition)
         judge = independent_judge(self.eval_cfg, condition, str(inputs.device))
         if isinstance(judge, str):
             network = str(self.eval_cfg.identity.encoder)
@@ -260,12 +268,30 @@ class ZeroShotIdentity(Metric):
         samples = inputs.sample_conditioned(
             inputs.conditions[:references].repeat_interleave(k, dim=0), "zero-shot samples"
         )
-        real = judge.embed(inputs.real[:references], progress="identity: references")
+        faces = max(references, min(int(self.eval_cfg.identity.calibration_faces), inputs.count))
+        embedded = judge.embed(inputs.real[:faces], progress="identity: references")
+        real = embedded[:references]
+        calibration = calibrate(embedded, inputs.people[:faces], float(self.eval_cfg.identity.far))
+        threshold = judge.threshold if calibration.threshold is None else calibration.threshold
         generated = judge.embed(samples, progress="identity: zero-shot samples")
-        same = identity_similarity(np.repeat(real, k, axis=0), generated, judge.threshold)
+        same = identity_similarity(np.repeat(real, k, axis=0), generated, threshold)
         other = np.repeat(np.roll(real, -1, axis=0), k, axis=0)  # reference i+1 for samples of i
-        chance = identity_similarity(other, generated, judge.threshold)
-        details = {"references": references, "samples_per_reference": k, "condition": condition}
+        chance = identity_similarity(other, generated, threshold)
+        gap, low, high = bootstrap_gap(
+            row_cosines(np.repeat(real, k, axis=0), generated),
+            row_cosines(other, generated),
+            references,
+            int(settings.bootstrap_resamples),
+            float(settings.confidence),
+            int(settings.bootstrap_seed),
+        )
+        # where a generated score sits between strangers and the same person, on real pairs
+        details = {
+            "references": references,
+            "samples_per_reference": k,
+            "condition": condition,
+            "calibration": asdict(calibration),
+        }
         values = (
             same.cosine_mean,
             same.same_person_share,
@@ -278,6 +304,19 @@ class ZeroShotIdentity(Metric):
         }
         for name in ("zero_shot_same_person", "zero_shot_random_same_person"):
             entries[name]["threshold"] = same.threshold
+            if calibration.threshold is None:  # a share under an uncalibrated threshold misleads
+                entries[name].update(
+                    value=None,
+                    note="uncalibrated (no pairs of known people in the eval split)",
+                )
+        # how far the conditioned samples are above chance, with its bootstrap interval
+        entries["zero_shot_identity_cosine"]["gap_to_random"] = {
+            "value": gap,
+            "interval": [low, high],
+            "confidence": float(settings.confidence),
+            "resamples": int(settings.bootstrap_resamples),
+            "resampled": "references",
+        }
         return entries
 
 
@@ -292,7 +331,7 @@ METRICS: tuple[type[Metric], ...] = (
 )
 
 
-def applicable_metrics(family: type[Family], eval_cfg: DictConfig) -> list[Metric]:
-    """The metrics whose needs `family`'s declared capabilities meet, configured from eval_cfg."""
-    available = provided(family)
+def applicable_metrics(trained: TrainedGenerator, eval_cfg: DictConfig) -> list[Metric]:
+    """The metrics whose needs the model's declared capabilities meet, configured from eval_cfg."""
+    available = provided(trained)
     return [metric(eval_cfg) for metric in METRICS if metric.needs <= available]

@@ -18,12 +18,11 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from face_generation.families.conditioning import ConditionalFamily
 from face_generation.families.latents import gaussian_latents
 from face_generation.families.optimization import adam, optimizer_step, place
-from face_generation.features.conditions import CONDITION_KINDS, condition_array, embed_faces
 from face_generation.models.diffusion import UNet
-from face_generation.runtime.family import IMAGES, Batch, Family, RowInput, StepContext
-from face_generation.runtime.pixels import to_uint8_nhwc
+from face_generation.runtime.family import Batch, StepContext
 
 SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("eps", "v")  # what the network predicts: the noise ε, or v = α·ε − σ·x_0
@@ -261,36 +260,17 @@ def check_sampling(
         raise ValueError(f"eta={eta}: expected 0 (deterministic DDIM) or more (1: DDPM's noise)")
 
 
-class DiffusionFamily(Family):
-    """Unconditional, or with `model.condition` set (identity, backbone, or a feature array by
-    name: features/conditions.py), conditioned on that array's row of each face: rows are
-    dropped for a learned null embedding with probability `model.cond_drop`, which trains the
-    unconditional model that classifier-free guidance needs."""
+class DiffusionFamily(ConditionalFamily):
+    """Unconditional, or conditioned on the array `model.condition` names (families/
+    conditioning.py): rows are dropped for a learned null embedding with probability
+    `model.cond_drop`, which trains the unconditional model that classifier-free guidance
+    needs."""
 
     name: ClassVar[str] = "diffusion"
     generator_key: ClassVar[str] = "diffusion"
 
-    @classmethod
-    def configured(cls, cfg: DictConfig) -> type[Family]:
-        """Itself when unconditional; else a subclass whose `condition` input is the array
-        that `model.condition` names under this config's encoder and backbone."""
-        kind = cfg.model.get("condition")
-        if kind is None or cls.condition is not None:
-            return cls
-        array = condition_array(cfg, str(kind))
-        declared: dict[str, Any] = {"inputs": (IMAGES, RowInput(array, flip="none"))}
-        declared["condition"] = array
-        if kind not in CONDITION_KINDS:  # an array by name: no network to embed photos with
-            declared["condition_from_photos"] = Family.__dict__["condition_from_photos"]
-        return type(f"{cls.__name__}[{array}]", (cls,), declared)
-
     def __init__(self, model_cfg: DictConfig, resolution: int, context: StepContext) -> None:
         super().__init__(model_cfg, resolution, context)
-        if (model_cfg.get("condition") is None) != (self.condition is None):
-            raise ValueError(
-                f"model.condition={model_cfg.get('condition')} but the {self.name} family was "
-                "built without the whole config: ask registry.family_for(cfg) for it"
-            )
         self.prediction = str(model_cfg.prediction)
         self.weighting = str(model_cfg.loss_weighting)
         if self.weighting not in WEIGHTINGS:
@@ -298,9 +278,6 @@ class DiffusionFamily(Family):
                 f"model.loss_weighting={self.weighting!r}: expected one of {WEIGHTINGS}"
             )
         self.min_snr_gamma = float(model_cfg.min_snr_gamma)
-        self.cond_drop = float(model_cfg.cond_drop)
-        if not 0 <= self.cond_drop <= 1:
-            raise ValueError(f"model.cond_drop={self.cond_drop}: expected a probability in [0, 1]")
         self.model = place(self.build_generator(model_cfg, resolution), context)
         self.networks = {"diffusion": self.model}
         self.optimizers = {
@@ -308,15 +285,7 @@ class DiffusionFamily(Family):
         }
 
     def train_step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
-        cond = null = None
-        if self.condition is not None:
-            cond = batch.features[self.condition].float()
-            if cond.shape[1:] != (self.model.cond_dim,):
-                raise ValueError(
-                    f"model.cond_dim={self.model.cond_dim}, but the rows of {self.condition} are "
-                    f"{tuple(cond.shape[1:])}: set model.cond_dim={cond[0].numel()}"
-                )
-            null = (torch.rand(len(cond)) < self.cond_drop).to(cond.device)
+        cond, null = self.condition_rows(batch, self.model.cond_dim)
         with self.context.autocast():
             loss = diffusion_loss(
                 self.model, self.model.schedule, batch.images, self.prediction,
@@ -341,15 +310,8 @@ class DiffusionFamily(Family):
             head_channels=int(model_cfg.head_channels),
             groups=int(model_cfg.groups),
             dropout=float(model_cfg.dropout),
-            cond_dim=int(model_cfg.cond_dim) if model_cfg.get("condition") else None,
+            cond_dim=int(model_cfg.cond_dim) if model_cfg.get("condition") is not None else None,
         )
-
-    @classmethod
-    def condition_from_photos(cls, images: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
-        """Each photo's row of the array the model was trained on, by the same network."""
-        kind = str(cfg.model.condition)
-        faces = to_uint8_nhwc(images, (-1.0, 1.0))
-        return torch.from_numpy(embed_faces(cfg, kind, faces))
 
     @classmethod
     @torch.no_grad()

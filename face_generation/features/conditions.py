@@ -1,10 +1,9 @@
-"""Feature rows as conditions: which array a conditional model reads, and the same rows for
-photos no stage has seen (a reference photo at inference), computed as the stage computed them.
+"""Condition rows for photos no stage has seen (a reference photo at inference), computed as
+the features stage computed the stored rows: the same network, settings and preprocessing.
 
-A model's `condition` setting names a kind, resolved against the whole config:
-    identity   <encoder.name>/identity    the `identity` stage's unit embeddings
-    backbone   <backbone.name>/embedding  the `features` stage's global backbone embedding
-    NET/ARRAY  that array as it is         any row-per-face feature array (the tests' own)
+A conditional model names its array by the network that wrote it (runtime/conditioning.py):
+    <backbone>/embedding   the `features` stage's global backbone embedding (configs/backbone/)
+    <encoder>/identity     the `identity` stage's unit identity embeddings (configs/encoder/)
 """
 
 from __future__ import annotations
@@ -16,21 +15,16 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-CONDITION_KINDS = ("identity", "backbone")
+IDENTITY_ENCODERS = ("dlib", "facenet", "effnet_contrastive")  # configs/encoder/
 
 
-def condition_array(cfg: DictConfig, kind: str) -> str:
-    """The feature array (`<network>/<array>`) a `condition: kind` model trains on."""
-    if kind == "identity":
-        return f"{cfg.encoder.name}/identity"
-    if kind == "backbone":
-        return f"{cfg.backbone.name}/embedding"
-    if kind.count("/") == 1 and all(kind.split("/")):
-        return kind
-    raise ValueError(
-        f"model.condition={kind!r}: expected null, {' or '.join(CONDITION_KINDS)}, or a feature "
-        "array as <network>/<array>"
-    )
+def computes_from_photos(settings: DictConfig, array: str) -> bool:
+    """Whether `embed_faces` computes this array with this network: a backbone's (effnet_lite0,
+    dinov2_*) `embedding`, an encoder's `identity`."""
+    name = str(settings.get("name"))
+    if array == "embedding":
+        return name == "effnet_lite0" or name.startswith("dinov2_")
+    return array == "identity" and name in IDENTITY_ENCODERS
 
 
 def identity_network(settings: DictConfig) -> torch.nn.Module:
@@ -52,18 +46,17 @@ def identity_network(settings: DictConfig) -> torch.nn.Module:
 
 
 @torch.inference_mode()
-def embed_faces(cfg: DictConfig, kind: str, faces: np.ndarray) -> np.ndarray:
-    """float32 N×D condition rows of uint8 N×H×W×3 faces (packed-style crops), with the network
-    and settings of `cfg` that the `kind` array was written with. A face the network fails on
-    gets zeros, as its row in the stage's array would."""
-    if kind == "backbone":
+def embed_faces(settings: DictConfig, array: str, faces: np.ndarray) -> np.ndarray:
+    """float32 N×D rows of the `array` (`computes_from_photos`) of uint8 N×H×W×3 faces
+    (packed-style crops), by the network of `settings` (a backbone's or an encoder's config).
+    A face the network fails on gets zeros, as its row in the stage's array would."""
+    if array == "embedding":
         from face_generation.features.backbone import load_pyramid_backbone
 
-        backbone = load_pyramid_backbone(cfg.backbone)
+        backbone = load_pyramid_backbone(settings)
         return backbone.forward(backbone.preprocess(faces)).embedding.float().cpu().numpy()
-    if kind != "identity":
-        raise ValueError(f"no network computes the {kind!r} array from photos")
-    settings = cfg.encoder
+    if array != "identity":
+        raise ValueError(f"no network computes the {array!r} array from photos")
     if settings.name == "dlib":
         from face_generation.features.dlib_face import dlib_files
         from face_generation.features.dlib_rows import DlibDescriber

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from face_generation.features.dlib_rows import DlibDescriber
 from face_generation.features.face_boxes import FaceBoxes
 from face_generation.features.network import Features
 from face_generation.features.weights import WeightsUnavailableError, local_file
@@ -54,13 +55,11 @@ class DlibFaceRecogniser:
     num_features = 128
 
     def __init__(self, folder: Path, boxes: FaceBoxes) -> None:
-        import dlib
-
         landmarks = local_file(folder / LANDMARKS_FILE, dlib_advice)
         recognition = local_file(folder / RECOGNITION_FILE, dlib_advice)
-        self.landmarks = dlib.shape_predictor(str(landmarks))
-        self.recogniser = dlib.face_recognition_model_v1(str(recognition))
-        self.boxes = boxes
+        # the stages' describer (dlib_rows.py) holds the networks; the judge keeps its boxes
+        self.describer = DlibDescriber(landmarks, recognition, "fixed", boxes.fallback_box, 0)
+        self.boxes = self.describer.boxes = boxes
         self.weights_files = (landmarks, recognition)
 
     @property
@@ -76,13 +75,10 @@ class DlibFaceRecogniser:
 
     def forward(self, inputs: torch.Tensor) -> Features:
         """N x 128 float64 descriptors; `boxes` counts the faces its detector found."""
-        import dlib
-
         rows = []
         for image in inputs.numpy():
             image = np.ascontiguousarray(image)
-            shape = self.landmarks(image, dlib.rectangle(*self.boxes.box(image)))
-            rows.append(np.asarray(self.recogniser.compute_face_descriptor(image, shape)))
+            rows.append(self.describer.descriptor(image, self.boxes.box(image)))
         descriptors = np.array(rows, np.float64).reshape(len(rows), self.num_features)
         return Features(embedding=torch.from_numpy(descriptors))
 

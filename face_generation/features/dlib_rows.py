@@ -34,7 +34,9 @@ class DescribedRows(NamedTuple):
 
 
 class DlibDescriber:
-    """dlib's landmark model and recogniser, with the face boxes of face_boxes.py."""
+    """dlib's landmark model and recogniser, with the face boxes of face_boxes.py: the one
+    wrapper of dlib's networks, used by the identity stage, the verify stage and evaluation's
+    judge (features/dlib_face.py)."""
 
     def __init__(
         self,
@@ -50,13 +52,18 @@ class DlibDescriber:
         self.recogniser = dlib.face_recognition_model_v1(str(recognition_file))
         self.boxes = FaceBoxes(face_box, fallback_box, detector_upsample)
 
-    def vector(self, image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray | None:
-        """The unit-length descriptor of the face in `box`, or None when dlib fails on it."""
+    def descriptor(self, image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+        """dlib's float64 descriptor of the face in `box` of a contiguous uint8 H×W×3 image, as
+        dlib returns it (a RuntimeError when dlib fails on it)."""
         import dlib
 
+        shape = self.landmarks(image, dlib.rectangle(*box))
+        return np.asarray(self.recogniser.compute_face_descriptor(image, shape), np.float64)
+
+    def vector(self, image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray | None:
+        """The unit-length descriptor of the face in `box`, or None when dlib fails on it."""
         try:
-            shape = self.landmarks(image, dlib.rectangle(*box))
-            vector = np.asarray(self.recogniser.compute_face_descriptor(image, shape), np.float64)
+            vector = self.descriptor(image, box)
         except RuntimeError:
             return None
         norm = np.linalg.norm(vector)

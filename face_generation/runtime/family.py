@@ -13,9 +13,10 @@ Declared on the class, read before anything is built:
     generator_key  the trained network the EMA follows and the runtime loads for inference
     capabilities   what a loaded generator does: SAMPLE, RECONSTRUCT, EMBED (an encoder)
     condition      the input whose rows condition sampling; None for unconditional families
-    configured(cfg)  the family as the whole config `cfg` trains it: itself by default; a
-                   family whose inputs depend on the config (which network's array conditions
-                   it) returns a subclass declaring them (`registry.family_for(cfg)` asks)
+    inputs_of(model_cfg), condition_of(model_cfg)   the same for one model config: the class's
+                   declaration by default; a conditional family (families/conditioning.py's
+                   ConditionalFamily) reads them from `model.condition` and `model.inputs`,
+                   which name each array by the network that wrote it and carry its settings
 
 Built per run, `Family(model_cfg, resolution, context)`:
     networks       {name: module} that are trained: checkpointed, compiled, in train mode
@@ -31,6 +32,8 @@ Built per run, `Family(model_cfg, resolution, context)`:
                    samples of the EMA generator with a fixed seed, the config's sampling
                    options (`model.sampling`) and, for conditional families, fixed conditions
                    from the val split
+    prepare(arrays)  called once before the first step with the train split's declared arrays
+                   (memory-mapped); a conditional family fits its random conditions here
 
 Class methods, usable without a training run (the runtime calls them on loaded weights):
     build_generator(model_cfg, resolution)  the `generator_key` network with initial weights
@@ -164,8 +167,24 @@ class Family:
         return self.sample(network, n, cond=cond, generator=generator, **self.sampling)
 
     @classmethod
-    def configured(cls, cfg: DictConfig) -> type[Family]:
-        return cls
+    def inputs_of(cls, model_cfg: DictConfig) -> tuple[RowInput, ...]:
+        """The per-row arrays a model of this config trains on (the class's `inputs`)."""
+        return cls.inputs
+
+    @classmethod
+    def condition_of(cls, model_cfg: DictConfig) -> str | None:
+        """The input whose rows condition a model of this config (the class's `condition`)."""
+        return cls.condition
+
+    @classmethod
+    def takes_photos(cls, model_cfg: DictConfig) -> bool:
+        """Whether a model of this config computes its condition from reference photos."""
+        own = cls.condition_from_photos.__func__  # type: ignore[attr-defined]
+        default = Family.condition_from_photos.__func__  # type: ignore[attr-defined]
+        return cls.condition_of(model_cfg) is not None and own is not default
+
+    def prepare(self, arrays: dict[str, Any]) -> None:
+        """Before the first step: the train split's images and declared arrays, by name."""
 
     # --- a trained generator ----------------------------------------------------------
     @classmethod

@@ -7,7 +7,7 @@ sampling options through, so none of them knows any family.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,24 +16,22 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from face_generation.runtime.checkpoint import load_checkpoint, load_weights
+from face_generation.runtime.conditioning import ConditionPrior
 from face_generation.runtime.family import RECONSTRUCT, SAMPLE, Family, sampling_options
 from face_generation.runtime.registry import family_class
 
 
-def takes_photos(family: type[Family]) -> bool:
-    """Whether the family samples from conditions it can compute from reference photos."""
-    hook = family.condition_from_photos.__func__  # type: ignore[attr-defined]
-    return family.condition is not None and hook is not Family.condition_from_photos.__func__  # type: ignore[attr-defined]
+def takes_photos(family: type[Family], model_cfg: DictConfig) -> bool:
+    """Whether the model samples from conditions it can compute from reference photos."""
+    return family.takes_photos(model_cfg)
 
 
-def photo_refusal(family: type[Family]) -> str:
-    """Why a family takes no reference photos, in one line."""
-    if family.condition is None:
-        return f"the {family.name} family is unconditional: it takes no reference photos"
-    return (
-        f"the {family.name} family conditions on {family.condition!r} but cannot compute it "
-        "from photos"
-    )
+def photo_refusal(family: type[Family], model_cfg: DictConfig) -> str:
+    """Why a model takes no reference photos, in one line."""
+    condition = family.condition_of(model_cfg)
+    if condition is None:
+        return f"the {family.name} model is unconditional: it takes no reference photos"
+    return f"the {family.name} model conditions on {condition!r} but cannot compute it from photos"
 
 
 @dataclass
@@ -43,6 +41,16 @@ class TrainedGenerator:
     config: DictConfig  # the config it was trained with
     step: int = 0
     run_id: str | None = None
+    family_state: dict[str, Any] = field(default_factory=dict)  # the checkpoint's
+
+    @property
+    def condition(self) -> str | None:
+        """The array whose rows condition sampling; None for an unconditional model."""
+        return self.family.condition_of(self.config.model)
+
+    @property
+    def takes_photos(self) -> bool:
+        return takes_photos(self.family, self.config.model)
 
     @property
     def name(self) -> str:
@@ -100,9 +108,20 @@ class TrainedGenerator:
     def conditions_from_photos(self, images: torch.Tensor) -> torch.Tensor:
         """The condition rows for N×3×H×W photos in [-1, 1], for conditional families that
         compute their condition from photos (`takes_photos`)."""
-        if not takes_photos(self.family):
-            raise ValueError(photo_refusal(self.family))
+        if not self.takes_photos:
+            raise ValueError(photo_refusal(self.family, self.config.model))
         return self.family.condition_from_photos(images.to(self.device), self.config)
+
+    def random_conditions(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n conditions drawn like the training rows (the prior fitted when it was trained), for
+        sampling a conditional model without a reference."""
+        prior = self.family_state.get("condition_prior")
+        if prior is None:
+            raise ValueError(
+                f"the {self.name} model keeps no random conditions: it is unconditional, or "
+                "its checkpoint predates them (retrain it)"
+            )
+        return ConditionPrior.from_state(prior).sample(n, generator)
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
@@ -139,12 +158,17 @@ def load_generator(
     state = load_checkpoint(path)
     cfg = OmegaConf.create(state["config"])
     assert isinstance(cfg, DictConfig)
-    family = family_class(str(state["model"])).configured(cfg)
+    family = family_class(str(state["model"]))
     network = family.build_generator(cfg.model, int(cfg.data.resolution))
     weights = state["ema"] if use_ema and state["ema"] is not None else None
     if weights is None:
         weights = state["networks"][state["generator"]]
     load_weights(network, weights, path, "generator")
     return TrainedGenerator(
-        family, network.to(device).eval(), cfg, int(state["step"]), state.get("run_id")
+        family,
+        network.to(device).eval(),
+        cfg,
+        int(state["step"]),
+        state.get("run_id"),
+        dict(state.get("family_state") or {}),
     )

@@ -37,6 +37,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema, TensorSpec
 from mlflow.types.schema import Array
+from omegaconf import DictConfig, OmegaConf
 
 from face_generation.data.images import ImageError
 from face_generation.errors import describe
@@ -77,16 +78,20 @@ def requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in SERVING_PACKAGES]
 
 
-def model_signature(family: type[Family], resolution: int) -> ModelSignature:
-    """Input: columns n, seed (long) and the family's sampling options (optional);
+def model_signature(
+    family: type[Family], resolution: int, model_cfg: DictConfig | None = None
+) -> ModelSignature:
+    """Input: columns n, seed (long), the family's sampling options and, for a conditional
+    model (its config `model_cfg`), a condition and a reference photo (all optional);
     output: uint8 images N×resolution×resolution×3 (param `format=png`: base64 PNG files)."""
     options = [
         ColSpec(COLUMN_TYPES[type(default)], name, required=False)
         for name, default in sampling_options(family).items()
     ]
-    if family.condition is not None:
+    model_cfg = OmegaConf.create() if model_cfg is None else model_cfg
+    if family.condition_of(model_cfg) is not None:
         options.append(ColSpec(Array(DataType.double), CONDITION_COLUMN, required=False))
-    if takes_photos(family):
+    if takes_photos(family, model_cfg):
         options.append(ColSpec(DataType.binary, REFERENCE_COLUMN, required=False))
     return ModelSignature(
         inputs=Schema([ColSpec("long", "n"), ColSpec("long", "seed"), *options]),
@@ -138,13 +143,13 @@ def row_condition(
         return None
     if condition and reference:
         raise bad_request("give a row either a condition or a reference photo, not both")
-    if generator.family.condition is None:
+    if generator.condition is None:
         raise bad_request(
             f"the {generator.name} family is unconditional: no condition or reference"
         )
     if reference:
-        if not takes_photos(generator.family):
-            raise bad_request(photo_refusal(generator.family))
+        if not generator.takes_photos:
+            raise bad_request(photo_refusal(generator.family, generator.config.model))
         data = row[REFERENCE_COLUMN]
         try:
             face = face_pixels(bytes(data), generator.resolution, max_pixels)

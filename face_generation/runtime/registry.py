@@ -59,8 +59,8 @@ def family_class(name: str) -> type[Family]:
 
 
 def family_for(cfg: DictConfig) -> type[Family]:
-    """The family of `cfg.model.name` as the whole config `cfg` trains it (Family.configured)."""
-    return family_class(str(cfg.model.name)).configured(cfg)
+    """The family of the whole config's `cfg.model.name`."""
+    return family_class(str(cfg.model.name))
 
 
 def _module(name: str) -> ModuleType:

@@ -33,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 
 from face_generation.errors import describe
 from face_generation.runtime.family import RECONSTRUCT, SAMPLE
-from face_generation.runtime.generator import generate, photo_refusal, takes_photos
+from face_generation.runtime.generator import generate, photo_refusal
 from face_generation.runtime.images import grid_pixels, png_bytes, to_uint8
 from face_generation.runtime.options import OptionError, RequestLimits, check_range, read_options
 from face_generation.runtime.pixels import to_float_nchw
@@ -275,8 +275,11 @@ def create_app(models: dict[str, ServedModel], cfg: DictConfig) -> FastAPI:
         """n variants of each reference (a conditional model's condition, computed from the
         photo), seeded: the same request gives the same images."""
         served_model = served(model)
-        if not takes_photos(served_model.generator.family):
-            raise Refusal(422, f"{model}: {photo_refusal(served_model.generator.family)}")
+        generator = served_model.generator
+        if not generator.takes_photos:
+            raise Refusal(
+                422, f"{model}: {photo_refusal(generator.family, generator.config.model)}"
+            )
         n = count_and_seed(n, seed)
         chosen = read_options(parse_options(options), served_model.generator, request_limits)
         inputs = await read_inputs(served_model, photos, test_faces)

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from face_generation.data.packed import DataError, load_split
 from face_generation.runtime.device import pick_device
 from face_generation.runtime.family import RECONSTRUCT, SAMPLE
-from face_generation.runtime.generator import TrainedGenerator, takes_photos
+from face_generation.runtime.generator import TrainedGenerator
 from face_generation.runtime.sources import load_model
 
 T = TypeVar("T")
@@ -57,10 +57,10 @@ class ServedModel:
             "resolution": self.generator.resolution,
             "inputs": {
                 "generate": SAMPLE in family.capabilities,
-                "reference": takes_photos(family),
+                "reference": self.generator.takes_photos,
                 "reconstruct": RECONSTRUCT in family.capabilities,
             },
-            "condition": family.condition,
+            "condition": self.generator.condition,
             "options": self.generator.options(),
             "test_faces": 0 if self.test_faces is None else len(self.test_faces),
         }

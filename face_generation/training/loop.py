@@ -225,9 +225,8 @@ def train(cfg: DictConfig, tracker: Tracker | None = None) -> TrainResult:
     """
     check_train_settings(cfg.train)
     check_learning_rates(cfg.model)
-    family_for(
-        cfg
-    )  # an unknown family, or a condition it cannot take, fails before any file is touched
+    # an unknown family, or arrays it cannot name, fail before any file is touched
+    family_for(cfg).inputs_of(cfg.model)
     with SignalStop() as stop, exclusive_writer(model_dir(cfg)):
         return _train(cfg, tracker, stop)
 
@@ -240,7 +239,7 @@ def training_arrays(
     resolution = int(cfg.data.resolution)
     arrays = {"images": load_split(packed_dir(cfg), split, resolution)}
     features = features_dir(Path(cfg.paths.data), resolution)
-    for row_input in family.inputs:
+    for row_input in family.inputs_of(cfg.model):
         if row_input.name != "images":
             arrays[row_input.name] = load_feature_split(
                 features, row_input.name, split, len(arrays["images"])
@@ -251,9 +250,10 @@ def training_arrays(
 def preview_condition(cfg: DictConfig, family: type[Family], n: int) -> torch.Tensor | None:
     """Fixed conditions for a conditional family's grids: its condition rows of the first n
     val images (tiled when the split is smaller); None for unconditional families."""
-    if family.condition is None:
+    condition = family.condition_of(cfg.model)
+    if condition is None:
         return None
-    rows = training_arrays(cfg, family, "val")[family.condition]
+    rows = training_arrays(cfg, family, "val")[condition]
     return torch.from_numpy(np.asarray(rows[np.arange(n) % len(rows)])).float()
 
 
@@ -302,13 +302,14 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
         on_device=device.type == "cuda",  # the whole split lives in GPU memory
         num_workers=int(train_cfg.num_workers),
         memory_format=context.memory_format,
-        inputs=family_type.inputs,
+        inputs=family_type.inputs_of(cfg.model),
         rank=context.rank,
         world_size=context.world_size,
     )
 
     # Networks, optimisers, EMA.
     family = family_type(cfg.model, resolution, context)
+    family.prepare(arrays)
     generator = family.networks[family.generator_key]
     ema = EMA(generator, float(train_cfg.ema.decay)) if train_cfg.ema.enabled else None
     seed_rank(seed, context, 0)

@@ -183,7 +183,7 @@ class MlflowTracker:
         self.run.log_model(
             str(MODEL_CODE),
             family.name,  # the logged model's name in the UI
-            model_signature(family, resolution),
+            model_signature(family, resolution, self.cfg.model),
             registered_model_name=self.registered_name,
             version_description=description,
             model_description=model_description(family, self.cfg),

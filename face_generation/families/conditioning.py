@@ -1,0 +1,95 @@
+"""The base of every conditional family: one implementation of what conditioning needs.
+
+A family that subclasses `ConditionalFamily` reads its arrays from its model config
+(`model.condition`, `model.inputs`: runtime/conditioning.py), so the loop loads them and DVC
+tracks them (each model's `reads`, dvc.yaml) without the family saying more. It gets:
+    condition_rows(batch, width)  the batch's condition rows, checked against the model's
+                   condition width, and which of them to drop for the learned null condition
+                   (probability `model.cond_drop`: the unconditional model that classifier-free
+                   guidance needs)
+    prepare(arrays)  fits the random conditions (runtime/conditioning.ConditionPrior) on the
+                   train split's rows; they travel in the checkpoint as family state, so a
+                   loaded model samples without a reference (TrainedGenerator.random_conditions)
+    condition_from_photos(images, cfg)  reference photos → condition rows, through the
+                   features stage's own network code (features/conditions.embed_faces)
+The rows themselves are checked when the loop opens them (data/packed.load_feature_split:
+missing, stale or misaligned arrays are an error naming the stage to rerun).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from face_generation.features.conditions import computes_from_photos, embed_faces
+from face_generation.runtime.conditioning import (
+    ConditionPrior,
+    check_condition_width,
+    declared_condition,
+    declared_inputs,
+)
+from face_generation.runtime.family import IMAGES, Batch, Family, RowInput, StepContext
+from face_generation.runtime.pixels import to_uint8_nhwc
+
+
+class ConditionalFamily(Family):
+    """A family whose condition and arrays are declared in its model config."""
+
+    @classmethod
+    def inputs_of(cls, model_cfg: DictConfig) -> tuple[RowInput, ...]:
+        return (IMAGES, *declared_inputs(model_cfg))
+
+    @classmethod
+    def condition_of(cls, model_cfg: DictConfig) -> str | None:
+        return declared_condition(model_cfg)
+
+    @classmethod
+    def takes_photos(cls, model_cfg: DictConfig) -> bool:
+        condition = model_cfg.get("condition")
+        return condition is not None and computes_from_photos(
+            condition.network, str(condition.array)
+        )
+
+    def __init__(self, model_cfg: DictConfig, resolution: int, context: StepContext) -> None:
+        super().__init__(model_cfg, resolution, context)
+        self.condition_array = declared_condition(model_cfg)
+        self.cond_drop = float(model_cfg.get("cond_drop", 0.0))
+        if not 0 <= self.cond_drop <= 1:
+            raise ValueError(f"model.cond_drop={self.cond_drop}: expected a probability in [0, 1]")
+        self.prior: ConditionPrior | None = None
+
+    def prepare(self, arrays: dict[str, Any]) -> None:
+        if self.condition_array is not None:
+            self.prior = ConditionPrior.fit(arrays[self.condition_array])
+
+    def condition_rows(
+        self, batch: Batch, width: int | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(condition rows, null mask): the batch's rows of the condition array (float32) and
+        the rows replaced by the null condition; (None, None) for an unconditional model."""
+        if self.condition_array is None:
+            return None, None
+        rows = batch.features[self.condition_array].float()
+        check_condition_width(rows, int(width or 0), self.condition_array)
+        null = (torch.rand(len(rows)) < self.cond_drop).to(rows.device)
+        return rows, null
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.prior is None else {"condition_prior": self.prior.state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        prior = state.get("condition_prior")
+        self.prior = None if prior is None else ConditionPrior.from_state(prior)
+        unknown = set(state) - {"condition_prior"}
+        if unknown:
+            raise ValueError(f"the {self.name} family keeps no state {sorted(unknown)}")
+
+    @classmethod
+    def condition_from_photos(cls, images: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
+        """Each photo's row of the condition array, by the network (and its settings, from the
+        training config) that wrote the array."""
+        condition = cfg.model.condition
+        faces = to_uint8_nhwc(images, (-1.0, 1.0))
+        return torch.from_numpy(embed_faces(condition.network, str(condition.array), faces))
