@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 
@@ -56,13 +57,19 @@ class ConditionalFamily(Family):
         super().__init__(model_cfg, resolution, context)
         self.condition_array = declared_condition(model_cfg)
         self.cond_drop = float(model_cfg.get("cond_drop", 0.0))
+        cond_dim = model_cfg.get("cond_dim")
+        self.cond_dim = int(cond_dim) if cond_dim is not None else None
         if not 0 <= self.cond_drop <= 1:
             raise ValueError(f"model.cond_drop={self.cond_drop}: expected a probability in [0, 1]")
         self.prior: ConditionPrior | None = None
 
     def prepare(self, arrays: dict[str, Any]) -> None:
         if self.condition_array is not None:
-            self.prior = ConditionPrior.fit(arrays[self.condition_array])
+            rows = arrays[self.condition_array]
+            if self.cond_dim is not None:  # before anything samples (the loop's step-0 grid)
+                first = torch.from_numpy(np.asarray(rows[:1], np.float32))
+                check_condition_width(first, self.cond_dim, self.condition_array)
+            self.prior = ConditionPrior.fit(rows)
 
     def condition_rows(
         self, batch: Batch, width: int | None
