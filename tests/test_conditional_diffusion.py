@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from face_generation.config import compose
 from face_generation.data.packed import features_dir, load_feature_split, load_split
 from face_generation.evaluation.evaluate_model import evaluate
+from face_generation.evaluation.inputs import EvaluationInputs
 from face_generation.evaluation.metrics import independent_judge
 from face_generation.evaluation.record import read_record
 from face_generation.evaluation.report import report_markdown
@@ -160,6 +161,28 @@ def test_evaluation_scores_zero_shot_identity_and_sweeps_guidance(
     table = (tmp_path / "plots" / "diffusion" / "guidance_sweep.csv").read_text().splitlines()
     assert table[0] == "guidance,fd_effnet,identity_cosine,same_person" and len(table) == 3
     assert (tmp_path / "plots" / "diffusion" / "guidance_3.png").is_file()
+    # The zero-shot cosines computed again here from the same samples: judged by dlib (not the
+    # conditioning network), each sample against its own reference, then against the next one.
+    trained = load_generator(root / "models" / "diffusion" / "model.pt")
+    test = load_split(root / "data" / "packed" / str(RESOLUTION), "test", RESOLUTION)
+    inputs = EvaluationInputs(cfg, trained, test, len(test), "test", torch.device("cpu"))
+    assert inputs.conditions is not None
+    samples = inputs.sample_conditioned(inputs.conditions[:4].repeat_interleave(2, dim=0), None)
+    judge = independent_judge(cfg.eval, "effnet_lite0/embedding", "cpu")
+    assert not isinstance(judge, str) and judge.name.startswith("dlib")
+    real, generated = judge.embed(np.asarray(test[:4])), judge.embed(samples)
+
+    def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+        return float(
+            np.mean(np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1))
+        )
+
+    own = mean_cosine(np.repeat(real, 2, axis=0), generated)
+    other = mean_cosine(np.repeat(np.roll(real, -1, axis=0), 2, axis=0), generated)
+    assert metrics["zero_shot_identity_cosine"]["value"] == pytest.approx(own, abs=1e-5)
+    assert metrics["zero_shot_random_cosine"]["value"] == pytest.approx(other, abs=1e-5)
+    assert own != pytest.approx(other, abs=1e-6)  # the baseline is not the sample's own reference
+
     report = report_markdown({"diffusion": record}, smoke_below=1000)
     assert "Guidance sweep of diffusion (conditioned on `effnet_lite0/embedding`" in report
     assert f"zero-shot metric; {SPLIT_SIZES['test']} samples, smoke-scale):" in report
