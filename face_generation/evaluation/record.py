@@ -27,8 +27,17 @@ PIXELS = "pixels"  # the "network" of SSIM and PSNR
 SAMPLE_RULE = "n = min(num_samples, split_size): n generated vs the first n real"
 # Left out of the DVC metrics file so that `dvc metrics show` fits 120 columns (the details,
 # the report and MLflow keep them): other summaries of the same face embeddings as
-# identity_cosine, and PSNR, the other pixel-space score of the reconstructions beside SSIM.
-NOT_IN_DVC_METRICS = ("identity_distance", "identity_same_person", "psnr")
+# identity_cosine, PSNR, the other pixel-space score of the reconstructions beside SSIM, and
+# the conditional models' zero-shot identity scores (two more columns than 120 hold).
+NOT_IN_DVC_METRICS = (
+    "identity_distance",
+    "identity_same_person",
+    "psnr",
+    "zero_shot_identity_cosine",
+    "zero_shot_same_person",
+    "zero_shot_random_cosine",
+    "zero_shot_random_same_person",
+)
 
 
 @dataclass
