@@ -161,12 +161,15 @@ def select_model(cfg: DictConfig, name: str) -> DictConfig:
 
     A model under `feature_models.<name>` (trained by the pipeline but not evaluated as a
     generator: the face encoder) brings its own loop settings: its `model` becomes `model` and
-    its `train` becomes `train`.
+    its `train` becomes `train`. A model under `models` may carry its own `train` settings
+    (`models.<name>.train`: fewer steps for a costly family in the demo), merged over `train`.
     """
     models = cfg.get("models") or {}
     feature_models = cfg.get("feature_models") or {}
     if name in models:
         model, train = models[name], cfg.get("train")
+        if model.get("train"):
+            train = OmegaConf.merge(train, model.train)
     elif name in feature_models:
         model, train = feature_models[name].model, feature_models[name].train
     else:

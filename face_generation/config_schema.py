@@ -183,6 +183,51 @@ class DiffusionConfig(ModelConfig):
 
 
 @dataclass
+class CondGANLossWeights:
+    adversarial: float = MISSING
+    identity: float = MISSING
+    perceptual: float = MISSING
+    r1: float = MISSING
+
+
+@dataclass
+class PerceptualSettings:
+    network: str = MISSING
+    image_size: int = MISSING
+    antialias: bool = MISSING
+    weights_path: str | None = MISSING
+    lpips: Any = MISSING  # eval.lpips's settings
+
+
+@dataclass
+class CondGANConfig(ModelConfig):
+    code_dim: int = MISSING
+    code_side: int = MISSING
+    style_dim: int = MISSING
+    generator_channels: int = MISSING
+    discriminator_channels: int = MISSING
+    max_channels: int = MISSING
+    attention_side: int | None = MISSING
+    head_channels: int = MISSING
+    groups: int = MISSING
+    leaky_slope: float = MISSING
+    spectral_norm: bool = MISSING
+    condition: Any = MISSING  # {network: <its settings>, array: <name>}
+    inputs: dict[str, Any] = field(default_factory=dict)
+    cond_dim: int = MISSING
+    cond_drop: float = MISSING
+    loss_weights: CondGANLossWeights = field(default_factory=CondGANLossWeights)
+    r1_every: int = MISSING
+    perceptual: PerceptualSettings = field(default_factory=PerceptualSettings)
+    network_timeout_s: float = MISSING
+    reads: ModelReads = field(default_factory=ModelReads)
+    train: dict[str, Any] = field(default_factory=dict)  # loop settings over `train` (pipeline)
+    optimizer: AdamConfig = field(default_factory=AdamConfig)
+    sampling: LatentSampling = field(default_factory=LatentSampling)
+    identity_network: Any = MISSING  # an encoder group's settings (configs/encoder/)
+
+
+@dataclass
 class EmaSettings:
     enabled: bool = MISSING
     decay: float = MISSING
@@ -441,6 +486,7 @@ FAMILY_SCHEMAS: dict[str, type[ModelConfig]] = {
     "vae": VAEConfig,
     "dcgan": DCGANConfig,
     "diffusion": DiffusionConfig,
+    "cond_gan": CondGANConfig,
 }
 
 

@@ -7,13 +7,14 @@ import os
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from graphlib import TopologicalSorter
 from pathlib import Path
 
 import pytest
 from omegaconf import DictConfig
 
 from face_generation.config import compose
-from face_generation.runtime.registry import family_names
+from face_generation.runtime.registry import family_class, family_names
 from face_generation.training.loop import train
 from face_generation.training.tracker import NullTracker
 from tests import (  # noqa: F401  (importing registers them)
@@ -84,6 +85,13 @@ class TrainedModels:
         return self.root / "data"
 
 
+def training_order(names: list[str]) -> list[str]:
+    """Every family after the models whose checkpoints its training reads (`trained_after`:
+    cond_gan's identity loss reads the encoder's, the translator inverts cond_gan's)."""
+    graph = {name: set(family_class(name).trained_after) & set(names) for name in names}
+    return list(TopologicalSorter(graph).static_order())
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedModels:
     root = tmp_path_factory.mktemp("trained")
@@ -92,7 +100,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedModels:
     tiny_family.write_features(root / "data", RESOLUTION, SPLIT_SIZES)
     checkpoints = {
         name: train(config(name, root / "data", root / "models"), NullTracker()).checkpoint
-        for name in family_names()
+        for name in training_order(family_names())
     }
     return TrainedModels(root, checkpoints)
 

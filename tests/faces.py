@@ -89,8 +89,27 @@ def write_labels(data_dir: Path, resolution: int = RESOLUTION) -> Path:
 
 # Per family: settings that keep its smoke training cheap (the encoder's backbone at the
 # faces' own 32 px instead of upsampling them; diffusion unconditional, without the backbone's
-# features: tests/test_conditional_diffusion.py trains it on them).
-SMOKE = {"encoder": ["model.image_size=32"], "diffusion": ["model.condition=null"]}
+# features: tests/test_conditional_diffusion.py trains it on them; cond_gan and the translator
+# on the tiny family's 4-d embedding instead of the backbone's).
+TINY_EMBEDDING = "{network: {name: tiny}, array: embedding}"
+SMOKE = {
+    "encoder": ["model.image_size=32"],
+    "diffusion": ["model.condition=null"],
+    "cond_gan": [f"model.condition={TINY_EMBEDDING}", "model.cond_dim=4"],
+    "translator": [f"model.inputs.features={TINY_EMBEDDING}"],
+}
+
+
+def trained_beside(model: str, data_dir: Path) -> list[str]:
+    """The checkpoints a family's training reads (Family.trained_after: the face encoder, the
+    Imitator), taken from the models trained beside `data_dir` (conftest's `trained`: root/data
+    and root/models), wherever this run writes its own."""
+    models = data_dir.parent / "models"
+    reads = {
+        "cond_gan": [f"model.identity_network.checkpoint={models / 'encoder' / 'model.pt'}"],
+        "translator": [f"model.imitator_checkpoint={models / 'cond_gan' / 'model.pt'}"],
+    }
+    return reads.get(model, [])
 
 
 def overrides(model: str, data_dir: Path, models_dir: Path, *extra: str) -> list[str]:
@@ -103,6 +122,7 @@ def overrides(model: str, data_dir: Path, models_dir: Path, *extra: str) -> list
         f"paths.models={models_dir}",
         "tracking.enabled=false",
         *SMOKE.get(model, []),
+        *trained_beside(model, data_dir),
         *extra,
     ]
 

@@ -69,7 +69,7 @@ def test_stage_help_explains_the_stage(stage: str) -> None:
         ("model.optimizer.lr=fast", r"^model\.optimizer\.lr: Value 'fast' .* converted to Float$"),
         ("tracking.port=http", r"^tracking\.port: Value 'http' .* converted to Integer$"),
         ("seed=abc", r"^train\.seed: .*'abc' .* converted to Integer$"),  # train.seed is ${seed}
-        ("model=nonexistent", r"Could not find 'model/nonexistent'; the options are dcgan, .*vae$"),
+        ("model=nonexistent", r"Could not find 'model/nonexistent'; the options are cond_gan, dcgan, .*vae$"),
     ],
 )  # fmt: skip
 def test_a_wrong_type_or_unknown_key_fails_at_composition_in_one_line(
@@ -166,7 +166,8 @@ def test_the_pipeline_and_the_server_take_cfg_job_too(capsys: pytest.CaptureFixt
         pipeline(["--cfg", "job", "--resolve", "train.steps=9"])
     out = capsys.readouterr().out
     assert (
-        set(OmegaConf.create(out).models) == {"vae", "dcgan", "diffusion"} and "  seed: 0\n" in out
+        set(OmegaConf.create(out).models) == {"vae", "dcgan", "diffusion", "cond_gan"}
+        and "  seed: 0\n" in out
     )
     with pytest.raises(SystemExit):
         server(["status", "--cfg", "job", "tracking.port=5999"])

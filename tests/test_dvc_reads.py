@@ -16,6 +16,12 @@ from face_generation.pipeline import write_params
 from tests.project_copy import copy_project
 
 FEATURES = Path("data/features/32/effnet_lite0")
+# the models whose configs read the backbone's embedding (models.<name>.reads.features)
+READ_BACKBONE = ("diffusion", "cond_gan")
+
+
+def stages_of(*models: str) -> set[str]:
+    return {f"{stage}@{model}" for model in models for stage in ("train", "evaluate")}
 
 
 def dvc(root: Path, *arguments: str) -> str:
@@ -67,11 +73,9 @@ def test_a_backbone_setting_reaches_its_features_stage_and_the_models_that_carry
     project: Path,
 ) -> None:
     write_params(["backbone.image_size=96"], project / "params.yaml")
-    # diffusion conditions on the backbone's embedding: its config carries the backbone's
-    # settings, so its stages and the report are out of date; vae and dcgan are not
-    assert changed(project) == {
-        "features", "train@diffusion", "evaluate@diffusion", "report",
-    }  # fmt: skip
+    # diffusion and cond_gan condition on the backbone's embedding: their configs carry the
+    # backbone's settings, so their stages and the report are out of date; vae and dcgan not
+    assert changed(project) == {"features", "report", *stages_of(*READ_BACKBONE)}
     write_params([], project / "params.yaml")
     assert changed(project) == set()
 
@@ -79,8 +83,8 @@ def test_a_backbone_setting_reaches_its_features_stage_and_the_models_that_carry
 def test_new_feature_rows_reach_exactly_the_stages_that_read_them(project: Path) -> None:
     (project / FEATURES / "embedding.npy").write_text("new rows")  # the features stage reran
     dvc(project, "commit", "--force", "--quiet", "features")
-    # train@ and evaluate@diffusion list the folder because models.diffusion.reads names it
-    assert changed(project) == {"verify", "train@diffusion", "evaluate@diffusion"}
+    # train@ and evaluate@<model> list the folder because models.<model>.reads names it
+    assert changed(project) == {"verify", *stages_of(*READ_BACKBONE)}
     (project / FEATURES / "embedding.npy").unlink()
     dvc(project, "commit", "--force", "--quiet")
     assert changed(project) == set()
@@ -91,7 +95,8 @@ def test_an_unconditional_model_does_not_depend_on_the_features(project: Path) -
     dvc(project, "commit", "--force", "--quiet")
     (project / FEATURES / "embedding.npy").write_text("new rows")
     dvc(project, "commit", "--force", "--quiet", "features")
-    assert changed(project) == {"verify"}
+    others = [model for model in READ_BACKBONE if model != "diffusion"]
+    assert changed(project) == {"verify", *stages_of(*others)}
     (project / FEATURES / "embedding.npy").unlink()
     write_params([], project / "params.yaml")
     dvc(project, "commit", "--force", "--quiet")

@@ -13,6 +13,9 @@ Declared on the class, read before anything is built:
     generator_key  the trained network the EMA follows and the runtime loads for inference
     capabilities   what a loaded generator does: SAMPLE, RECONSTRUCT, EMBED (an encoder)
     condition      the input whose rows condition sampling; None for unconditional families
+    trained_after  the models whose checkpoints this family's training reads (an identity loss's
+                   face encoder, the Imitator a Translator inverts): what trains first wherever
+                   every family is trained in one go (DVC orders stages by `model.reads`)
     inputs_of(model_cfg), condition_of(model_cfg)   the same for one model config: the class's
                    declaration by default; a conditional family (families/conditioning.py's
                    ConditionalFamily) reads them from `model.condition` and `model.inputs`,
@@ -124,6 +127,7 @@ class Family:
     generator_key: ClassVar[str]
     capabilities: ClassVar[frozenset[str]] = frozenset({SAMPLE})
     condition: ClassVar[str | None] = None
+    trained_after: ClassVar[tuple[str, ...]] = ()
 
     networks: dict[str, nn.Module]
     frozen: dict[str, nn.Module]
