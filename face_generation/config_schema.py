@@ -228,6 +228,32 @@ class CondGANConfig(ModelConfig):
 
 
 @dataclass
+class TranslatorLossWeights:
+    pixel: float = MISSING
+    perceptual: float = MISSING
+    identity: float = MISSING
+    parameters: float = MISSING
+
+
+@dataclass
+class TranslatorConfig(ModelConfig):
+    imitator_checkpoint: str = MISSING
+    condition: Any = MISSING  # null: the translator is unconditional
+    inputs: dict[str, Any] = field(default_factory=dict)  # features: {network, array}
+    features_dim: int = MISSING
+    hidden_dim: int = MISSING
+    leaky_slope: float = MISSING
+    loss_weights: TranslatorLossWeights = field(default_factory=TranslatorLossWeights)
+    perceptual: PerceptualSettings = field(default_factory=PerceptualSettings)
+    network_timeout_s: float = MISSING
+    reads: ModelReads = field(default_factory=ModelReads)
+    train: dict[str, Any] = field(default_factory=dict)  # loop settings over `train` (pipeline)
+    optimizer: AdamConfig = field(default_factory=AdamConfig)
+    sampling: LatentSampling = field(default_factory=LatentSampling)
+    identity_network: Any = MISSING  # an encoder group's settings (configs/encoder/)
+
+
+@dataclass
 class EmaSettings:
     enabled: bool = MISSING
     decay: float = MISSING
@@ -487,6 +513,7 @@ FAMILY_SCHEMAS: dict[str, type[ModelConfig]] = {
     "dcgan": DCGANConfig,
     "diffusion": DiffusionConfig,
     "cond_gan": CondGANConfig,
+    "translator": TranslatorConfig,
 }
 
 

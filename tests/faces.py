@@ -96,7 +96,7 @@ SMOKE = {
     "encoder": ["model.image_size=32"],
     "diffusion": ["model.condition=null"],
     "cond_gan": [f"model.condition={TINY_EMBEDDING}", "model.cond_dim=4"],
-    "translator": [f"model.inputs.features={TINY_EMBEDDING}"],
+    "translator": [f"model.inputs.features={TINY_EMBEDDING}", "model.features_dim=4"],
 }
 
 
@@ -105,10 +105,9 @@ def trained_beside(model: str, data_dir: Path) -> list[str]:
     Imitator), taken from the models trained beside `data_dir` (conftest's `trained`: root/data
     and root/models), wherever this run writes its own."""
     models = data_dir.parent / "models"
-    reads = {
-        "cond_gan": [f"model.identity_network.checkpoint={models / 'encoder' / 'model.pt'}"],
-        "translator": [f"model.imitator_checkpoint={models / 'cond_gan' / 'model.pt'}"],
-    }
+    encoder = f"model.identity_network.checkpoint={models / 'encoder' / 'model.pt'}"
+    imitator = f"model.imitator_checkpoint={models / 'cond_gan' / 'model.pt'}"
+    reads = {"cond_gan": [encoder], "translator": [encoder, imitator]}
     return reads.get(model, [])
 
 

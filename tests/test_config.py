@@ -166,7 +166,7 @@ def test_the_pipeline_and_the_server_take_cfg_job_too(capsys: pytest.CaptureFixt
         pipeline(["--cfg", "job", "--resolve", "train.steps=9"])
     out = capsys.readouterr().out
     assert (
-        set(OmegaConf.create(out).models) == {"vae", "dcgan", "diffusion", "cond_gan"}
+        set(OmegaConf.create(out).models) == {"vae", "dcgan", "diffusion", "cond_gan", "translator"}
         and "  seed: 0\n" in out
     )
     with pytest.raises(SystemExit):

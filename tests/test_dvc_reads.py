@@ -17,7 +17,7 @@ from tests.project_copy import copy_project
 
 FEATURES = Path("data/features/32/effnet_lite0")
 # the models whose configs read the backbone's embedding (models.<name>.reads.features)
-READ_BACKBONE = ("diffusion", "cond_gan")
+READ_BACKBONE = ("diffusion", "cond_gan", "translator")
 
 
 def stages_of(*models: str) -> set[str]:
@@ -99,6 +99,23 @@ def test_an_unconditional_model_does_not_depend_on_the_features(project: Path) -
     assert changed(project) == {"verify", *stages_of(*others)}
     (project / FEATURES / "embedding.npy").unlink()
     write_params([], project / "params.yaml")
+    dvc(project, "commit", "--force", "--quiet")
+
+
+def test_the_translator_trains_after_its_imitator_and_the_gan_after_the_encoder(
+    project: Path,
+) -> None:
+    imitator = project / "models" / "cond_gan" / "model.pt"
+    imitator.write_text("new weights")  # train@cond_gan reran
+    dvc(project, "commit", "--force", "--quiet", "train@cond_gan")
+    # models.translator.reads.network is the Imitator's checkpoint
+    assert changed(project) == {"evaluate@cond_gan", "train@translator"}
+    (project / "models" / "encoder" / "model.pt").write_text("new weights")
+    dvc(project, "commit", "--force", "--quiet", "train_encoder")
+    # models.cond_gan.reads.network is the identity loss's encoder
+    assert {"verify", "train@cond_gan"} <= changed(project)
+    write_params([], project / "params.yaml")
+    stand_in_outputs(project)
     dvc(project, "commit", "--force", "--quiet")
 
 

@@ -142,6 +142,34 @@ class IdentityEmbedding(FrozenNetwork):
         return F.normalize(network.network(inputs).float(), dim=1)
 
 
+def loss_networks(
+    model_cfg: DictConfig, weights: dict[str, float], context: StepContext
+) -> dict[str, nn.Module]:
+    """The frozen networks of the identity and perceptual terms that have a weight."""
+    networks: dict[str, nn.Module] = {}
+    if weights["identity"] > 0:
+        networks["identity"] = place(IdentityEmbedding(model_cfg.identity_network), context)
+    if weights["perceptual"] > 0:
+        timeout_s = float(model_cfg.network_timeout_s)
+        networks["perceptual"] = place(PerceptualDistance(model_cfg.perceptual, timeout_s), context)
+    return networks
+
+
+def likeness_losses(
+    networks: dict[str, nn.Module], images: torch.Tensor, references: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The identity and perceptual terms (those `loss_networks` built) of generated images
+    against the real faces they should resemble; gradients reach `images` only."""
+    losses = {}
+    if "identity" in networks:
+        with torch.no_grad():
+            target = networks["identity"](references)
+        losses["identity"] = identity_loss(networks["identity"](images), target)
+    if "perceptual" in networks:
+        losses["perceptual"] = networks["perceptual"](images, references).mean()
+    return losses
+
+
 # --- the family ------------------------------------------------------------------------------
 
 # the generator's terms and the `model.loss_weights` entry that weights each
@@ -179,29 +207,15 @@ class CondGANFamily(ConditionalFamily):
         }
         self.weights = {key: float(value) for key, value in model_cfg.loss_weights.items()}
         self.r1_every = int(model_cfg.r1_every)
-        self.frozen = {}
-        if self.weights["identity"] > 0:
-            self.frozen["identity"] = place(IdentityEmbedding(model_cfg.identity_network), context)
-        if self.weights["perceptual"] > 0:
-            perceptual = PerceptualDistance(
-                model_cfg.perceptual, float(model_cfg.network_timeout_s)
-            )
-            self.frozen["perceptual"] = place(perceptual, context)
+        self.frozen = loss_networks(model_cfg, self.weights, context)
 
     def generator_losses(
         self, fake: torch.Tensor, real: torch.Tensor, cond: torch.Tensor, null: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """The generator's weighted terms, by name (the identity and perceptual terms compare
         each generated face with the real face its condition row came from)."""
-        losses = {"g_adversarial": generator_loss(self.discriminator(fake, cond, null))}
-        if "identity" in self.frozen:
-            network = self.frozen["identity"]
-            with torch.no_grad():
-                reference = network(real)
-            losses["identity"] = identity_loss(network(fake), reference)
-        if "perceptual" in self.frozen:
-            losses["perceptual"] = self.frozen["perceptual"](fake, real).mean()
-        return losses
+        adversarial = generator_loss(self.discriminator(fake, cond, null))
+        return {"g_adversarial": adversarial, **likeness_losses(self.frozen, fake, real)}
 
     def train_step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         cond, null = self.condition_rows(batch, self.generator.cond_dim)

@@ -1,0 +1,218 @@
+"""The identity-conditioned GAN (model=cond_gan) and the Imitator/Translator (model=translator):
+their losses on small hand-checkable networks, the frozen networks they train through, their
+place in the pipeline config, and evaluation judging them with dlib only. The family contract
+(tests/test_family_contract.py) covers their training, checkpoints, resume and sampling on
+the shared `trained` fixture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from face_generation.config import load_params
+from face_generation.evaluation.evaluate_model import evaluate
+from face_generation.evaluation.record import read_record
+from face_generation.families.cond_gan import (
+    IdentityEmbedding,
+    PerceptualDistance,
+    effnet_feature_distance,
+    generator_loss,
+    likeness_losses,
+    r1_penalty,
+)
+from face_generation.families.translator import TranslatorFamily, parameter_prior_loss
+from face_generation.models.cond_gan import ProjectionDiscriminator, UNetGenerator
+from face_generation.runtime.generator import load_generator
+from face_generation.training.loop import train
+from face_generation.training.tracker import NullTracker
+from tests.conftest import REPO_ROOT, TrainedModels
+from tests.faces import RESOLUTION, config
+
+COND_DIM = 4
+
+
+def generator(attention_side: int | None = 16) -> UNetGenerator:
+    return UNetGenerator(
+        resolution=RESOLUTION, code_dim=6, code_side=4, cond_dim=COND_DIM, style_dim=8,
+        base_channels=4, max_channels=8, attention_side=attention_side, head_channels=4,
+        groups=2, leaky_slope=0.2,
+    )  # fmt: skip
+
+
+def discriminator(spectral_norm: bool = False) -> ProjectionDiscriminator:
+    return ProjectionDiscriminator(RESOLUTION, 4, 8, COND_DIM, 0.2, spectral_norm)
+
+
+@pytest.mark.parametrize("spectral_norm", [False, True])
+def test_the_projection_term_changes_d_with_the_embedding_and_gradients_reach_both_networks(
+    spectral_norm: bool,
+) -> None:
+    torch.manual_seed(0)
+    d, g = discriminator(spectral_norm).eval(), generator()
+    images = torch.rand(3, 3, RESOLUTION, RESOLUTION) * 2 - 1
+    first, second = torch.randn(3, COND_DIM), torch.randn(3, COND_DIM)
+    with torch.no_grad():
+        phi = d.features(images)
+        unconditional = d.psi(phi).squeeze(1)
+        # D(x, e) = ψ(φ(x)) + ⟨W·e, φ(x)⟩, exactly
+        for e in (first, second):
+            projection = (d.embed(e) * phi).sum(dim=1)
+            torch.testing.assert_close(d(images, e), unconditional + projection)
+        assert not torch.allclose(d(images, first), d(images, second))
+
+    d.train()
+    fake = g(torch.randn(3, g.code_dim), first)
+    generator_loss(d(fake, first)).backward()
+    for name, network in (("generator", g), ("discriminator", d)):
+        reached = [p.grad is not None and p.grad.abs().sum() > 0 for p in network.parameters()]
+        assert sum(reached) > len(reached) // 2, f"gradients reach few {name} parameters"
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in d.embed.parameters()), (
+        "the projection W gets no gradient"
+    )
+
+
+class Quadratic(nn.Module):
+    """D(x, e) = Σ a·x² + Σ e: ∇_x D = 2·a·x, so ‖∇_x D‖² = Σ 4·a²·x² per image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor | None) -> torch.Tensor:
+        return (self.a * x.square()).sum(dim=(1, 2, 3)) + (0 if e is None else e.sum(dim=1))
+
+
+def test_r1_equals_a_hand_computed_penalty_on_a_tiny_network() -> None:
+    x = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).view(2, 3, 2, 2) / 10
+    network = Quadratic()
+    penalty = r1_penalty(network, x, torch.ones(2, COND_DIM))
+    by_hand = (4 * 0.5**2 * x.square()).sum(dim=(1, 2, 3)).mean()
+    torch.testing.assert_close(penalty, by_hand)
+    penalty.backward()  # create_graph: the penalty trains D (d/da of 4a²Σx² is 8aΣx²)
+    assert network.a.grad is not None
+    torch.testing.assert_close(network.a.grad, (8 * 0.5 * x.square()).sum(dim=(1, 2, 3)).mean())
+
+
+def test_the_identity_loss_backpropagates_into_the_generator_and_not_the_frozen_encoder(
+    trained: TrainedModels,
+) -> None:
+    cfg = config("cond_gan", trained.data, trained.root / "models")
+    encoder = IdentityEmbedding(cfg.model.identity_network)  # the fine-tuned encoder
+    assert encoder.name == "effnet_contrastive"
+    g = generator()
+    real = torch.rand(4, 3, RESOLUTION, RESOLUTION) * 2 - 1
+    fake = g(torch.randn(4, g.code_dim), torch.randn(4, COND_DIM))
+    losses = likeness_losses({"identity": encoder}, fake, real)
+    assert set(losses) == {"identity"} and 0 <= float(losses["identity"]) <= 2
+    losses["identity"].backward()
+    assert g.to_rgb.weight.grad is not None and g.to_rgb.weight.grad.abs().sum() > 0
+    frozen = list(encoder.parameters())
+    assert frozen and all(not p.requires_grad and p.grad is None for p in frozen)
+
+
+def test_the_offline_perceptual_distance_is_named_for_what_it_is(trained: TrainedModels) -> None:
+    cfg = config("cond_gan", trained.data, trained.root / "models")
+    distance = PerceptualDistance(cfg.model.perceptual, 1.0)
+    assert distance.name == "effnet_feature_distance"  # never called LPIPS
+    images = torch.rand(2, 3, RESOLUTION, RESOLUTION) * 2 - 1
+    other = torch.rand(2, 3, RESOLUTION, RESOLUTION) * 2 - 1
+    assert torch.allclose(distance(images, images), torch.zeros(2), atol=1e-6)
+    moving = other.clone().requires_grad_(True)
+    apart = distance(moving, images)
+    assert (apart > 0).all() and (apart <= 4).all()
+    apart.sum().backward()
+    assert moving.grad is not None and moving.grad.abs().sum() > 0
+    levels = distance.levels(images)
+    assert len(levels) > 1  # multi-layer
+    torch.testing.assert_close(effnet_feature_distance(levels, levels), torch.zeros(2))
+
+
+def test_the_parameter_regulariser_is_zero_at_the_prior_mean() -> None:
+    mean, std = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 2.0])
+    zero = parameter_prior_loss(mean[None], torch.zeros(1, 3), mean, std)
+    assert float(zero) == 0
+    one_std = parameter_prior_loss((mean + std)[None], torch.ones(1, 3), mean, std)
+    assert float(one_std) == pytest.approx(2.0)
+
+
+def test_the_pipeline_gives_each_costly_family_its_own_loop_settings() -> None:
+    params = REPO_ROOT / "params.yaml"
+    shared = load_params(params, model="vae").train
+    for name in ("cond_gan", "translator"):
+        own = load_params(params, model=name)
+        assert own.train.steps == own.model.train.steps < shared.steps
+        assert own.train.batch_size == own.model.train.batch_size
+        assert own.train.log_every == shared.log_every  # the rest is the shared `train`
+        assert own.model.reads.features == "data/features/32/effnet_lite0"
+    assert load_params(params, model="translator").model.reads.network == "models/cond_gan/model.pt"
+
+
+def test_the_translator_round_trip_holds_the_imitator_it_was_trained_on(
+    trained: TrainedModels,
+) -> None:
+    translator = load_generator(trained.checkpoints["translator"])
+    imitator = load_generator(trained.checkpoints["cond_gan"])
+    for key, tensor in imitator.network.state_dict().items():
+        torch.testing.assert_close(translator.network.state_dict()[f"imitator.{key}"], tensor)
+    prior = imitator.family_state["condition_prior"]
+    torch.testing.assert_close(translator.network.prior_mean, torch.tensor(prior["mean"]))
+
+
+def test_a_missing_imitator_is_a_clear_error(trained: TrainedModels, tmp_path: Path) -> None:
+    cfg = config(
+        "translator", trained.data, tmp_path, f"model.imitator_checkpoint={tmp_path / 'none.pt'}"
+    )
+    with pytest.raises(Exception, match=r"Imitator cannot be loaded.*train@cond_gan"):
+        TranslatorFamily.build_generator(cfg.model, RESOLUTION)
+
+
+@pytest.mark.slow
+def test_evaluation_judges_the_identity_gan_with_dlib_only(
+    trained: TrainedModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError("evaluation loaded the encoder the generator trained against")
+
+    monkeypatch.setattr("face_generation.features.contrastive.load_contrastive_encoder", refused)
+    monkeypatch.setattr("face_generation.features.conditions.identity_network", refused)
+    monkeypatch.setattr(IdentityEmbedding, "__init__", refused)
+    cfg = config(
+        "cond_gan",
+        trained.data,
+        trained.root / "models",
+        "eval.device=cpu",
+        "eval.zero_shot.num_references=4",
+        "eval.zero_shot.samples_per_reference=2",
+        f"paths.metrics={tmp_path / 'metrics'}",
+        f"paths.plots={tmp_path / 'plots'}",
+    )
+    evaluate(cfg)
+    record = read_record(tmp_path / "metrics", "cond_gan")
+    assert record is not None
+    metrics = record["metrics"]
+    for name in ("zero_shot_identity_cosine", "zero_shot_random_cosine"):
+        assert metrics[name]["network"].startswith("dlib"), metrics[name]
+        assert -1 <= metrics[name]["value"] <= 1
+    assert np.isfinite(metrics["fd_effnet"]["value"])
+
+
+@pytest.mark.slow
+def test_the_translator_round_trip_improves_over_training(
+    trained: TrainedModels, tmp_path: Path
+) -> None:
+    """200 CPU steps on the fixture's 48 real faces (CelebA-sample crops where ../shared/data
+    is present), through its 6-step Imitator: the round trip's pixel error falls."""
+    cfg = config(
+        "translator", trained.data, tmp_path, "train.steps=200", "train.log_every=20",
+        "train.sample_every=1000", "train.ckpt_every=1000",
+    )  # fmt: skip
+    result = train(cfg, NullTracker())
+    rows = (result.checkpoint.parent / "losses.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    pixel = [float(row.split(",")[header.index("pixel")]) for row in rows[1:]]
+    assert len(pixel) >= 5
+    assert np.mean(pixel[-3:]) < 0.9 * np.mean(pixel[:2]), pixel
