@@ -196,6 +196,7 @@ class PerceptualSettings:
     image_size: int = MISSING
     antialias: bool = MISSING
     weights_path: str | None = MISSING
+    levels: int = MISSING
     lpips: Any = MISSING  # eval.lpips's settings
 
 

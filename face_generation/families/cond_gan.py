@@ -29,7 +29,7 @@ from torch import nn
 from face_generation.families.conditioning import ConditionalFamily
 from face_generation.families.latents import gaussian_latents
 from face_generation.families.optimization import adam, optimizer_step, place
-from face_generation.features.effnet import load_effnet
+from face_generation.features.effnet import EfficientNetLite0, load_effnet
 from face_generation.features.network import FrozenNetwork
 from face_generation.models.cond_gan import ProjectionDiscriminator, UNetGenerator
 from face_generation.runtime.family import Batch, StepContext
@@ -81,6 +81,22 @@ def effnet_feature_distance(
 # --- the frozen loss networks ----------------------------------------------------------------
 
 
+def effnet_pyramid(
+    network: EfficientNetLite0, inputs: torch.Tensor, levels: int
+) -> tuple[torch.Tensor, ...]:
+    """The first `levels` maps of EfficientNetLite0.forward's pyramid (finest first), without
+    running the blocks after the last of them: the perceptual term's cost falls with depth."""
+    trunk = network.network
+    x, maps = trunk.bn1(trunk.conv_stem(inputs)), []
+    for index, block in enumerate(trunk.blocks):
+        x = block(x)
+        if index in network.pyramid_blocks:
+            maps.append(x)
+            if len(maps) == levels:
+                break
+    return tuple(maps)
+
+
 class PerceptualDistance(FrozenNetwork):
     """Images in [-1, 1] → per-image perceptual distance to a reference, differentiable in the
     first argument: LPIPS (`network: lpips`) or the EfficientNet-Lite0 feature distance."""
@@ -94,6 +110,7 @@ class PerceptualDistance(FrozenNetwork):
             self.network: nn.Module = load_lpips(settings.lpips, timeout_s)
         elif self.kind == "effnet_lite0":
             self.network = load_effnet(settings, option="model.perceptual", switch="lpips")
+            self.depth = int(settings.levels)
         else:
             raise ValueError(
                 f"model.perceptual.network={self.kind!r}: expected effnet_lite0 or lpips"
@@ -103,8 +120,9 @@ class PerceptualDistance(FrozenNetwork):
     def levels(self, images: torch.Tensor) -> Any:
         network: Any = self.network
         inputs = network.preprocess(images, (-1.0, 1.0))
-        output = network.forward(inputs)
-        return output if self.kind == "lpips" else output.pyramid
+        if self.kind == "lpips":
+            return network.forward(inputs)
+        return effnet_pyramid(network, inputs, self.depth)
 
     def forward(self, images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
         """N distances."""
