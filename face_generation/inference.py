@@ -16,6 +16,8 @@ the backbone embedding by default or an encoder's identity), --reference FILE...
 photo's person, conditioned on the photo's embedding by the network the model was trained
 with: OUT/references.png (one row per photo: the photo, then its variants) and
 OUT/references/0000.png, ... Photos should be roughly aligned face crops (centre square).
+--embedding ROWS.npy does the same for condition rows given as numbers (N×D, the width the
+model conditions on; a row of zeros or NaN is refused): OUT/embeddings.png, one row each.
 
 Examples:
   python -m face_generation.inference models/dcgan/model.pt --n 64 --seed 1
@@ -24,6 +26,8 @@ Examples:
   python -m face_generation.inference models/diffusion/model.pt --n 16 --steps 50 --sampler heun
   python -m face_generation.inference models/diffusion/model.pt --reference me.jpg --guidance 3
       (diffusion conditions on the backbone embedding by default)
+  python -m face_generation.inference models/cond_gan/model.pt --reference me.jpg --n 8
+  python -m face_generation.inference models/cond_gan/model.pt --embedding rows.npy --n 4
   python -m face_generation.inference models:/face_generation-vae/1 --out plots/registered
 """
 
@@ -34,6 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from face_generation.config import compose
@@ -106,6 +111,28 @@ def variants_of_references(
     return photos, generate(trained, len(cond), seed, cond=cond, **options)
 
 
+def conditions_from_file(trained: TrainedGenerator, path: Path) -> torch.Tensor:
+    """The condition rows of an .npy file (N×D, or one row of D), checked: a conditional model,
+    its condition's width, and no row that is all zeros or not finite (a face the features
+    stage failed on, or a broken file)."""
+    if trained.condition is None:
+        raise ValueError(f"--embedding: the {trained.name} model is unconditional")
+    try:
+        rows = np.atleast_2d(np.load(path, allow_pickle=False)).astype(np.float32)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--embedding {path}: not a readable .npy array ({error})") from None
+    width = trained.config.model.get("cond_dim")
+    if rows.ndim != 2 or (width is not None and rows.shape[1] != int(width)):
+        raise ValueError(
+            f"--embedding {path}: rows of shape {rows.shape[1:]}, but the model conditions on "
+            f"{width}-wide rows of {trained.condition}"
+        )
+    broken = [i for i, row in enumerate(rows) if not np.isfinite(row).all() or not row.any()]
+    if broken:
+        raise ValueError(f"--embedding {path}: row(s) {broken} are all zeros or not finite")
+    return torch.from_numpy(rows)
+
+
 def reconstruct(
     trained: TrainedGenerator, paths: Sequence[Path], max_pixels: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,6 +179,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         metavar="PHOTO",
         help="conditional models that embed photos: --n variants of each photo's person",
     )
+    parser.add_argument(
+        "--embedding",
+        type=Path,
+        metavar="ROWS.npy",
+        help="conditional models: --n variants of each condition row of an .npy file (N×D)",
+    )
     parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda")
     parser.add_argument(
         "--no-ema", action="store_true", help="checkpoints: use the trained weights, not their EMA"
@@ -159,8 +192,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args, extra = parser.parse_known_args(argv)
     if args.n < 1:
         parser.error("--n must be at least 1")
-    if args.input and args.reference:
-        parser.error("--input and --reference: choose one")
+    if sum(bool(chosen) for chosen in (args.input, args.reference, args.embedding)) > 1:
+        parser.error("--input, --reference and --embedding: choose one")
 
     with reported_errors("inference", CheckpointError, ValueError):
         option_pairs = [*args.option, *option_flags(extra)]
@@ -181,6 +214,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             shown = torch.cat([photos[:, None], per_photo], dim=1).flatten(0, 1)
             grid = save_grid(shown, args.out / "references.png", columns=args.n + 1)
             files = save_each(variants, args.out / "references")
+        elif args.embedding:
+            rows = conditions_from_file(trained, args.embedding)
+            cond = rows.repeat_interleave(args.n, dim=0)
+            images = generate(trained, len(cond), args.seed, cond=cond, **options)
+            grid = save_grid(images, args.out / "embeddings.png", columns=args.n)
+            files = save_each(images, args.out / "embeddings")
         elif args.input:
             inputs, outputs = reconstruct(trained, args.input, max_pixels)
             pairs = torch.stack([inputs, outputs], dim=1).flatten(0, 1)  # input, its output, ...

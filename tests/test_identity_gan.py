@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from face_generation.config import load_params
+from face_generation.data.packed import features_dir
 from face_generation.evaluation.evaluate_model import evaluate
 from face_generation.evaluation.record import read_record
 from face_generation.families.cond_gan import (
@@ -25,6 +26,7 @@ from face_generation.families.cond_gan import (
     r1_penalty,
 )
 from face_generation.families.translator import TranslatorFamily, parameter_prior_loss
+from face_generation.inference import main as inference_main
 from face_generation.models.cond_gan import ProjectionDiscriminator, UNetGenerator
 from face_generation.runtime.generator import load_generator
 from face_generation.training.loop import train
@@ -216,3 +218,23 @@ def test_the_translator_round_trip_improves_over_training(
     pixel = [float(row.split(",")[header.index("pixel")]) for row in rows[1:]]
     assert len(pixel) >= 5
     assert np.mean(pixel[-3:]) < 0.9 * np.mean(pixel[:2]), pixel
+
+
+def test_inference_draws_variants_of_embedding_rows_and_refuses_broken_ones(
+    trained: TrainedModels, tmp_path: Path
+) -> None:
+    rows = np.load(features_dir(trained.data, RESOLUTION) / "tiny" / "embedding" / "test.npy")
+    np.save(tmp_path / "rows.npy", rows[:2].astype(np.float32))
+    checkpoint = str(trained.checkpoints["cond_gan"])
+    inference_main([checkpoint, "--embedding", str(tmp_path / "rows.npy"), "--n", "3",
+                    "--out", str(tmp_path / "out")])  # fmt: skip
+    assert len(list((tmp_path / "out" / "embeddings").glob("*.png"))) == 6
+    broken = rows[:2].astype(np.float32)
+    for value in (0.0, np.nan):
+        broken[1] = value
+        np.save(tmp_path / "broken.npy", broken)
+        with pytest.raises(SystemExit, match=r"row\(s\) \[1\] are all zeros or not finite"):
+            inference_main([checkpoint, "--embedding", str(tmp_path / "broken.npy")])
+    np.save(tmp_path / "narrow.npy", rows[:2, :3].astype(np.float32))
+    with pytest.raises(SystemExit, match=r"rows of shape \(3,\).*4-wide rows"):
+        inference_main([checkpoint, "--embedding", str(tmp_path / "narrow.npy")])
