@@ -4,7 +4,8 @@ The Imitator is the identity-conditioned GAN's generator (families/cond_gan.py),
 from its checkpoint (`model.imitator_checkpoint`); its input, an embedding and a low-dimensional
 code, is the face parameter vector. The Translator is a trainable head on a frozen backbone's
 features (`model.inputs.features`: the rows the features stage wrote, computed from photos the
-same way at inference), trained so that Imitator(Translator(x)) reproduces x:
+same way at inference; when they are the Imitator's own condition rows, the embedding is those
+rows plus a learned correction), trained so that Imitator(Translator(x)) reproduces x:
 
     pixel        mean absolute difference
     perceptual   as cond_gan's (EfficientNet-Lite0 feature distance, or LPIPS)
@@ -36,7 +37,7 @@ from face_generation.features.conditions import computes_from_photos, embed_face
 from face_generation.models.cond_gan import UNetGenerator
 from face_generation.models.translator import RoundTrip, TranslatorHead
 from face_generation.runtime.checkpoint import CheckpointError, load_checkpoint, load_weights
-from face_generation.runtime.conditioning import array_name
+from face_generation.runtime.conditioning import array_name, declared_condition
 from face_generation.runtime.family import RECONSTRUCT, SAMPLE, Batch, StepContext
 from face_generation.runtime.pixels import to_uint8_nhwc
 
@@ -59,8 +60,11 @@ def imitator_advice(path: Path, reason: str) -> str:
     )
 
 
-def load_imitator(path: Path, resolution: int) -> tuple[UNetGenerator, dict[str, list[float]]]:
-    """The cond_gan checkpoint's EMA generator and its random-condition prior."""
+def load_imitator(
+    path: Path, resolution: int
+) -> tuple[UNetGenerator, dict[str, list[float]], str | None]:
+    """The cond_gan checkpoint's EMA generator, its random-condition prior and the array that
+    conditioned it."""
     try:
         state = load_checkpoint(path, expected_model="cond_gan")
     except CheckpointError as error:
@@ -77,7 +81,7 @@ def load_imitator(path: Path, resolution: int) -> tuple[UNetGenerator, dict[str,
     prior = (state.get("family_state") or {}).get("condition_prior")
     if prior is None:
         raise CheckpointError(imitator_advice(path, "it keeps no random conditions"))
-    return imitator, prior
+    return imitator, prior, declared_condition(cfg.model)
 
 
 class TranslatorFamily(ConditionalFamily):
@@ -130,13 +134,16 @@ class TranslatorFamily(ConditionalFamily):
     def build_generator(cls, model_cfg: DictConfig, resolution: int) -> RoundTrip:
         """The Imitator from `model.imitator_checkpoint` and a new head; the head's input
         settings ride along (plain attributes) to compute features from photos."""
-        imitator, prior = load_imitator(Path(str(model_cfg.imitator_checkpoint)), resolution)
+        path = Path(str(model_cfg.imitator_checkpoint))
+        imitator, prior, condition = load_imitator(path, resolution)
+        features = array_name(model_cfg.inputs.features, "model.inputs.features")
         head = TranslatorHead(
             int(model_cfg.features_dim),
             int(model_cfg.hidden_dim),
             imitator.cond_dim,
             imitator.code_dim,
             float(model_cfg.leaky_slope),
+            passthrough=features == condition,  # it reads the Imitator's own condition rows
         )
         mean, std = torch.tensor(prior["mean"]), torch.tensor(prior["std"])
         round_trip = RoundTrip(head, imitator, mean, std)

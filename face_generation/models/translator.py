@@ -18,21 +18,37 @@ from face_generation.models.cond_gan import UNetGenerator
 
 
 class TranslatorHead(nn.Module):
-    """Features (N×features_dim) → (embedding N×cond_dim, code N×code_dim), by a two-layer MLP."""
+    """Features (N×features_dim) → (embedding N×cond_dim, code N×code_dim), by a two-layer MLP.
+
+    `passthrough`: the features are the Imitator's own condition rows, so the embedding is
+    those rows plus a learned correction that starts at zero (the round trip starts where the
+    Imitator was trained: on the face's own row)."""
 
     def __init__(
-        self, features_dim: int, hidden_dim: int, cond_dim: int, code_dim: int, leaky_slope: float
+        self,
+        features_dim: int,
+        hidden_dim: int,
+        cond_dim: int,
+        code_dim: int,
+        leaky_slope: float,
+        passthrough: bool = False,
     ) -> None:
         super().__init__()
+        if passthrough and features_dim != cond_dim:
+            raise ValueError(f"passthrough needs features_dim {features_dim} == cond_dim {cond_dim}")
         self.features_dim, self.cond_dim, self.code_dim = features_dim, cond_dim, code_dim
         self.hidden = nn.Linear(features_dim, hidden_dim)
         self.out = nn.Linear(hidden_dim, cond_dim + code_dim)
-        self.leaky_slope = leaky_slope
+        if passthrough:
+            nn.init.zeros_(self.out.weight[:cond_dim])
+            nn.init.zeros_(self.out.bias[:cond_dim])
+        self.leaky_slope, self.passthrough = leaky_slope, passthrough
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = F.leaky_relu(self.hidden(features), self.leaky_slope)
         parameters = self.out(hidden)
-        return parameters[:, : self.cond_dim], parameters[:, self.cond_dim :]
+        embedding, code = parameters[:, : self.cond_dim], parameters[:, self.cond_dim :]
+        return (embedding + features if self.passthrough else embedding), code
 
 
 class RoundTrip(nn.Module):
