@@ -116,6 +116,7 @@ class PerceptualDistance(FrozenNetwork):
                 f"model.perceptual.network={self.kind!r}: expected effnet_lite0 or lpips"
             )
         self.name = "lpips" if self.kind == "lpips" else "effnet_feature_distance"
+        self.requires_grad_(False)  # frozen: gradients pass through it to the images only
 
     def levels(self, images: torch.Tensor) -> Any:
         network: Any = self.network
@@ -148,6 +149,7 @@ class IdentityEmbedding(FrozenNetwork):
             )
         self.network: Any = identity_network(settings)
         self.name = str(settings.name)
+        self.requires_grad_(False)  # frozen: gradients pass through it to the images only
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         network = self.network
