@@ -18,6 +18,8 @@ with: OUT/references.png (one row per photo: the photo, then its variants) and
 OUT/references/0000.png, ... Photos should be roughly aligned face crops (centre square).
 --embedding ROWS.npy does the same for condition rows given as numbers (N×D, the width the
 model conditions on; a row of zeros or NaN is refused): OUT/embeddings.png, one row each.
+--input FILE... --edit (the translator): OUT/edits.png, one row per image: the image, its
+round trip, then --n variants of its person (the code redrawn); OUT/edits/0000.png, ...
 
 Examples:
   python -m face_generation.inference models/dcgan/model.pt --n 64 --seed 1
@@ -28,6 +30,7 @@ Examples:
       (diffusion conditions on the backbone embedding by default)
   python -m face_generation.inference models/cond_gan/model.pt --reference me.jpg --n 8
   python -m face_generation.inference models/cond_gan/model.pt --embedding rows.npy --n 4
+  python -m face_generation.inference models/translator/model.pt --input me.jpg --edit --n 4
   python -m face_generation.inference models:/face_generation-vae/1 --out plots/registered
 """
 
@@ -180,6 +183,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="conditional models that embed photos: --n variants of each photo's person",
     )
     parser.add_argument(
+        "--edit",
+        action="store_true",
+        help="with --input, models that draw variants (the translator): the round trip and --n "
+        "variants of each image's person",
+    )
+    parser.add_argument(
         "--embedding",
         type=Path,
         metavar="ROWS.npy",
@@ -194,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("--n must be at least 1")
     if sum(bool(chosen) for chosen in (args.input, args.reference, args.embedding)) > 1:
         parser.error("--input, --reference and --embedding: choose one")
+    if args.edit and not args.input:
+        parser.error("--edit needs --input IMAGE...")
 
     with reported_errors("inference", CheckpointError, ValueError):
         option_pairs = [*args.option, *option_flags(extra)]
@@ -220,6 +231,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             images = generate(trained, len(cond), args.seed, cond=cond, **options)
             grid = save_grid(images, args.out / "embeddings.png", columns=args.n)
             files = save_each(images, args.out / "embeddings")
+        elif args.input and args.edit:
+            inputs, outputs = reconstruct(trained, args.input, max_pixels)
+            variants = trained.variants(inputs, args.n, args.seed).cpu()
+            per_input = variants.view(len(inputs), args.n, *inputs.shape[1:])
+            rows = torch.cat([inputs[:, None], outputs[:, None], per_input], dim=1)
+            grid = save_grid(rows.flatten(0, 1), args.out / "edits.png", columns=args.n + 2)
+            files = save_each(variants, args.out / "edits")
         elif args.input:
             inputs, outputs = reconstruct(trained, args.input, max_pixels)
             pairs = torch.stack([inputs, outputs], dim=1).flatten(0, 1)  # input, its output, ...

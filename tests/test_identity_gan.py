@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from face_generation.config import load_params
@@ -25,6 +26,7 @@ from face_generation.families.cond_gan import (
     likeness_losses,
     r1_penalty,
 )
+from face_generation.families.latents import gaussian_latents
 from face_generation.families.translator import TranslatorFamily, parameter_prior_loss
 from face_generation.inference import main as inference_main
 from face_generation.models.cond_gan import ProjectionDiscriminator, UNetGenerator
@@ -240,3 +242,30 @@ def test_inference_draws_variants_of_embedding_rows_and_refuses_broken_ones(
     np.save(tmp_path / "narrow.npy", rows[:2, :3].astype(np.float32))
     with pytest.raises(SystemExit, match=r"rows of shape \(3,\).*4-wide rows"):
         inference_main([checkpoint, "--embedding", str(tmp_path / "narrow.npy")])
+
+
+def test_the_translator_draws_variants_that_keep_each_faces_embedding(
+    trained: TrainedModels, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    translator = load_generator(trained.checkpoints["translator"])
+    faces = np.load(trained.data / "packed" / str(RESOLUTION) / "test.npy")[:2]
+    rows = np.load(features_dir(trained.data, RESOLUTION) / "tiny" / "embedding" / "test.npy")
+    features = torch.from_numpy(rows[:2].astype(np.float32))  # the tiny rows: not from photos
+    monkeypatch.setattr(TranslatorFamily, "photo_features", lambda network, images: features)
+    images = torch.from_numpy(faces).permute(0, 3, 1, 2).float() / 127.5 - 1
+    variants = translator.variants(images, 3, seed=1)
+    assert variants.shape == (6, 3, RESOLUTION, RESOLUTION)
+    assert torch.equal(variants, translator.variants(images, 3, seed=1))  # seeded
+    assert not torch.equal(variants[0], variants[1])  # the code redrawn
+    embedding, _ = translator.network.head(features)
+    with torch.no_grad():  # variant j of image i: the Imitator on image i's embedding
+        again = translator.network.imitator(
+            gaussian_latents(6, translator.network.head.code_dim, torch.device("cpu"),
+                             torch.Generator().manual_seed(1)),
+            embedding.repeat_interleave(3, dim=0),
+        )  # fmt: skip
+    torch.testing.assert_close(variants, again)
+    face = tmp_path / "face.png"
+    Image.fromarray(faces[0]).save(face)
+    with pytest.raises(SystemExit, match="the vae family draws no variants"):
+        inference_main([str(trained.checkpoints["vae"]), "--input", str(face), "--edit"])

@@ -157,6 +157,25 @@ class TranslatorFamily(ConditionalFamily):
         """Imitator(Translator(x)) of N×3×H×W images in [-1, 1], the head's features computed
         from the images by the network that wrote the training rows."""
         assert isinstance(network, RoundTrip)
+        return network(cls.photo_features(network, images))
+
+    @classmethod
+    @torch.no_grad()
+    def variants(
+        cls, network: nn.Module, images: torch.Tensor, n: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        """n faces per image (N·n, in image order): its translated embedding kept, the code
+        redrawn from N(0, I) (same person, another pose or light, as far as the Imitator
+        separates them)."""
+        assert isinstance(network, RoundTrip)
+        embedding, _ = network.head(cls.photo_features(network, images))
+        embedding = embedding.repeat_interleave(n, dim=0)
+        code = gaussian_latents(len(embedding), network.head.code_dim, images.device, generator)
+        return network.imitator(code, embedding)
+
+    @classmethod
+    def photo_features(cls, network: RoundTrip, images: torch.Tensor) -> torch.Tensor:
+        """The head's input for N×3×H×W images in [-1, 1], by the network that wrote its rows."""
         settings, array = network.features_network, network.features_array
         if not computes_from_photos(settings, array):
             raise ValueError(
@@ -164,8 +183,7 @@ class TranslatorFamily(ConditionalFamily):
                 "photos: train it on a backbone's embedding"
             )
         faces = to_uint8_nhwc(images, (-1.0, 1.0))
-        features = torch.from_numpy(embed_faces(settings, array, faces))
-        return network(features.to(images.device))
+        return torch.from_numpy(embed_faces(settings, array, faces)).to(images.device)
 
     @classmethod
     @torch.no_grad()

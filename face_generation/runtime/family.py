@@ -45,6 +45,9 @@ Class methods, usable without a training run (the runtime calls them on loaded w
                    (temperature, steps, sampler, guidance...), their defaults in the signature
                    and overridable per model under `model.sampling` in its config
     reconstruct(network, images)  the network's reconstruction of images (RECONSTRUCT only)
+    variants(network, images, n, generator)  RECONSTRUCT families that can: n versions of each
+                   image that keep what identifies its person and redraw the rest (the
+                   Translator: its embedding kept, its code resampled); inference's --edit
     network_evaluations(**options)  forward passes of the network one `sample` call makes
                    with these options (1 by default; a diffusion sampler's step count):
                    evaluation writes it beside the scores, which depend on it
@@ -203,6 +206,12 @@ class Family:
     @classmethod
     def reconstruct(cls, network: nn.Module, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"the {cls.name} family does not reconstruct")
+
+    @classmethod
+    def variants(
+        cls, network: nn.Module, images: torch.Tensor, n: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        raise NotImplementedError(f"the {cls.name} family draws no variants of an image")
 
     @classmethod
     def network_evaluations(cls, **options: Any) -> int:

@@ -131,6 +131,19 @@ class TrainedGenerator:
         self.network.eval()
         return self.family.reconstruct(self.network, images.to(self.device))
 
+    @torch.no_grad()
+    def variants(self, images: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+        """n variants of each of N×3×H×W images in [-1, 1] (N·n, image by image) that keep its
+        person, for families that draw them; the noise from a CPU generator seeded with `seed`."""
+        if RECONSTRUCT not in self.family.capabilities:
+            raise ValueError(f"the {self.name} family does not reconstruct images")
+        self.network.eval()
+        noise = torch.Generator().manual_seed(seed)
+        try:
+            return self.family.variants(self.network, images.to(self.device), n, noise)
+        except NotImplementedError as error:
+            raise ValueError(str(error)) from None
+
 
 def generate(
     trained: TrainedGenerator,
