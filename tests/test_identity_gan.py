@@ -111,7 +111,7 @@ def test_the_identity_loss_backpropagates_into_the_generator_and_not_the_frozen_
     real = torch.rand(4, 3, RESOLUTION, RESOLUTION) * 2 - 1
     fake = g(torch.randn(4, g.code_dim), torch.randn(4, COND_DIM))
     losses = likeness_losses({"identity": encoder}, fake, real)
-    assert set(losses) == {"identity"} and 0 <= float(losses["identity"]) <= 2
+    assert set(losses) == {"identity"} and 0 <= float(losses["identity"].detach()) <= 2
     losses["identity"].backward()
     assert g.to_rgb.weight.grad is not None and g.to_rgb.weight.grad.abs().sum() > 0
     frozen = list(encoder.parameters())
