@@ -105,7 +105,13 @@ def evaluate(cfg: DictConfig, checkpoint: Path | None = None) -> EvaluationResul
     # Outputs (and the family's own scores and plots, for a family that has them).
     plots_dir = Path(cfg.paths.plots) / name
     extras = trained.family.evaluation_extras(
-        trained.network, cfg, inputs.real, inputs.generated, inputs.conditions, plots_dir
+        trained.network,
+        trained.config.model,
+        cfg.eval,
+        inputs.real,
+        inputs.generated,
+        inputs.conditions,
+        plots_dir,
     )
     if extras is not None:
         for metric_name, value in extras.metrics.items():

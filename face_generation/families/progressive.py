@@ -373,7 +373,8 @@ class ProgressiveFamily(ConditionalFamily):
     def evaluation_extras(
         cls,
         network: nn.Module,
-        cfg: DictConfig,
+        model_cfg: DictConfig,
+        eval_cfg: DictConfig,
         references: np.ndarray,
         outputs: np.ndarray,
         conditions: torch.Tensor | None,
@@ -385,10 +386,10 @@ class ProgressiveFamily(ConditionalFamily):
         assert isinstance(network, ProgressiveGenerator)
         if conditions is None:
             return None
-        model_cfg, count = cfg.model, len(outputs)
+        count = len(outputs)
         probe = load_backbone_pyramid(model_cfg).to(next(network.parameters()).device)
-        targets = stored_pyramids(model_cfg, str(cfg.eval.split), count)
-        generated = pyramids_of(probe, outputs, int(cfg.eval.batch_size))
+        targets = stored_pyramids(model_cfg, str(eval_cfg.split), count)
+        generated = pyramids_of(probe, outputs, int(eval_cfg.batch_size))
         other = np.roll(np.arange(count), 1)  # each output against the previous reference
         distance = str(model_cfg.pyramid.distance)
         metrics: dict[str, float] = {}
@@ -399,7 +400,7 @@ class ProgressiveFamily(ConditionalFamily):
             baseline = level_distance(level, target[other], distance).mean()
             metrics[f"feature_fidelity_{grid}_random"] = float(baseline)
         grid_path = coarse_to_fine_grid(
-            network, conditions[: int(model_cfg.coarse_to_fine_rows)], int(cfg.eval.seed), plots
+            network, conditions[: int(model_cfg.coarse_to_fine_rows)], int(eval_cfg.seed), plots
         )
         return FamilyEvaluation(metrics, str(probe.backbone.cache_key), [grid_path])
 

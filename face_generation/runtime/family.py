@@ -49,7 +49,7 @@ Class methods, usable without a training run (the runtime calls them on loaded w
                    for N photos (N×3×H×W in [-1, 1]), computed with the network (of the whole
                    training config `cfg`) the condition array was made with; inference's and
                    the web service's reference photos use it
-    evaluation_extras(network, cfg, references, outputs, conditions, plots)  scores and plots
+    evaluation_extras(network, model_cfg, eval_cfg, references, outputs, conditions, plots)  scores and plots
                    of the family's own beside the common evaluation (a `FamilyEvaluation`, or
                    None: the default); evaluation calls it for every family
 """
@@ -228,16 +228,18 @@ class Family:
     def evaluation_extras(
         cls,
         network: nn.Module,
-        cfg: DictConfig,
+        model_cfg: DictConfig,
+        eval_cfg: DictConfig,
         references: np.ndarray,
         outputs: np.ndarray,
         conditions: torch.Tensor | None,
         plots: Path,
     ) -> FamilyEvaluation | None:
-        """The family's own scores and plots (written under `plots`), given the evaluation's
-        config, the eval split's first N faces and the N samples scored (uint8 N×H×W×3;
-        sample i conditioned on `conditions[i]`, the references' rows, for conditional
-        families); None: nothing beyond the common evaluation."""
+        """The family's own scores and plots (written under `plots`), given the model's
+        training config, the evaluation's settings (`eval`), the eval split's first N faces
+        and the N samples scored (uint8 N×H×W×3; sample i conditioned on `conditions[i]`, the
+        references' rows, for conditional families); None: nothing beyond the common
+        evaluation."""
         return None
 
 
