@@ -7,7 +7,8 @@ The first N images of ../shared/data/celeba-sample-10k (skipped with a message w
 centre-cropped (89×89) and resized to 32×32, split 80/10/10 in file order, are packed as the
 pack stage writes them; the `features` stage computes their EfficientNet-Lite0 embeddings and
 pyramids (the default backbone settings). Each model trains S steps at batch 64 (the same
-images seen) with its default config through the real loop, and is scored by the real
+images seen) with its default config through the real loop (the progressive generator's
+levels spread evenly over the S steps: grow_every S/4, fade_steps S/8), and is scored by the real
 evaluation (M samples against the first M test faces; the zero-shot identity check on a few
 references, no guidance sweep). Feature fidelity is computed here for every model the same
 way: the pyramid distance per level (cosine, the progressive default) between each test face
@@ -53,6 +54,7 @@ RESULTS = REPO / "benchmarks" / "results" / "progressive_side_by_side.json"
 RESOLUTION = 32
 MODELS = ("dcgan", "diffusion", "progressive")
 SCORES = ("fd_effnet", "kid_effnet", "precision_effnet", "recall_effnet")
+SCHEDULE: dict[str, list[str]] = {}  # per-model overrides, set from the arguments
 
 
 def pack(images: list[Path], root: Path) -> None:
@@ -107,6 +109,11 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("/tmp/progressive_side_by_side"))
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     args = parser.parse_args()
+    # the progressive generator grows through every level within the budget
+    SCHEDULE["progressive"] = [
+        f"model.grow_every={args.steps // 4}",
+        f"model.fade_steps={args.steps // 8}",
+    ]
     if not SAMPLE.is_dir():
         print(f"skipped: the CelebA sample is not at {SAMPLE}")
         return
@@ -130,7 +137,7 @@ def main() -> None:
     prepare_seconds = time.process_time() - started
     rows = []
     for model in args.models:
-        cfg = compose("config", [f"model={model}", *overrides])
+        cfg = compose("config", [f"model={model}", *overrides, *SCHEDULE.get(model, [])])
         started = time.process_time()
         result = train(cfg, NullTracker())
         train_seconds = time.process_time() - started

@@ -125,7 +125,13 @@ def test_every_metric_has_a_value_network_n_and_data_hash_or_a_reason(
         assert entry["data_hash"] == expected_hash and entry["network"], name
         if entry["available"]:
             assert math.isfinite(entry["value"]), name
-            counts = [entry["n"]] if "n" in entry else [entry["n_generated"], entry["n_real"]]
+            counts = (
+                [entry["n"]]
+                if "n" in entry
+                else [entry["references"]]  # a conditional model's zero-shot scores
+                if "references" in entry
+                else [entry["n_generated"], entry["n_real"]]
+            )
             assert counts and all(count == TEST_SIZE for count in counts), name
         else:
             assert "value" not in entry and len(entry["reason"]) > 20, name
