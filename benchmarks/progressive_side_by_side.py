@@ -108,11 +108,18 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=250)
     parser.add_argument("--root", type=Path, default=Path("/tmp/progressive_side_by_side"))
     parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument(
+        "--progressive",
+        nargs="*",
+        default=[],
+        help="overrides of the progressive model, e.g. model.pyramid.every=1 model.pyramid.rows=16",
+    )
     args = parser.parse_args()
     # the progressive generator grows through every level within the budget
     SCHEDULE["progressive"] = [
         f"model.grow_every={args.steps // 4}",
         f"model.fade_steps={args.steps // 8}",
+        *args.progressive,
     ]
     if not SAMPLE.is_dir():
         print(f"skipped: the CelebA sample is not at {SAMPLE}")
