@@ -192,3 +192,12 @@ def test_evaluation_adds_feature_fidelity_and_the_coarse_to_fine_grid(
     assert not any(name.startswith("feature_fidelity") for name in dvc_file.index)
     grid_png = tmp_path / "plots" / "progressive" / "coarse_to_fine.png"
     assert grid_png.is_file() and grid_png in result.plots
+
+
+def test_the_optional_realism_term_trains_a_discriminator_with_r1(
+    trained: TrainedModels, tmp_path: Path
+) -> None:
+    cfg = config("progressive", trained.data, tmp_path, "model.discriminator.enabled=true")
+    result = train(cfg, NullTracker())
+    assert {"d_loss", "r1"} <= set(result.metrics)
+    assert "discriminator" in load_checkpoint(result.checkpoint)["networks"]
