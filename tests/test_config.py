@@ -168,7 +168,8 @@ def test_the_pipeline_and_the_server_take_cfg_job_too(capsys: pytest.CaptureFixt
         pipeline(["--cfg", "job", "--resolve", "train.steps=9"])
     out = capsys.readouterr().out
     assert (
-        set(OmegaConf.create(out).models) == {"vae", "dcgan", "diffusion"} and "  seed: 0\n" in out
+        set(OmegaConf.create(out).models) == {"vae", "dcgan", "diffusion", "progressive"}
+        and "  seed: 0\n" in out
     )
     with pytest.raises(SystemExit):
         server(["status", "--cfg", "job", "tracking.port=5999"])

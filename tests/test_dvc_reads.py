@@ -67,10 +67,12 @@ def test_a_backbone_setting_reaches_its_features_stage_and_the_models_that_carry
     project: Path,
 ) -> None:
     write_params(["backbone.image_size=96"], project / "params.yaml")
-    # diffusion conditions on the backbone's embedding: its config carries the backbone's
-    # settings, so its stages and the report are out of date; vae and dcgan are not
+    # diffusion conditions on the backbone's embedding and progressive on it and its pyramids:
+    # their configs carry the backbone's settings, so their stages and the report are out of
+    # date; vae and dcgan are not
     assert changed(project) == {
-        "features", "train@diffusion", "evaluate@diffusion", "report",
+        "features", "train@diffusion", "evaluate@diffusion", "train@progressive",
+        "evaluate@progressive", "report",
     }  # fmt: skip
     write_params([], project / "params.yaml")
     assert changed(project) == set()
@@ -79,8 +81,12 @@ def test_a_backbone_setting_reaches_its_features_stage_and_the_models_that_carry
 def test_new_feature_rows_reach_exactly_the_stages_that_read_them(project: Path) -> None:
     (project / FEATURES / "embedding.npy").write_text("new rows")  # the features stage reran
     dvc(project, "commit", "--force", "--quiet", "features")
-    # train@ and evaluate@diffusion list the folder because models.diffusion.reads names it
-    assert changed(project) == {"verify", "train@diffusion", "evaluate@diffusion"}
+    # train@ and evaluate@ diffusion and progressive list the folder because their
+    # models.<name>.reads name it
+    assert changed(project) == {
+        "verify", "train@diffusion", "evaluate@diffusion", "train@progressive",
+        "evaluate@progressive",
+    }  # fmt: skip
     (project / FEATURES / "embedding.npy").unlink()
     dvc(project, "commit", "--force", "--quiet")
     assert changed(project) == set()
@@ -91,7 +97,8 @@ def test_an_unconditional_model_does_not_depend_on_the_features(project: Path) -
     dvc(project, "commit", "--force", "--quiet")
     (project / FEATURES / "embedding.npy").write_text("new rows")
     dvc(project, "commit", "--force", "--quiet", "features")
-    assert changed(project) == {"verify"}
+    # the progressive generator reads the backbone's pyramids, whatever its condition
+    assert changed(project) == {"verify", "train@progressive", "evaluate@progressive"}
     (project / FEATURES / "embedding.npy").unlink()
     write_params([], project / "params.yaml")
     dvc(project, "commit", "--force", "--quiet")

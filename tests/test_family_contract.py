@@ -32,7 +32,7 @@ from face_generation.runtime.registry import (
 )
 from face_generation.training.data import PackedBatches
 from face_generation.training.device import step_context
-from face_generation.training.loop import train, training_arrays
+from face_generation.training.loop import preview_condition, train, training_arrays
 from face_generation.training.tracker import NullTracker
 from tests.conftest import TrainedModels
 from tests.faces import RESOLUTION, config
@@ -163,7 +163,9 @@ def test_sampling_is_seeded_takes_options_and_refuses_unknown_ones(
     with pytest.raises(ValueError, match=rf"unknown sampling option.*{option}"):
         draw(1, no_such_option=1)
     if generator.condition is not None:
-        cond = torch.randn(4, 4)
+        cond = preview_condition(
+            config(name, trained.data, trained.root / "unused"), generator.family, 4
+        )
         conditioned = generator.sample(4, cond=cond, generator=torch.Generator().manual_seed(1))
         assert not torch.equal(images, conditioned)
 
