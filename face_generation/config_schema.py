@@ -183,6 +183,48 @@ class DiffusionConfig(ModelConfig):
 
 
 @dataclass
+class PyramidLossConfig:
+    network: Any = MISSING  # the backbone's settings (configs/backbone/)
+    grids: list[int] = MISSING
+    pca_dims: Any = MISSING  # null | one per grid
+    features_dir: str = MISSING
+    distance: str = MISSING
+    weights: list[float] = MISSING
+    rows: Any = MISSING  # null | rows
+    every: int = MISSING
+
+
+@dataclass
+class RealismConfig:
+    enabled: bool = MISSING
+    channels: int = MISSING
+    weight: float = MISSING
+    r1_gamma: float = MISSING
+
+
+@dataclass
+class ProgressiveConfig(ModelConfig):
+    channels: list[int] = MISSING
+    style_dim: int = MISSING
+    noise_dim: int = MISSING
+    leaky_slope: float = MISSING
+    grow_every: int = MISSING
+    fade_steps: int = MISSING
+    pixel_weight: float = MISSING
+    coarse_weight: float = MISSING
+    coarse_to_fine_rows: int = MISSING
+    pyramid: PyramidLossConfig = field(default_factory=PyramidLossConfig)
+    discriminator: RealismConfig = field(default_factory=RealismConfig)
+    condition: Any = MISSING  # null | {network: <its settings>, array: <name>}
+    inputs: dict[str, Any] = field(default_factory=dict)
+    cond_dim: int = MISSING
+    cond_drop: float = MISSING
+    reads: ModelReads = field(default_factory=ModelReads)
+    optimizer: AdamConfig = field(default_factory=AdamConfig)
+    sampling: LatentSampling = field(default_factory=LatentSampling)
+
+
+@dataclass
 class CondGANLossWeights:
     adversarial: float = MISSING
     identity: float = MISSING
@@ -513,6 +555,7 @@ FAMILY_SCHEMAS: dict[str, type[ModelConfig]] = {
     "vae": VAEConfig,
     "dcgan": DCGANConfig,
     "diffusion": DiffusionConfig,
+    "progressive": ProgressiveConfig,
     "cond_gan": CondGANConfig,
     "translator": TranslatorConfig,
 }

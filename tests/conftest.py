@@ -23,7 +23,14 @@ from tests import (  # noqa: F401  (importing registers them)
     tiny_family,
 )
 from tests.browser import browser  # noqa: F401  (fixture)
-from tests.faces import RESOLUTION, SPLIT_SIZES, config, write_labels, write_packed
+from tests.faces import (
+    RESOLUTION,
+    SPLIT_SIZES,
+    config,
+    write_backbone_features,
+    write_labels,
+    write_packed,
+)
 from tests.tracking_fixtures import mlflow_server, tracking_cfg  # noqa: F401  (fixtures)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -98,6 +105,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedModels:
     write_packed(root / "data")
     write_labels(root / "data")  # what the face encoder trains on
     tiny_family.write_features(root / "data", RESOLUTION, SPLIT_SIZES)
+    write_backbone_features(root / "data")  # the progressive generator's pyramids
     checkpoints = {
         name: train(config(name, root / "data", root / "models"), NullTracker()).checkpoint
         for name in training_order(family_names())

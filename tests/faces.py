@@ -89,12 +89,22 @@ def write_labels(data_dir: Path, resolution: int = RESOLUTION) -> Path:
 
 # Per family: settings that keep its smoke training cheap (the encoder's backbone at the
 # faces' own 32 px instead of upsampling them; diffusion unconditional, without the backbone's
-# features: tests/test_conditional_diffusion.py trains it on them; cond_gan and the translator
-# on the tiny family's 4-d embedding instead of the backbone's).
+# features: tests/test_conditional_diffusion.py trains it on them); the progressive generator
+# on its backbone at 32 px with two grids (`write_backbone_features`), a new level every 2 steps;
+# cond_gan and the translator on the tiny family's 4-d embedding instead of the backbone's.
+BACKBONE_32PX = ["backbone.image_size=32", "features.grids=[2,4]", "features.device=cpu"]
+PROGRESSIVE = [
+    *BACKBONE_32PX,
+    "model.pyramid.weights=[1.0,1.0]",
+    "model.pyramid.every=1",
+    "model.grow_every=2",
+    "model.fade_steps=1",
+]
 TINY_EMBEDDING = "{network: {name: tiny}, array: embedding}"
 SMOKE = {
     "encoder": ["model.image_size=32"],
     "diffusion": ["model.condition=null"],
+    "progressive": PROGRESSIVE,
     "cond_gan": [f"model.condition={TINY_EMBEDDING}", "model.cond_dim=4"],
     "translator": [f"model.inputs.features={TINY_EMBEDDING}", "model.features_dim=4"],
 }
@@ -124,6 +134,15 @@ def overrides(model: str, data_dir: Path, models_dir: Path, *extra: str) -> list
         *trained_beside(model, data_dir),
         *extra,
     ]
+
+
+def write_backbone_features(data_dir: Path) -> Path:
+    """data_dir/features/<res>/effnet_lite0/: the features stage's backbone arrays of the faces
+    of `write_packed`, with the progressive generator's smoke settings (BACKBONE_32PX)."""
+    from face_generation.features.stage import run as run_features
+
+    cfg = config("progressive", data_dir, data_dir.parent / "unused")
+    return run_features(cfg, ["backbone"])["backbone"]
 
 
 def config(model: str, data_dir: Path, models_dir: Path, *extra: str) -> DictConfig:

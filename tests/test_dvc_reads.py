@@ -17,7 +17,7 @@ from tests.project_copy import copy_project
 
 FEATURES = Path("data/features/32/effnet_lite0")
 # the models whose configs read the backbone's embedding (models.<name>.reads.features)
-READ_BACKBONE = ("diffusion", "cond_gan", "translator")
+READ_BACKBONE = ("diffusion", "progressive", "cond_gan", "translator")
 
 
 def stages_of(*models: str) -> set[str]:
@@ -73,8 +73,9 @@ def test_a_backbone_setting_reaches_its_features_stage_and_the_models_that_carry
     project: Path,
 ) -> None:
     write_params(["backbone.image_size=96"], project / "params.yaml")
-    # diffusion and cond_gan condition on the backbone's embedding: their configs carry the
-    # backbone's settings, so their stages and the report are out of date; vae and dcgan not
+    # diffusion, cond_gan and the translator read the backbone's embedding and progressive it
+    # and its pyramids: their configs carry the backbone's settings, so their stages and the
+    # report are out of date; vae and dcgan are not
     assert changed(project) == {"features", "report", *stages_of(*READ_BACKBONE)}
     write_params([], project / "params.yaml")
     assert changed(project) == set()
@@ -95,6 +96,7 @@ def test_an_unconditional_model_does_not_depend_on_the_features(project: Path) -
     dvc(project, "commit", "--force", "--quiet")
     (project / FEATURES / "embedding.npy").write_text("new rows")
     dvc(project, "commit", "--force", "--quiet", "features")
+    # the others read the backbone's embedding (or pyramids) whatever diffusion's condition
     others = [model for model in READ_BACKBONE if model != "diffusion"]
     assert changed(project) == {"verify", *stages_of(*others)}
     (project / FEATURES / "embedding.npy").unlink()

@@ -22,7 +22,7 @@ from face_generation.inference import main as inference_main
 from face_generation.runtime.checkpoint import CheckpointError, load_checkpoint
 from face_generation.runtime.device import pick_device
 from face_generation.runtime.family import SAMPLE, Batch
-from face_generation.runtime.generator import load_generator, sampling_options
+from face_generation.runtime.generator import generate, load_generator, sampling_options
 from face_generation.runtime.pixels import to_float_nchw
 from face_generation.runtime.registry import (
     UnknownFamilyError,
@@ -32,7 +32,7 @@ from face_generation.runtime.registry import (
 )
 from face_generation.training.data import PackedBatches
 from face_generation.training.device import step_context
-from face_generation.training.loop import train, training_arrays
+from face_generation.training.loop import preview_condition, train, training_arrays
 from face_generation.training.tracker import NullTracker
 from tests.conftest import TrainedModels
 from tests.faces import RESOLUTION, config
@@ -163,7 +163,9 @@ def test_sampling_is_seeded_takes_options_and_refuses_unknown_ones(
     with pytest.raises(ValueError, match=rf"unknown sampling option.*{option}"):
         draw(1, no_such_option=1)
     if generator.condition is not None:
-        cond = torch.randn(4, 4)
+        cond = preview_condition(
+            config(name, trained.data, trained.root / "unused"), generator.family, 4
+        )
         conditioned = generator.sample(4, cond=cond, generator=torch.Generator().manual_seed(1))
         assert not torch.equal(images, conditioned)
 
@@ -206,6 +208,26 @@ def test_a_conditional_model_keeps_random_conditions_fitted_on_its_training_rows
     np.testing.assert_allclose(drawn.std(0), spread, rtol=0.05)
     images = generator.sample(4, cond=drawn[:4].float(), generator=torch.Generator())
     assert images.shape == (4, 3, RESOLUTION, RESOLUTION)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_without_a_reference_a_conditional_model_samples_random_conditions(
+    name: str, trained: TrainedModels
+) -> None:
+    """generate() (inference, the web service, the MLflow model) draws a conditional model's
+    conditions from its prior with the seeded noise, not from the null embedding."""
+    generator = load_generator(trained.checkpoints[name])
+    if SAMPLE not in generator.family.capabilities:
+        return
+    images = generate(generator, 3, seed=5)
+    assert torch.equal(images, generate(generator, 3, seed=5))  # the same seed, the same faces
+    if generator.condition is None or not issubclass(generator.family, ConditionalFamily):
+        return
+    noise = torch.Generator().manual_seed(5)
+    drawn = generator.random_conditions(3, noise)
+    assert torch.equal(images, generator.sample(3, cond=drawn, generator=noise).cpu())
+    null = generator.sample(3, generator=torch.Generator().manual_seed(5)).cpu()
+    assert not torch.equal(images, null)
 
 
 @pytest.mark.parametrize("name", SAMPLING)

@@ -37,6 +37,7 @@ from face_generation.evaluation.record import (
     METRICS_FORMAT,
     SAMPLE_RULE,
     EvaluationResult,
+    measured,
     write_record,
 )
 from face_generation.runtime.checkpoint import CheckpointError, training_run_id
@@ -101,10 +102,25 @@ def evaluate(cfg: DictConfig, checkpoint: Path | None = None) -> EvaluationResul
         metrics.update(metric.compute(inputs))
     neighbours = nearest_train(inputs, load_split(packed, "train", resolution))
 
-    # Outputs.
+    # Outputs (and the family's own scores and plots, for a family that has them).
+    plots_dir = Path(cfg.paths.plots) / name
+    extras = trained.family.evaluation_extras(
+        trained.network,
+        trained.config.model,
+        cfg.eval,
+        inputs.real,
+        inputs.generated,
+        inputs.conditions,
+        plots_dir,
+    )
+    if extras is not None:
+        for metric_name, value in extras.metrics.items():
+            metrics[metric_name] = measured(
+                value, extras.network, data_hash, n=count, in_dvc_metrics=False
+            )
     plots = evaluation_plots(
         cfg.eval,
-        Path(cfg.paths.plots) / name,
+        plots_dir,
         test,
         inputs.generated,
         neighbours.train_images,
@@ -112,6 +128,7 @@ def evaluate(cfg: DictConfig, checkpoint: Path | None = None) -> EvaluationResul
         inputs.prefix,
         inputs.reconstructions if RECONSTRUCTIONS in provided(trained) else None,
     )
+    plots.extend(extras.plots if extras is not None else [])
     sweep: list[dict] = []
     if sweeps(inputs):
         sweep, files = guidance_sweep(inputs, Path(cfg.paths.plots) / name)

@@ -13,10 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torchmetrics.functional.image import (
-    peak_signal_noise_ratio,
-    structural_similarity_index_measure,
-)
 
 from face_generation.runtime.pixels import ImageBatch, ValueRange, batches, to_float_nchw
 
@@ -60,6 +56,8 @@ def ssim(
     batch_size: int = 256,
 ) -> float:
     """Mean SSIM (Gaussian window, as Wang et al. 2004) over row-aligned image pairs."""
+    # imported here: torchmetrics pulls in scipy.signal, 2 s of every evaluate stage's start
+    from torchmetrics.functional.image import structural_similarity_index_measure
 
     def per_image(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         values = structural_similarity_index_measure(
@@ -79,6 +77,7 @@ def psnr(
     batch_size: int = 256,
 ) -> float:
     """Mean over image pairs of the per-image PSNR in dB (data range 1)."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio  # see ssim
 
     def per_image(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         return peak_signal_noise_ratio(fake, real, data_range=1.0, reduction="none", dim=(1, 2, 3))

@@ -84,7 +84,9 @@ def dvc_metrics(record: dict[str, Any]) -> dict[str, float]:
     return {
         name: entry["value"]
         for name, entry in record["metrics"].items()
-        if entry.get("value") is not None and name not in NOT_IN_DVC_METRICS
+        if entry.get("value") is not None
+        and name not in NOT_IN_DVC_METRICS
+        and entry.get("in_dvc_metrics", True)  # a family's own scores (FamilyEvaluation)
     }
 
 

@@ -28,7 +28,7 @@ from face_generation.evaluation.record import DETAILS_SUFFIX, read_record
 from face_generation.evaluation.verification import verification_markdown
 
 # Direction of each metric, by name prefix (the first that matches).
-LOWER_IS_BETTER = ("fd_", "kid_", "fid_", "lpips", "identity_distance")
+LOWER_IS_BETTER = ("fd_", "kid_", "fid_", "lpips", "identity_distance", "feature_fidelity")
 HIGHER_IS_BETTER = (
     "precision_", "recall_", "ssim", "psnr", "identity_cosine", "identity_same",
     "zero_shot_identity", "zero_shot_same", "same_person",

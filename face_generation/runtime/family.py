@@ -55,6 +55,9 @@ Class methods, usable without a training run (the runtime calls them on loaded w
                    for N photos (N×3×H×W in [-1, 1]), computed with the network (of the whole
                    training config `cfg`) the condition array was made with; inference's and
                    the web service's reference photos use it
+    evaluation_extras(network, model_cfg, eval_cfg, references, outputs, conditions, plots)  scores and plots
+                   of the family's own beside the common evaluation (a `FamilyEvaluation`, or
+                   None: the default); evaluation calls it for every family
 """
 
 from __future__ import annotations
@@ -63,8 +66,10 @@ import inspect
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import nn
@@ -120,6 +125,16 @@ class StepContext:
     def is_main(self) -> bool:
         """Rank 0 writes checkpoints, logs to tracking and draws grids."""
         return self.rank == 0
+
+
+@dataclass
+class FamilyEvaluation:
+    """What a family adds to its evaluation: scores (name → value, measured by `network`; in
+    the details, MLflow and the report, not in the DVC metrics file) and image files it wrote."""
+
+    metrics: dict[str, float]
+    network: str
+    plots: list[Path] = field(default_factory=list)
 
 
 class Family:
@@ -221,6 +236,24 @@ class Family:
     @classmethod
     def condition_from_photos(cls, images: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
         raise NotImplementedError(f"the {cls.name} family computes no condition from photos")
+
+    @classmethod
+    def evaluation_extras(
+        cls,
+        network: nn.Module,
+        model_cfg: DictConfig,
+        eval_cfg: DictConfig,
+        references: np.ndarray,
+        outputs: np.ndarray,
+        conditions: torch.Tensor | None,
+        plots: Path,
+    ) -> FamilyEvaluation | None:
+        """The family's own scores and plots (written under `plots`), given the model's
+        training config, the evaluation's settings (`eval`), the eval split's first N faces
+        and the N samples scored (uint8 N×H×W×3; sample i conditioned on `conditions[i]`, the
+        references' rows, for conditional families); None: nothing beyond the common
+        evaluation."""
+        return None
 
 
 def sampling_options(family: type[Family]) -> dict[str, Any]:

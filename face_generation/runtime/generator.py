@@ -153,8 +153,12 @@ def generate(
     **options: Any,
 ) -> torch.Tensor:
     """n samples in [-1, 1] on the CPU; the noise comes from a CPU generator seeded with `seed`,
-    so inference, the MLflow model and the web service give the same images for a seed."""
+    so inference, the MLflow model and the web service give the same images for a seed. A
+    conditional model given no `cond` draws its conditions like its training rows (the prior
+    saved with it; a checkpoint without one samples from the learned null condition)."""
     noise = torch.Generator().manual_seed(seed)
+    if cond is None and trained.family_state.get("condition_prior") is not None:
+        cond = trained.random_conditions(n, noise)
     return trained.sample(n, cond=cond, generator=noise, **options).cpu()
 
 
