@@ -38,12 +38,15 @@ WIDTH = 120  # columns of the terminal the tables must fit
 # (README, "DVC"): a quarter of it, or 0.1 for the shares over the ten test faces.
 TOLERANCE, SHARE_STEP = 0.25, 0.1
 FACES_PLACEHOLDER = "/path/to/faces"
-MODELS = ("vae", "dcgan", "diffusion", "progressive")  # the generators configs/pipeline.yaml trains
+# the generators configs/pipeline.yaml trains
+MODELS = ("vae", "dcgan", "diffusion", "progressive", "cond_gan", "translator")
 LOSS_COLUMNS = {  # the `plots:` of dvc.yaml: the losses of each family and of the face encoder
     "vae": ("loss", "reconstruction", "kl"),
     "dcgan": ("d_loss", "g_loss"),
     "diffusion": ("loss",),
     "progressive": ("loss", "pixel", "coarse"),
+    "cond_gan": ("d_loss", "g_loss", "identity"),
+    "translator": ("loss", "pixel"),
     "encoder": ("loss",),
 }
 DATA_STAGES = {"download", "split", "crop", "pack"}
