@@ -69,12 +69,12 @@ BASELINE = [
 ]
 PLOTS = ["dvc plots show"]
 EXPERIMENT = [
-    "dvc exp run -S train.steps=100 evaluate@vae",
+    "dvc exp run -S models.vae.beta=0.5",
     "dvc metrics diff",
     "dvc exp show --only-changed",
 ]
 SWEEP = [
-    "dvc exp run --queue -S 'train.steps=50,100' evaluate@vae",
+    "dvc exp run --queue -S 'models.vae.beta=0.25,2.5'",
     "dvc queue start",
     "dvc queue status",
     "dvc exp show --only-changed",
@@ -347,14 +347,16 @@ def test_an_experiment_reruns_training_and_compares_with_the_baseline(shell: She
     run, diff, show = EXPERIMENT
     output = shell.run(run)
     assert "Ran experiment(s)" in output
-    # the named stage and what it needs of the change: the VAE's training, nothing else
-    assert stages_run(output) == {"train@vae", "evaluate@vae"}
+    # a setting of one model reruns that model and the report, nothing else
+    assert stages_run(output) == {"train@vae", "evaluate@vae", "report"}
     compared = shell.run(diff)
     assert_fits(compared)
     assert "metrics/vae.json" in compared and "fd_effnet" in compared
     shown = shell.run(show)
-    assert re.search(r"\[[a-z]+-[a-z]+\].*\b100\b", shown), shown  # the experiment, 100 steps
-    assert re.search(r"\b500\b", shown), shown  # the baseline
+    assert re.search(r"\[[a-z]+-[a-z]+\].*\b0\.5\b", shown), shown  # the experiment
+    baseline = [line for line in shown.splitlines() if re.match(r"\s*(master|main)\s", line)]
+    assert baseline and re.search(r"\s1\s", baseline[0]), shown  # the baseline's beta: 1
+    assert "Data and pipelines are up to date." in shell.run("dvc status")
 
 
 def wait_for_queued_experiments(root: Path) -> None:
@@ -378,8 +380,8 @@ def test_a_sweep_runs_queued_experiments(shell: Shell) -> None:
     statuses = shell.run(status)
     assert statuses.count("Success") == 2 and "Failed" not in statuses, statuses
     shown = shell.run(show)
-    for steps in (50, 100):
-        assert re.search(rf"\[[a-z]+-[a-z]+\].*\b{steps}\b", shown), (steps, shown)
+    for beta in ("0.25", "2.5"):
+        assert re.search(rf"\[[a-z]+-[a-z]+\].*\b{re.escape(beta)}\b", shown), (beta, shown)
 
 
 # --- remote storage and data you bring ------------------------------------------------
