@@ -307,17 +307,12 @@ class CondGANFamily(ConditionalFamily):
         injected noise from N(0, I), all from `generator`."""
         assert isinstance(network, UNetGenerator)
         device = next(network.parameters()).device
-        if cond is not None and cond.shape != (n, network.cond_dim):
-            raise ValueError(
-                f"the condition must be {n}×{network.cond_dim} (one row per image), got "
-                f"{tuple(cond.shape)}"
-            )
+        rows = cls.sampling_condition(cond, n, network.cond_dim, device)
         code = gaussian_latents(n, network.code_dim, device, generator, temperature)
         noise = [
             gaussian_latents(n, shape[2] * shape[3], device, generator).view(shape)
             for shape in network.noise_shapes(n)
         ]
-        rows = None if cond is None else cond.float().to(device)
         return network(code, rows, None, noise)
 
 

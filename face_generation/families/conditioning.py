@@ -94,6 +94,23 @@ class ConditionalFamily(Family):
             raise ValueError(f"the {self.name} family keeps no state {sorted(unknown)}")
 
     @classmethod
+    def sampling_condition(
+        cls, cond: torch.Tensor | None, n: int, width: int | None, device: torch.device
+    ) -> torch.Tensor | None:
+        """`cond` checked for sampling n images from a network conditioned on `width`-wide rows
+        (width None: an unconditional one), as float32 on `device`; None stays None (the
+        network's learned null condition)."""
+        if cond is None:
+            return None
+        if width is None:
+            raise ValueError(f"the {cls.name} model is unconditional: sample without a condition")
+        if cond.shape != (n, width):
+            raise ValueError(
+                f"the condition must be {n}×{width} (one row per image), got {tuple(cond.shape)}"
+            )
+        return cond.float().to(device)
+
+    @classmethod
     def condition_from_photos(cls, images: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
         """Each photo's row of the condition array, by the network (and its settings, from the
         training config) that wrote the array."""

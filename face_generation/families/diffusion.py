@@ -341,17 +341,7 @@ class DiffusionFamily(ConditionalFamily):
         assert isinstance(network, DiffusionModel)
         check_sampling(network.schedule, steps, sampler, guidance, eta)
         device = next(network.parameters()).device
-        if cond is not None:
-            if network.cond_dim is None:
-                raise ValueError(
-                    f"the {cls.name} model is unconditional: sample without a condition"
-                )
-            if cond.shape != (n, network.cond_dim):
-                raise ValueError(
-                    f"the condition must be {n}×{network.cond_dim} (one row per image), got "
-                    f"{tuple(cond.shape)}"
-                )
-            cond = cond.float().to(device)
+        cond = cls.sampling_condition(cond, n, network.cond_dim, device)
         shape = (n, 3, network.resolution, network.resolution)
         x = gaussian_latents(n, math.prod(shape[1:]), device, generator).view(shape)
         denoise = guided_denoiser(network, cond, guidance)

@@ -352,17 +352,7 @@ class ProgressiveFamily(ConditionalFamily):
         null condition."""
         assert isinstance(network, ProgressiveGenerator)
         device = next(network.parameters()).device
-        if cond is not None:
-            if network.cond_dim is None:
-                raise ValueError(
-                    f"the {cls.name} model is unconditional: sample without a condition"
-                )
-            if cond.shape != (n, network.cond_dim):
-                raise ValueError(
-                    f"the condition must be {n}×{network.cond_dim} (one row per image), got "
-                    f"{tuple(cond.shape)}"
-                )
-            cond = cond.float().to(device)
+        cond = cls.sampling_condition(cond, n, network.cond_dim, device)
         noise = gaussian_latents(n, network.noise_dim, device, generator, temperature)
         return upsample(network(noise, cond), network.resolution).clamp(-1, 1)
 
