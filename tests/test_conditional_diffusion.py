@@ -37,6 +37,8 @@ from tests.faces import (
     write_packed,
 )
 
+pytestmark = pytest.mark.slow  # a model of its own trained on real backbone features
+
 # The backbone at the faces' own 32 px (the default upsamples to 128): quick, same code.
 BACKBONE = ["backbone.image_size=32", "features.grids=[2,4]", "features.device=cpu"]
 WIDTH = 1280  # EfficientNet-Lite0's global embedding
@@ -108,7 +110,6 @@ def test_the_judge_is_never_the_conditioning_encoder() -> None:
     assert isinstance(reason, str) and "cannot judge it independently" in reason
 
 
-@pytest.mark.slow
 def test_evaluation_scores_zero_shot_identity_and_sweeps_guidance(
     conditioned: tuple[Path, TrainedGenerator], tmp_path: Path
 ) -> None:

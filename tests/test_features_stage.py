@@ -81,6 +81,7 @@ def test_backbone_rows_are_the_packed_rows_in_float16(cfg: Any, packed: Path) ->
     assert meta["pyramid"]["source_maps"] == [[112, 2, 2], [40, 4, 4]]
 
 
+@pytest.mark.slow
 def test_pca_is_fitted_on_the_train_split_only(cfg: Any, packed: Path) -> None:
     run(cfg("features.pyramid_dims=[8,16]"), ["backbone"])
     folder = features_dir(packed, RESOLUTION) / "effnet_lite0"

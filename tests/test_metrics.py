@@ -51,6 +51,7 @@ def all_ranges(faces: np.ndarray) -> list[tuple[Any, tuple[float, float] | None]
     ]
 
 
+@pytest.mark.slow
 def test_effnet_metrics_are_the_same_for_uint8_unit_and_signed_inputs() -> None:
     # 128 px rather than the configured 224 only to keep the test fast.
     network = EfficientNetLite0(packaged_effnet_weights(), image_size=128, antialias=True)
