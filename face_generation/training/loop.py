@@ -24,16 +24,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from face_generation.data.packed import features_dir, load_feature_split, load_split, read_meta
 from face_generation.data.tables import packed_dir
 from face_generation.errors import describe
 from face_generation.runtime.checkpoint import (
-    CHECKPOINT_FORMAT,
-    CheckpointError,
-    load_weights,
+    checkpoint_state,
+    model_file_state,
+    newest_checkpoint,
+    prune_checkpoints,
+    restore_training_state,
+    save_checkpoint,
     step_path,
 )
 from face_generation.runtime.device import pick_device, use_threads
@@ -41,13 +44,6 @@ from face_generation.runtime.family import Family, StepContext
 from face_generation.runtime.images import save_grid
 from face_generation.runtime.registry import family_for
 from face_generation.tracking.provenance import flatten_config
-from face_generation.training.checkpoint import (
-    newest_checkpoint,
-    prune_checkpoints,
-    restore_rng_state,
-    rng_state,
-    save_checkpoint,
-)
 from face_generation.training.data import PackedBatches
 from face_generation.training.device import reduce_mean, step_context
 from face_generation.training.ema import EMA
@@ -128,73 +124,6 @@ class SignalStop:
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
-
-
-def training_state(
-    cfg: DictConfig,
-    family: Family,
-    ema: EMA | None,
-    step: int,
-    run_id: str,
-    data_hash: str,
-    losses: LossLog,
-) -> dict[str, Any]:
-    """Everything a checkpoint holds (the layout is documented in runtime/checkpoint.py);
-    frozen networks are not in it: they are rebuilt from their own weights."""
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "model": str(cfg.model.name),
-        "step": step,
-        "images_seen": step * int(cfg.train.batch_size),
-        "networks": {name: network.state_dict() for name, network in family.networks.items()},
-        "optimizers": {
-            name: optimizer.state_dict() for name, optimizer in family.optimizers.items()
-        },
-        "ema": ema.state_dict() if ema else None,
-        "generator": family.generator_key,
-        "family_state": family.state_dict(),
-        "rng": rng_state(),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "run_id": run_id,
-        "data_hash": data_hash,  # `train.resume=matching` resumes only on the same data
-        "losses": losses.history(),  # losses.csv up to here: a resume rewrites it from this
-    }
-
-
-def model_file_state(state: dict[str, Any]) -> dict[str, Any]:
-    """What models/<name>/model.pt holds: the checkpoint without its run id, so the same
-    training writes the same bytes and DVC sees an unchanged output (the step checkpoint
-    beside it keeps the run id: runtime/checkpoint.py's training_run_id)."""
-    return {**state, "run_id": None}
-
-
-def restore_training_state(
-    state: dict[str, Any], family: Family, ema: EMA | None, path: Path
-) -> None:
-    for name, network in family.networks.items():
-        if name not in state["networks"]:
-            raise CheckpointError(f"checkpoint {path} has no weights for the network '{name}'")
-        load_weights(network, state["networks"][name], path, name)
-    for name, optimizer in family.optimizers.items():
-        try:
-            optimizer.load_state_dict(state["optimizers"][name])
-        except (KeyError, ValueError) as error:
-            raise CheckpointError(
-                f"checkpoint {path}: optimizer '{name}' state does not fit ({error})"
-            ) from error
-    if ema is not None:
-        # a checkpoint written without EMA starts the average from the trained weights
-        weights = (
-            state["ema"] if state["ema"] is not None else state["networks"][family.generator_key]
-        )
-        load_weights(ema.module, weights, path, "EMA")
-    try:
-        family.load_state_dict(state["family_state"])
-    except (KeyError, ValueError) as error:
-        raise CheckpointError(
-            f"checkpoint {path}: the family's state does not fit ({error})"
-        ) from error
-    restore_rng_state(state["rng"])
 
 
 def window_means(
@@ -335,7 +264,7 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
     if plan.checkpoint is not None:
         assert plan.state is not None
         check_same_model(plan.state, cfg, plan.checkpoint)
-        restore_training_state(plan.state, family, ema, plan.checkpoint)
+        restore_training_state(plan.state, family, ema.module if ema else None, plan.checkpoint)
         start_step, run_id = int(plan.state["step"]), plan.state.get("run_id")
         losses = LossLog.resumed(output / "losses.csv", plan.state, start_step)
         seed_rank(seed, context, start_step)
@@ -390,7 +319,15 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
         path = step_path(checkpoints, step)
         if not context.is_main:
             return path
-        state = training_state(cfg, family, ema, step, tracker.run_id, data_hash, losses)
+        state = checkpoint_state(
+            cfg,
+            family,
+            ema.module if ema else None,
+            step,
+            tracker.run_id,
+            data_hash,
+            losses.history(),
+        )
         try:
             save_checkpoint(state, path)
             for target in also:
