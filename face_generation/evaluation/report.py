@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 
 from face_generation.config import config_from_args, stage_parser
 from face_generation.evaluation.record import DETAILS_SUFFIX, read_record
-from face_generation.evaluation.verification import verification_markdown
+from face_generation.evaluation.verification_report import verification_markdown
 
 # Direction of each metric, by name prefix (the first that matches).
 LOWER_IS_BETTER = ("fd_", "kid_", "fid_", "lpips", "identity_distance", "feature_fidelity")
