@@ -266,14 +266,19 @@ def running_stage() -> str:
     return name.removesuffix(".__main__").rsplit(".", 1)[-1]
 
 
+def model_configs() -> list[str]:
+    """The families configs/model/ has a config for (model=NAME)."""
+    return sorted(path.stem for path in (CONFIG_DIR / "model").glob("*.yaml"))
+
+
 def model_stage_parser(description: str, verb: str) -> argparse.ArgumentParser:
     """`stage_parser` plus `--model NAME`, for the stages that act on one model family."""
     parser = stage_parser(description)
     parser.add_argument(
         "--model",
         metavar="NAME",
-        help=f"model to {verb}: with --params, a name under models (vae, dcgan, diffusion by "
-        "default) or feature_models (encoder); otherwise the family, as the override model=NAME",
+        help=f"model to {verb}: with --params, a name under models or feature_models of that "
+        f"file; otherwise the family, as the override model=NAME ({', '.join(model_configs())})",
     )
     return parser
 
