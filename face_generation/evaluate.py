@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from face_generation.config import model_config_from_args, model_stage_parser
 from face_generation.errors import reported_errors
 from face_generation.evaluation.evaluate_model import evaluate
-from face_generation.features.weights import WeightsUnavailableError
+from face_generation.networks.weights import WeightsUnavailableError
 from face_generation.runtime.checkpoint import CheckpointError
 
 

@@ -29,8 +29,8 @@ from face_generation.evaluation.real_stats import cache_path
 from face_generation.evaluation.record import NOT_IN_DVC_METRICS, read_record
 from face_generation.evaluation.report import main as report_main
 from face_generation.evaluation.report import write_report
-from face_generation.features.backbone import build_feature_extractor
-from face_generation.features.network import embed_images
+from face_generation.networks.backbone import build_feature_extractor
+from face_generation.networks.network import embed_images
 from face_generation.runtime.checkpoint import load_checkpoint, step_path
 from face_generation.tracking.provenance import registered_model_name
 from face_generation.training.loop import train

@@ -17,10 +17,10 @@ from omegaconf import DictConfig
 from face_generation.data.packed import DataError, features_dir, load_feature_split, load_split
 from face_generation.evaluation import verification, verification_report, verification_scores
 from face_generation.features.__main__ import main as features_main
-from face_generation.features.backbone import load_pyramid_backbone
 from face_generation.features.labels import partner_rows
 from face_generation.features.pyramid import ChannelCovariance, level_sources, pool_levels
 from face_generation.features.stage import run
+from face_generation.networks.backbone import load_pyramid_backbone
 from tests.conftest import TrainedModels
 from tests.faces import RESOLUTION, SPLIT_SIZES, identities, write_labels, write_packed
 
@@ -155,7 +155,7 @@ def test_a_failing_run_leaves_the_previous_folder_whole(
 ) -> None:
     run(cfg(), ["backbone"])
     before = arrays(packed, "effnet_lite0", "embedding")["test"].copy()
-    from face_generation.features import effnet
+    from face_generation.networks import effnet
 
     def broken(self: Any, inputs: torch.Tensor) -> Any:
         raise RuntimeError("killed")
@@ -264,8 +264,8 @@ def test_the_fine_tuned_encoder_is_loadable_by_the_features_stage(
     run(settings, ["encoder"])
     identity = arrays(data, "effnet_contrastive", "identity")
     assert identity["train"].shape == (48, 128)
-    from face_generation.features.contrastive import load_contrastive_encoder
-    from face_generation.features.network import embed_images
+    from face_generation.networks.contrastive import load_contrastive_encoder
+    from face_generation.networks.network import embed_images
 
     faces = load_split(data / "packed" / str(RESOLUTION), "test", RESOLUTION)
     direct = embed_images(load_contrastive_encoder(settings.encoder), faces, device="cpu")
@@ -353,8 +353,8 @@ def run_data_stages(cfg: DictConfig) -> Path:
 
 @pytest.mark.slow
 def test_rows_align_with_the_packed_index_on_the_embedded_default(make_config: Any) -> None:
-    from face_generation.features.dlib_face import dlib_model_dir
     from face_generation.features.dlib_rows import DlibDescriber
+    from face_generation.networks.dlib_face import dlib_model_dir
 
     # Two processes over chunks of 40 faces: the worker pool's path.
     pool = ["encoder.workers=2", "encoder.chunk_size=40"]
@@ -454,9 +454,9 @@ def test_the_judge_describes_faces_with_the_stages_dlib_code() -> None:
     """Evaluation's dlib judge and the identity and verify stages' rows are one wrapper's
     descriptors: the same vectors for the same faces (the stages' unit length)."""
     from face_generation.config import compose
-    from face_generation.features.dlib_face import dlib_files, load_dlib
     from face_generation.features.dlib_rows import DlibDescriber
-    from face_generation.features.face_boxes import FaceBoxes
+    from face_generation.networks.dlib_face import dlib_files, load_dlib
+    from face_generation.networks.face_boxes import FaceBoxes
     from tests.faces import real_faces
 
     identity = compose("config").eval.identity

@@ -20,9 +20,9 @@ from tqdm import tqdm
 from face_generation.data.packed import features_dir, load_feature_split
 from face_generation.evaluation.identity import Calibration, calibrate
 from face_generation.evaluation.real_stats import RealFeatures, real_features
-from face_generation.features.backbone import build_feature_extractor
-from face_generation.features.identity import FaceIdentityEncoder
-from face_generation.features.network import EmbeddingNetwork, embed_images
+from face_generation.networks.backbone import build_feature_extractor
+from face_generation.networks.identity import FaceIdentityEncoder
+from face_generation.networks.network import EmbeddingNetwork, embed_images
 from face_generation.runtime.generator import TrainedGenerator
 from face_generation.runtime.images import to_uint8
 from face_generation.runtime.pixels import batches, to_float_nchw

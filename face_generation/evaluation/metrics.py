@@ -7,7 +7,7 @@ orchestration (evaluation/evaluate_model.py) runs the metrics of `METRICS` whose
 family's declared capabilities meet, so adding a metric is adding a class here and listing it.
 
 The maths are small functions in their own modules: frechet.py, kid.py, precision_recall.py,
-reconstruction.py (SSIM, PSNR), identity.py; the networks live in face_generation/features/.
+reconstruction.py (SSIM, PSNR), identity.py; the networks live in face_generation/networks/.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from face_generation.evaluation.kid import kid
 from face_generation.evaluation.precision_recall import precision_recall
 from face_generation.evaluation.reconstruction import psnr, ssim
 from face_generation.evaluation.record import PIXELS, measured, unavailable
-from face_generation.features.identity import FaceIdentityEncoder
-from face_generation.features.inception import load_inception
-from face_generation.features.lpips import load_lpips, lpips_distance
-from face_generation.features.weights import WeightsUnavailableError
+from face_generation.networks.identity import FaceIdentityEncoder
+from face_generation.networks.inception import load_inception
+from face_generation.networks.lpips import load_lpips, lpips_distance
+from face_generation.networks.weights import WeightsUnavailableError
 from face_generation.runtime.family import RECONSTRUCT, SAMPLE
 from face_generation.runtime.generator import TrainedGenerator
 

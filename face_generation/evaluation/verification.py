@@ -63,9 +63,9 @@ def embeddings_of(
         return np.asarray(array), np.asarray(ok), {**meta, "source": str(features / network)}
     settings = cfg.features.verification
     if network == DLIB:
-        from face_generation.features.dlib_face import DlibFaceRecogniser, dlib_files
         from face_generation.features.dlib_rows import DlibPool
-        from face_generation.features.face_boxes import FaceBoxes
+        from face_generation.networks.dlib_face import DlibFaceRecogniser, dlib_files
+        from face_generation.networks.face_boxes import FaceBoxes
 
         identity = cfg.eval.identity  # the judge's settings
         arguments = (
@@ -81,8 +81,8 @@ def embeddings_of(
         key = f"{DlibFaceRecogniser.name}-{FaceBoxes.from_config(identity).cache_key}"
         return vectors, ok, {"name": DLIB, "network": key, "source": "computed"}
     if network == CONTRASTIVE:
-        from face_generation.features.contrastive import load_contrastive_encoder
-        from face_generation.features.network import embed_images
+        from face_generation.networks.contrastive import load_contrastive_encoder
+        from face_generation.networks.network import embed_images
 
         checkpoint = OmegaConf.create({"checkpoint": settings.encoder_checkpoint})
         encoder = load_contrastive_encoder(checkpoint)
@@ -122,7 +122,7 @@ def run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Verify every network of `networks_to_verify`; write both metrics files."""
     from face_generation.data.packed import features_dir, load_feature_split, load_split
     from face_generation.data.tables import packed_dir
-    from face_generation.features.weights import WeightsUnavailableError
+    from face_generation.networks.weights import WeightsUnavailableError
 
     settings = cfg.features.verification
     split, resolution = str(settings.split), int(cfg.data.resolution)
