@@ -88,6 +88,11 @@ def step(message: str) -> None:
 def outer_main(args: argparse.Namespace) -> None:
     if not LOCK_PATH.exists():
         sys.exit(f"{LOCK_PATH} is missing: run `make lock` (scripts/lock_dependencies.py).")
+    if Path(args.venv).is_symlink() and venv_works(Path(args.venv)) and not args.force:
+        # Another checkout's venv (a worktree, the README test's copy): installing here would
+        # point its editable install at this checkout; its own checkout keeps it up to date.
+        step(f"{args.venv} is a link to {Path(args.venv).resolve()}: left as it is")
+        return
     venv = Path(args.venv).resolve()
     groups = [group.strip() for group in args.groups.split(",") if group.strip()]
     key = stamp_key(groups)

@@ -49,7 +49,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The longest tests first (the README's pipeline, then the other slow ones), so that with a
-    worker per core they start at once instead of ending the run alone."""
+    worker per core (`make test`: whole files per worker, in this order) they start at once
+    instead of ending the run alone."""
     items.sort(key=lambda item: (item.path.name != "test_readme_dvc.py", not slow(item)))
 
 
