@@ -354,8 +354,8 @@ def run_data_stages(cfg: DictConfig) -> Path:
 
 @pytest.mark.slow
 def test_rows_align_with_the_packed_index_on_the_embedded_default(make_config: Any) -> None:
-    from face_generation.features.dlib_rows import DlibDescriber
     from face_generation.networks.dlib_face import dlib_model_dir
+    from face_generation.networks.dlib_rows import DlibDescriber
 
     # Two processes over chunks of 40 faces: the worker pool's path.
     pool = ["encoder.workers=2", "encoder.chunk_size=40"]
@@ -455,8 +455,8 @@ def test_the_judge_describes_faces_with_the_stages_dlib_code() -> None:
     """Evaluation's dlib judge and the identity and verify stages' rows are one wrapper's
     descriptors: the same vectors for the same faces (the stages' unit length)."""
     from face_generation.config import compose
-    from face_generation.features.dlib_rows import DlibDescriber
     from face_generation.networks.dlib_face import dlib_files, load_dlib
+    from face_generation.networks.dlib_rows import DlibDescriber
     from face_generation.networks.face_boxes import FaceBoxes
     from tests.faces import real_faces
 

@@ -63,8 +63,8 @@ def embeddings_of(
         return np.asarray(array), np.asarray(ok), {**meta, "source": str(features / network)}
     settings = cfg.features.verification
     if network == DLIB:
-        from face_generation.features.dlib_rows import DlibPool
         from face_generation.networks.dlib_face import DlibFaceRecogniser, dlib_files
+        from face_generation.networks.dlib_rows import DlibPool
         from face_generation.networks.face_boxes import FaceBoxes
 
         identity = cfg.eval.identity  # the judge's settings

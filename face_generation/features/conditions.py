@@ -58,8 +58,8 @@ def embed_faces(settings: DictConfig, array: str, faces: np.ndarray) -> np.ndarr
     if array != "identity":
         raise ValueError(f"no network computes the {array!r} array from photos")
     if settings.name == "dlib":
-        from face_generation.features.dlib_rows import DlibDescriber
         from face_generation.networks.dlib_face import dlib_files
+        from face_generation.networks.dlib_rows import DlibDescriber
 
         describer = DlibDescriber(
             *dlib_files(settings),

@@ -228,8 +228,8 @@ def dlib_identity(
 ) -> tuple[dict[str, Any], dict]:
     """dlib descriptors of every split into `folder` (dlib_rows.py); the network's description
     and how each split's faces were described."""
-    from face_generation.features.dlib_rows import DlibPool
     from face_generation.networks.dlib_face import DlibFaceRecogniser, dlib_files
+    from face_generation.networks.dlib_rows import DlibPool
     from face_generation.networks.face_boxes import FaceBoxes
 
     settings = cfg.encoder

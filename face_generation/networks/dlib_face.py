@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from face_generation.features.dlib_rows import DlibDescriber
+from face_generation.networks.dlib_rows import DlibDescriber
 from face_generation.networks.face_boxes import FaceBoxes
 from face_generation.networks.network import Features
 from face_generation.networks.weights import WeightsUnavailableError, local_file
