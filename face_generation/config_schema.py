@@ -485,6 +485,7 @@ class TrackingConfig:
     port: int = MISSING
     uri: str | None = MISSING
     backend_store: str = MISSING
+    backend_store_uri: str | None = MISSING
     artifacts: str = MISSING
     pid_file: str = MISSING
     log_file: str = MISSING
