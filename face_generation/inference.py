@@ -15,7 +15,9 @@ OUT/reconstructions/0000.png, ... For conditional models that embed photos (diff
 the backbone embedding by default or an encoder's identity), --reference FILE... draws --n variants of each
 photo's person, conditioned on the photo's embedding by the network the model was trained
 with: OUT/references.png (one row per photo: the photo, then its variants) and
-OUT/references/0000.png, ... Photos should be roughly aligned face crops (centre square).
+OUT/references/0000.png, ... Photos should be roughly aligned face crops (centre square);
+--detect finds the face in other photos first, as the crop stage's MTCNN does, and names a
+photo in which it finds none.
 --embedding ROWS.npy does the same for condition rows given as numbers (N×D, the width the
 model conditions on; a row of zeros or NaN is refused): OUT/embeddings.png, one row each.
 --input FILE... --edit (the translator): OUT/edits.png, one row per image: the image, its
@@ -43,6 +45,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 
 from face_generation.config import compose
 from face_generation.errors import reported_errors
@@ -103,12 +106,13 @@ def variants_of_references(
     seed: int,
     options: dict[str, Any],
     max_pixels: int | None = None,
+    detect: DictConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(photos, variants): N×3×R×R photos in [-1, 1] and N·n samples, n per photo in order,
     each conditioned on its photo's embedding."""
     if not trained.takes_photos:
         raise ValueError(f"--reference: {photo_refusal(trained.family, trained.config.model)}")
-    photos = load_faces(paths, trained.resolution, max_pixels)
+    photos = load_faces(paths, trained.resolution, max_pixels, detect)
     conditions = trained.conditions_from_photos(photos).float()
     cond = conditions.repeat_interleave(n, dim=0)
     return photos, generate(trained, len(cond), seed, cond=cond, **options)
@@ -137,7 +141,10 @@ def conditions_from_file(trained: TrainedGenerator, path: Path) -> torch.Tensor:
 
 
 def reconstruct(
-    trained: TrainedGenerator, paths: Sequence[Path], max_pixels: int | None = None
+    trained: TrainedGenerator,
+    paths: Sequence[Path],
+    max_pixels: int | None = None,
+    detect: DictConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, reconstructions), both N×3×R×R in [-1, 1]; images of more than `max_pixels`
     pixels are refused before decoding."""
@@ -145,7 +152,7 @@ def reconstruct(
         raise ValueError(
             f"--input needs a model that reconstructs; the {trained.name} family does not"
         )
-    inputs = load_faces(paths, trained.resolution, max_pixels)
+    inputs = load_faces(paths, trained.resolution, max_pixels, detect)
     return inputs, trained.reconstruct(inputs).cpu()
 
 
@@ -194,6 +201,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         metavar="ROWS.npy",
         help="conditional models: --n variants of each condition row of an .npy file (N×D)",
     )
+    parser.add_argument(
+        "--detect",
+        action="store_true",
+        help="with --reference or --input, for photos that are not face crops: find the face "
+        "first, as the crop stage does with data.crop.method=mtcnn (the model's data.crop "
+        "margin and min_confidence); a photo without a face is an error naming it",
+    )
     parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda")
     parser.add_argument(
         "--no-ema", action="store_true", help="checkpoints: use the trained weights, not their EMA"
@@ -205,6 +219,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("--input, --reference and --embedding: choose one")
     if args.edit and not args.input:
         parser.error("--edit needs --input IMAGE...")
+    if args.detect and not (args.input or args.reference):
+        parser.error("--detect needs --reference PHOTO... or --input IMAGE...")
 
     with reported_errors("inference", CheckpointError, ValueError):
         option_pairs = [*args.option, *option_flags(extra)]
@@ -217,9 +233,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         options = parse_options(option_pairs, trained, limits)
         # The data stages' limit (configs/data/): the same files are refused everywhere.
         max_pixels = int(cfg.data.max_pixels)
+        detect = trained.config.data.crop if args.detect else None
         if args.reference:
             photos, variants = variants_of_references(
-                trained, args.reference, args.n, args.seed, options, max_pixels
+                trained, args.reference, args.n, args.seed, options, max_pixels, detect
             )
             per_photo = variants.view(len(photos), args.n, *photos.shape[1:])
             shown = torch.cat([photos[:, None], per_photo], dim=1).flatten(0, 1)
@@ -232,14 +249,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             grid = save_grid(images, args.out / "embeddings.png", columns=args.n)
             files = save_each(images, args.out / "embeddings")
         elif args.input and args.edit:
-            inputs, outputs = reconstruct(trained, args.input, max_pixels)
+            inputs, outputs = reconstruct(trained, args.input, max_pixels, detect)
             variants = trained.variants(inputs, args.n, args.seed).cpu()
             per_input = variants.view(len(inputs), args.n, *inputs.shape[1:])
             rows = torch.cat([inputs[:, None], outputs[:, None], per_input], dim=1)
             grid = save_grid(rows.flatten(0, 1), args.out / "edits.png", columns=args.n + 2)
             files = save_each(variants, args.out / "edits")
         elif args.input:
-            inputs, outputs = reconstruct(trained, args.input, max_pixels)
+            inputs, outputs = reconstruct(trained, args.input, max_pixels, detect)
             pairs = torch.stack([inputs, outputs], dim=1).flatten(0, 1)  # input, its output, ...
             columns = 2 * max(1, round(len(inputs) ** 0.5))
             grid = save_grid(pairs, args.out / "reconstructions.png", columns=columns)

@@ -85,10 +85,11 @@ def load_models(cfg: DictConfig, source: str | None) -> dict[str, ServedModel]:
     (from `source`: params.yaml or the environment), which is printed; MLflow's own errors (an
     unknown model, version or alias, no server) become one line."""
     from face_generation.serving.models import load_served_models
-    from face_generation.tracking.server import use_tracking_server
+    from face_generation.tracking.server import use_registry_server, use_tracking_server
 
     uri = use_tracking_server(cfg.tracking)
     if any(str(model).startswith(REGISTRY_SCHEMES) for model in cfg.serve.models.values()):
+        use_registry_server(cfg.tracking)
         print(f"[serve] MLflow model URIs resolve against {uri} ({source or 'configs/tracking/'})")
     try:
         models = load_served_models(cfg)

@@ -67,7 +67,7 @@ def test_serve_checks_its_settings_before_loading_any_model(setting: str) -> Non
 
 
 def test_model_sources_that_cannot_be_a_model_say_why(
-    trained: TrainedModels, mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch
+    trained: TrainedModels, mlflow_server: MlflowServer
 ) -> None:
     from face_generation.inference import main as inference_main
 
@@ -78,9 +78,12 @@ def test_model_sources_that_cannot_be_a_model_say_why(
     assert "an http(s) URL is not a model" in one_line_error(
         inference_main, ["http://127.0.0.1:9/x"]
     )
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
-    message = one_line_error(serve_main, ["+serve.models.x=models:/nosuch/latest"])
+    registry_model = "+serve.models.x=models:/nosuch/latest"
+    message = one_line_error(serve_main, [*mlflow_server.overrides, registry_model])
     assert "no version of a registered model 'nosuch'" in message
+    # no server on that port: said at once (MLflow itself retries for minutes)
+    message = one_line_error(serve_main, ["tracking.port=9", registry_model])
+    assert "no MLflow server answers at http://127.0.0.1:9" in message
 
 
 def test_ctrl_c_ends_a_stage_with_one_line_and_exit_code_130() -> None:

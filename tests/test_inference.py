@@ -202,3 +202,43 @@ def test_a_registry_uri_without_a_tracking_server_is_one_line(
         main(["models:/face_generation-vae/1", "--out", str(tmp_path / "out")])
     assert "\n" not in str(failure.value)
     assert list(tmp_path.iterdir()) == []  # no stray mlflow.db
+
+
+@pytest.mark.slow  # MTCNN's first load takes seconds
+def test_detect_finds_the_face_in_a_photo_and_names_a_photo_without_one(
+    trained: TrainedModels, celeba_sample: Path, tmp_path: Path
+) -> None:
+    from skimage import data as skimage_data
+
+    from face_generation.config import compose
+    from face_generation.runtime.images import load_faces
+
+    face = np.asarray(Image.open(celeba_sample / "img_align_celeba" / "000001.jpg").convert("RGB"))
+    scene = skimage_data.coffee()  # a real photo without a face, 400×600
+    scene[-face.shape[0] :, -face.shape[1] :] = face  # the face in a corner of the scene
+    Image.fromarray(face).save(tmp_path / "face.png")
+    Image.fromarray(scene).save(tmp_path / "scene_with_face.png")
+    Image.fromarray(skimage_data.coffee()).save(tmp_path / "coffee.png")
+    crop_cfg = compose("config", ["data.crop.method=mtcnn"]).data.crop
+
+    alone, in_scene = (
+        load_faces([tmp_path / name], RESOLUTION, detect=crop_cfg)
+        for name in ("face.png", "scene_with_face.png")
+    )
+    centred = load_faces([tmp_path / "scene_with_face.png"], RESOLUTION)
+    # found in the corner: nearly the crop of the face photo alone (whose box the photo's edges
+    # clip; in the scene it takes in some coffee), where the centre square is mostly coffee
+    assert (in_scene - alone).abs().mean() < 0.25 * (centred - alone).abs().mean()
+
+    with pytest.raises(SystemExit) as failure:
+        main(
+            [
+                str(trained.checkpoints["vae"]),
+                *("--input", str(tmp_path / "face.png"), str(tmp_path / "coffee.png")),
+                *("--detect", "--out", str(tmp_path / "out")),
+            ]
+        )
+    message = str(failure.value)
+    assert failure.value.code not in (0, None) and "\n" not in message  # exit status 1
+    assert f"no face found in {tmp_path / 'coffee.png'}" in message
+    assert not (tmp_path / "out").exists()  # nothing written for a request that failed

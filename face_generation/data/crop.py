@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
@@ -25,12 +26,12 @@ from tqdm import tqdm
 from face_generation.config import config_from_args, stage_parser
 from face_generation.data import images
 from face_generation.data.tables import (
-    remove_leftovers,
     CROP_COLUMNS,
-    Skipped,
     Row,
+    Skipped,
     crops_path,
     read_table,
+    remove_leftovers,
     split_path,
     stage_summary,
     summary_path,
@@ -77,9 +78,7 @@ def with_box(row: Row, box: Box) -> Row:
     }
 
 
-def header_or_reason(
-    path: str, header_bytes: int, max_pixels: int
-) -> images.ImageHeader | str:
+def header_or_reason(path: str, header_bytes: int, max_pixels: int) -> images.ImageHeader | str:
     """The header of one image, or the reason to skip it."""
     try:
         return images.read_file_header(path, header_bytes, max_pixels)
@@ -128,13 +127,45 @@ def decoded(
         yield row, pixels
 
 
-def crop_detected(
-    rows: list[Row], crop_cfg: DictConfig, max_pixels: int, skipped: Skipped
-) -> list[Row]:
+def face_detector() -> Any:
+    """facenet-pytorch's MTCNN (its weights ship in the wheel), keeping the most confident
+    face, on the CPU."""
     import torch
     from facenet_pytorch import MTCNN
 
-    detector = MTCNN(select_largest=False, keep_all=False, device=torch.device("cpu"))
+    return MTCNN(select_largest=False, keep_all=False, device=torch.device("cpu"))
+
+
+def confident_box(
+    detections: np.ndarray | None,
+    probabilities: np.ndarray | None,
+    crop_cfg: DictConfig,
+    shape: tuple[int, ...],
+) -> Box | None:
+    """The square face box of MTCNN's most confident detection in an image of `shape`, or None
+    when it found no face at `crop_cfg.min_confidence` or above."""
+    if detections is None or probabilities is None or probabilities[0] is None:
+        return None
+    if probabilities[0] < crop_cfg.min_confidence:
+        return None
+    height, width = shape[:2]
+    return face_box(detections[0], crop_cfg.margin, width, height)
+
+
+def detected_face(pixels: np.ndarray, crop_cfg: DictConfig, detector: Any) -> np.ndarray | None:
+    """One photo's face as the mtcnn crop stage cuts it (H×W×3 uint8), or None: no face."""
+    detections, probabilities = detector.detect(pixels)
+    box = confident_box(detections, probabilities, crop_cfg, pixels.shape)
+    if box is None:
+        return None
+    left, top, right, bottom = box
+    return pixels[top:bottom, left:right]
+
+
+def crop_detected(
+    rows: list[Row], crop_cfg: DictConfig, max_pixels: int, skipped: Skipped
+) -> list[Row]:
+    detector = face_detector()
     boxes: dict[str, Box] = {}
     batches: dict[tuple[int, ...], list[tuple[Row, np.ndarray]]] = defaultdict(list)
 
@@ -142,15 +173,11 @@ def crop_detected(
         # MTCNN takes a batch only of equally sized images, hence the grouping by shape.
         found, probabilities = detector.detect(np.stack([pixels for _, pixels in batch]))
         for (row, pixels), detections, probability in zip(batch, found, probabilities, strict=True):
-            if (
-                detections is None
-                or probability[0] is None
-                or probability[0] < crop_cfg.min_confidence
-            ):
+            box = confident_box(detections, probability, crop_cfg, pixels.shape)
+            if box is None:
                 skipped.add(row["path"], images.NO_FACE)
-                continue
-            height, width = pixels.shape[:2]
-            boxes[row["path"]] = face_box(detections[0], crop_cfg.margin, width, height)
+            else:
+                boxes[row["path"]] = box
 
     progress = tqdm(rows, desc="crop: detecting faces", unit="img", mininterval=1.0)
     for row, pixels in decoded(progress, crop_cfg.min_size, max_pixels, skipped):

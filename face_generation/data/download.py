@@ -18,7 +18,6 @@ import os
 import re
 import time
 import zipfile
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +28,11 @@ from tqdm import tqdm
 from face_generation.config import config_from_args, stage_parser
 from face_generation.data import images
 from face_generation.data.tables import (
-    remove_leftovers,
     MANIFEST_COLUMNS,
     Row,
     Skipped,
     manifest_path,
+    remove_leftovers,
     stage_summary,
     summary_path,
     write_json,

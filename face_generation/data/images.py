@@ -175,7 +175,11 @@ def _jpeg_header(data: bytes) -> ImageHeader | None:
         else:
             end = position + 2 + struct.unpack_from(">H", data, position + 2)[0]
             # The first EXIF segment counts, as in PIL.
-            if marker == JPEG_APP1 and orientation == 1 and data.startswith(EXIF_MAGIC, position + 4):
+            if (
+                marker == JPEG_APP1
+                and orientation == 1
+                and data.startswith(EXIF_MAGIC, position + 4)
+            ):
                 orientation = exif_orientation(data[position + 4 : end])
             position = end
     return None

@@ -34,7 +34,6 @@ from tqdm import tqdm
 from face_generation.config import config_from_args, stage_parser
 from face_generation.data import images
 from face_generation.data.tables import (
-    remove_leftovers,
     CROP_COLUMNS,
     SPLITS,
     Row,
@@ -43,6 +42,7 @@ from face_generation.data.tables import (
     packed_dir,
     read_json,
     read_table,
+    remove_leftovers,
     split_path,
     stage_summary,
     summary_path,
@@ -305,7 +305,9 @@ def run(cfg: DictConfig) -> dict:
     }
     write_json(Path(cfg.paths.metrics) / "data.json", data_report(cfg, pack_summary))
     examples = skipped.examples(output / "index.csv")
-    print(stage_summary("pack", len(rows), sum(counts.values()), skipped.counts(), seconds, examples))
+    print(
+        stage_summary("pack", len(rows), sum(counts.values()), skipped.counts(), seconds, examples)
+    )
     print(
         f"[pack] {output}: "
         + ", ".join(f"{split} {counts[split]}" for split in SPLITS)

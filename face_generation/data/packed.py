@@ -58,7 +58,9 @@ def feature_meta(features: Path, network: str) -> dict:
     folder = features / network
     path = folder / "meta.json"
     if not path.is_file():
-        state = "is incomplete (no meta.json: a stage killed" if folder.is_dir() else "does not exist ("
+        state = (
+            "is incomplete (no meta.json: a stage killed" if folder.is_dir() else "does not exist ("
+        )
         raise FileNotFoundError(
             f"{folder} {state} before it finished): run the features stages first (`dvc repro`, "
             "whose stages labels, features and identity write data/features/)"

@@ -17,12 +17,12 @@ from omegaconf import DictConfig
 from face_generation.config import config_from_args, stage_parser
 from face_generation.data.images import DUPLICATE
 from face_generation.data.tables import (
-    remove_leftovers,
     SPLIT_COLUMNS,
     SPLITS,
     Row,
     manifest_path,
     read_table,
+    remove_leftovers,
     split_path,
     stage_summary,
     summary_path,

@@ -132,7 +132,9 @@ class Skipped:
         """The first few skipped files and where the rest are listed, for the summary line."""
         if not self.files:
             return ""
-        shown = ", ".join(f"{Path(r['path']).name} ({r['reason']})" for r in self.files[: self.SHOWN])
+        shown = ", ".join(
+            f"{Path(r['path']).name} ({r['reason']})" for r in self.files[: self.SHOWN]
+        )
         more = f" and {len(self.files) - self.SHOWN} more" if len(self.files) > self.SHOWN else ""
         return f"; skipped: {shown}{more}, all in {skipped_path(table)}"
 

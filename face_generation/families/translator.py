@@ -22,7 +22,7 @@ reconstructs (RECONSTRUCT: evaluation's SSIM, PSNR and dlib identity) and sample
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -60,11 +60,9 @@ def imitator_advice(path: Path, reason: str) -> str:
     )
 
 
-def load_imitator(
-    path: Path, resolution: int
-) -> tuple[UNetGenerator, dict[str, list[float]], str | None]:
-    """The cond_gan checkpoint's EMA generator, its random-condition prior and the array that
-    conditioned it."""
+def load_imitator(path: Path, resolution: int) -> tuple[UNetGenerator, dict[str, Any]]:
+    """The cond_gan checkpoint's EMA generator and what rebuilds it without the file: its
+    model config, random-condition prior and the array that conditioned it."""
     try:
         state = load_checkpoint(path, expected_model="cond_gan")
     except CheckpointError as error:
@@ -81,7 +79,12 @@ def load_imitator(
     prior = (state.get("family_state") or {}).get("condition_prior")
     if prior is None:
         raise CheckpointError(imitator_advice(path, "it keeps no random conditions"))
-    return imitator, prior, declared_condition(cfg.model)
+    spec = {
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "prior": prior,
+        "condition": declared_condition(cfg.model),
+    }
+    return imitator, spec
 
 
 class TranslatorFamily(ConditionalFamily):
@@ -97,7 +100,12 @@ class TranslatorFamily(ConditionalFamily):
         if self.condition_array is not None:
             raise ValueError("model.condition: the translator is unconditional; set it to null")
         self.features = array_name(model_cfg.inputs.features, "model.inputs.features")
-        self.round_trip = place(self.build_generator(model_cfg, resolution), context)
+        imitator, self.imitator_spec = load_imitator(
+            Path(str(model_cfg.imitator_checkpoint)), resolution
+        )
+        self.round_trip = place(
+            self.round_trip_of(model_cfg, imitator, self.imitator_spec), context
+        )
         self.networks = {"translator": self.round_trip}
         self.optimizers = {
             "translator": adam(
@@ -130,12 +138,39 @@ class TranslatorFamily(ConditionalFamily):
             "grad_norm": norm.detach(),
         }
 
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "imitator": self.imitator_spec}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict({key: value for key, value in state.items() if key != "imitator"})
+
     @classmethod
     def build_generator(cls, model_cfg: DictConfig, resolution: int) -> RoundTrip:
-        """The Imitator from `model.imitator_checkpoint` and a new head; the head's input
-        settings ride along (plain attributes) to compute features from photos."""
-        path = Path(str(model_cfg.imitator_checkpoint))
-        imitator, prior, condition = load_imitator(path, resolution)
+        """The Imitator from `model.imitator_checkpoint` and a new head."""
+        imitator, spec = load_imitator(Path(str(model_cfg.imitator_checkpoint)), resolution)
+        return cls.round_trip_of(model_cfg, imitator, spec)
+
+    @classmethod
+    def rebuild_generator(
+        cls, model_cfg: DictConfig, resolution: int, family_state: dict[str, Any]
+    ) -> RoundTrip:
+        """From the translator's checkpoint alone: the Imitator's architecture, prior and
+        condition are in its state (its weights in the network's), so the cond_gan file is
+        not needed (a registered model loads on another machine)."""
+        spec = family_state.get("imitator")
+        if spec is None:  # a checkpoint from before the state kept it
+            return cls.build_generator(model_cfg, resolution)
+        imitator_cfg = OmegaConf.create(spec["model"])
+        assert isinstance(imitator_cfg, DictConfig)
+        imitator = CondGANFamily.build_generator(imitator_cfg, resolution)
+        return cls.round_trip_of(model_cfg, imitator, spec)
+
+    @classmethod
+    def round_trip_of(
+        cls, model_cfg: DictConfig, imitator: UNetGenerator, spec: dict[str, Any]
+    ) -> RoundTrip:
+        """A new head before `imitator`; the head's input settings ride along (plain
+        attributes) to compute features from photos."""
         features = array_name(model_cfg.inputs.features, "model.inputs.features")
         head = TranslatorHead(
             int(model_cfg.features_dim),
@@ -143,8 +178,9 @@ class TranslatorFamily(ConditionalFamily):
             imitator.cond_dim,
             imitator.code_dim,
             float(model_cfg.leaky_slope),
-            passthrough=features == condition,  # it reads the Imitator's own condition rows
+            passthrough=features == spec["condition"],  # it reads the Imitator's own rows
         )
+        prior = spec["prior"]
         mean, std = torch.tensor(prior["mean"]), torch.tensor(prior["std"])
         round_trip = RoundTrip(head, imitator, mean, std)
         round_trip.features_network = model_cfg.inputs.features.network

@@ -122,7 +122,9 @@ class UNetGenerator(nn.Module):
         """The shape of the noise each decoder block takes (one channel, its side)."""
         return [(n, 1, side, side) for side in self.noise_sides]
 
-    def condition(self, cond: torch.Tensor | None, null: torch.Tensor | None, n: int) -> torch.Tensor:
+    def condition(
+        self, cond: torch.Tensor | None, null: torch.Tensor | None, n: int
+    ) -> torch.Tensor:
         """The rows the network reads: the null embedding where there is no condition or the
         row is dropped."""
         rows = self.null.expand(n, -1) if cond is None else cond.to(self.null.dtype)

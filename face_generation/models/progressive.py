@@ -130,7 +130,9 @@ class ProgressiveGenerator(nn.Module):
         embedded = self.null_condition.expand(len(noise), -1)
         if cond is not None and self.condition is not None:
             projected = self.condition(F.layer_norm(cond.float(), cond.shape[1:]))
-            embedded = projected if null is None else torch.where(null[:, None], embedded, projected)
+            embedded = (
+                projected if null is None else torch.where(null[:, None], embedded, projected)
+            )
         return self.mapping(torch.cat([embedded, noise], dim=1))
 
     def outputs(self, style: torch.Tensor, stage: int) -> list[torch.Tensor]:

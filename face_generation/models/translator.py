@@ -35,7 +35,9 @@ class TranslatorHead(nn.Module):
     ) -> None:
         super().__init__()
         if passthrough and features_dim != cond_dim:
-            raise ValueError(f"passthrough needs features_dim {features_dim} == cond_dim {cond_dim}")
+            raise ValueError(
+                f"passthrough needs features_dim {features_dim} == cond_dim {cond_dim}"
+            )
         self.features_dim, self.cond_dim, self.code_dim = features_dim, cond_dim, code_dim
         self.hidden = nn.Linear(features_dim, hidden_dim)
         self.out = nn.Linear(hidden_dim, cond_dim + code_dim)

@@ -40,6 +40,9 @@ Built per run, `Family(model_cfg, resolution, context)`:
 
 Class methods, usable without a training run (the runtime calls them on loaded weights):
     build_generator(model_cfg, resolution)  the `generator_key` network with initial weights
+    rebuild_generator(model_cfg, resolution, family_state)  the same network for a saved
+                   checkpoint, before its weights load: build_generator by default; a family
+                   whose architecture is not all in its config reads the rest from its state
     sample(network, n, *, cond=None, generator=None, **options)  n images in [-1, 1]; the
                    keyword-only options are the family's documented sampling settings
                    (temperature, steps, sampler, guidance...), their defaults in the signature
@@ -212,6 +215,14 @@ class Family:
     @classmethod
     def build_generator(cls, model_cfg: DictConfig, resolution: int) -> nn.Module:
         raise NotImplementedError
+
+    @classmethod
+    def rebuild_generator(
+        cls, model_cfg: DictConfig, resolution: int, family_state: dict[str, Any]
+    ) -> nn.Module:
+        """The generator of a saved checkpoint, before its weights are loaded: the checkpoint
+        alone must rebuild it (a registered model loads on another machine)."""
+        return cls.build_generator(model_cfg, resolution)
 
     # sample(network, n, *, cond=None, generator=None, <option>=<default>, ...) -> images:
     # each family spells out its own keyword-only options, which is how they are documented

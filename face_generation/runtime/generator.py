@@ -176,7 +176,8 @@ def load_generator(
     cfg = OmegaConf.create(state["config"])
     assert isinstance(cfg, DictConfig)
     family = family_class(str(state["model"]))
-    network = family.build_generator(cfg.model, int(cfg.data.resolution))
+    family_state = dict(state.get("family_state") or {})
+    network = family.rebuild_generator(cfg.model, int(cfg.data.resolution), family_state)
     weights = state["ema"] if use_ema and state["ema"] is not None else None
     if weights is None:
         weights = state["networks"][state["generator"]]
@@ -187,5 +188,5 @@ def load_generator(
         cfg,
         int(state["step"]),
         state.get("run_id"),
-        dict(state.get("family_state") or {}),
+        family_state,
     )

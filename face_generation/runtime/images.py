@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from PIL import Image
 
+from face_generation.data.crop import detected_face, face_detector
 from face_generation.data.images import ImageError, decode_rgb, read_bytes
 from face_generation.errors import UserError
 from face_generation.runtime.pixels import to_uint8_nhwc
@@ -75,29 +77,48 @@ def save_each(images: torch.Tensor, folder: Path, prefix: str = "") -> list[Path
 
 
 def load_faces(
-    paths: Sequence[Path], resolution: int, max_pixels: int | None = None
+    paths: Sequence[Path],
+    resolution: int,
+    max_pixels: int | None = None,
+    detect: DictConfig | None = None,
 ) -> torch.Tensor:
     """Image files → N×3×R×R in [-1, 1]: decoded as the pack stage decodes them (upright by
     their EXIF orientation, 16-bit scaled, transparency on white), centre square crop,
     antialiased resize. An image that cannot be used (unreadable, corrupt, more pixels than
     `max_pixels`) is a UserError that names it.
 
-    Faces should already be roughly aligned crops (as in the training data); this does no
-    detection.
+    Without `detect` the files should be roughly aligned face crops, as the training data; with
+    it (a `data.crop` config) the face is found first, as the mtcnn crop stage finds it, and a
+    photo without a confident face is a UserError that names it.
     """
+    detector = face_detector() if detect is not None else None
     faces = []
     for path in paths:
         try:
-            faces.append(face_pixels(read_bytes(str(path)), resolution, max_pixels))
+            pixels = decode_rgb(read_bytes(str(path)), max_pixels)
         except ImageError as error:
             raise UserError(f"cannot use image {path}: {error}") from error
+        if detect is not None:
+            face = detected_face(pixels, detect, detector)
+            if face is None:
+                raise UserError(
+                    f"no face found in {path}: MTCNN saw none with confidence "
+                    f"data.crop.min_confidence={detect.min_confidence} or more"
+                )
+            pixels = face
+        faces.append(square_face(pixels, resolution))
     batch = torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).float()
     return batch / 127.5 - 1.0
 
 
 def face_pixels(data: bytes, resolution: int, max_pixels: int | None = None) -> np.ndarray:
     """An encoded image as uint8 R×R×3, as `load_faces` reads files (raises ImageError)."""
-    image = Image.fromarray(decode_rgb(data, max_pixels))
+    return square_face(decode_rgb(data, max_pixels), resolution)
+
+
+def square_face(pixels: np.ndarray, resolution: int) -> np.ndarray:
+    """H×W×3 uint8 → its centre square, antialiased to R×R×3."""
+    image = Image.fromarray(pixels)
     side = min(image.size)
     left, top = (image.width - side) // 2, (image.height - side) // 2
     square = image.crop((left, top, left + side, top + side))

@@ -31,6 +31,8 @@ from pathlib import Path
 import requests
 from omegaconf import DictConfig, OmegaConf
 
+from face_generation.errors import UserError
+
 LOG_TAIL_LINES = 20  # how much of the server log a start failure shows
 ML_WORKFLOW = "workflowType=machine_learning"  # the UI's query parameter for its training view
 
@@ -198,6 +200,19 @@ def use_tracking_server(cfg: DictConfig) -> str:
     return uri
 
 
+def use_registry_server(cfg: DictConfig) -> str:
+    """`use_tracking_server` for a command about to resolve `models:/` or `runs:/` URIs: a
+    server that does not answer is one line at once, where MLflow would retry for minutes."""
+    uri = use_tracking_server(cfg)
+    if not is_healthy(uri, cfg.health_timeout_s):
+        raise UserError(
+            f"no MLflow server answers at {uri}, where models:/ and runs:/ URIs are resolved: "
+            "start it (python -m face_generation.tracking.server start), or name yours with "
+            "tracking.port=PORT or tracking.uri=URI"
+        )
+    return uri
+
+
 def use_pipeline_server(command: str) -> None:
     """For a command without tracking settings of its own (inference): MLflow model URIs resolve
     against params.yaml's server, else MLFLOW_TRACKING_URI, and it says which; with neither,
@@ -206,7 +221,7 @@ def use_pipeline_server(command: str) -> None:
 
     overrides, source = tracking_source()
     if source is not None:
-        uri = use_tracking_server(compose("config", overrides).tracking)
+        uri = use_registry_server(compose("config", overrides).tracking)
         print(f"[{command}] MLflow model URIs resolve against {uri} ({source})")
 
 
