@@ -323,6 +323,8 @@ class TrainSettings:
     keep_checkpoints: int = MISSING
     resume: str | None = MISSING
     seed: int = MISSING
+    nproc: int = MISSING
+    dist_timeout_s: Seconds = MISSING
 
 
 @dataclass
