@@ -28,7 +28,12 @@ from collections.abc import Sequence
 from face_generation.config import model_config_from_args, model_stage_parser
 from face_generation.errors import reported_errors
 from face_generation.runtime.checkpoint import CheckpointError
-from face_generation.training.distributed import RanksDiverged, torchrun_command, under_torchrun
+from face_generation.training.distributed import (
+    ProcessLost,
+    RanksDiverged,
+    torchrun_command,
+    under_torchrun,
+)
 from face_generation.training.loop import TrainingDiverged, train
 from face_generation.training.output import OutputBusyError
 
@@ -37,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = model_stage_parser(__doc__ or "", "train")
     args = parser.parse_args(argv)
     with reported_errors(
-        "train", CheckpointError, TrainingDiverged, OutputBusyError, RanksDiverged
+        "train", CheckpointError, TrainingDiverged, OutputBusyError, RanksDiverged, ProcessLost
     ):
         cfg = model_config_from_args(args)
         if int(cfg.train.nproc) > 1 and not under_torchrun():

@@ -218,3 +218,24 @@ def test_a_killed_rank_ends_the_job_instead_of_hanging(data_dir: Path, tmp_path:
     output = "".join(before) + rest
     assert process.returncode != 0, output
     assert "Signal 9 (SIGKILL)" in output or "exitcode  : -9" in output, output
+
+
+def test_a_rank_that_stops_answering_ends_the_job_after_the_timeout(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """Rank 1 frozen (SIGSTOP): rank 0's next collective gives up after train.dist_timeout_s
+    with a one-line error instead of waiting forever, and torchrun ends the job."""
+    with start(data_dir, tmp_path / "models", "train.dist_timeout_s=3") as process:
+        output = started(process)
+        frozen = child_with_rank(process.pid, 1)
+        os.kill(frozen, signal.SIGSTOP)
+        assert process.stdout is not None
+        for line in process.stdout:
+            output.append(line)
+            if "did not answer within train.dist_timeout_s=3 s" in line:
+                break
+        os.kill(frozen, signal.SIGCONT)  # so that it takes torchrun's SIGTERM at once
+        rest, _ = process.communicate(timeout=TIMEOUT_S)
+    text = "".join(output) + rest
+    assert process.returncode != 0, text
+    assert "[train] error: another training process died or did not answer" in text, text

@@ -31,6 +31,17 @@ class RanksDiverged(RuntimeError):
     """The ranks' weights differ: their steps were not the same (gradients not averaged)."""
 
 
+class ProcessLost(RuntimeError):
+    """A collective failed: another training process died or stopped answering in time."""
+
+
+def collective_failure(error: BaseException) -> bool:
+    """Whether `error` is a collective's failure (gloo raises plain RuntimeErrors)."""
+    return isinstance(error, dist.DistError) or (
+        isinstance(error, RuntimeError) and any(name in str(error) for name in ("gloo", "NCCL"))
+    )
+
+
 def under_torchrun() -> bool:
     return all(name in os.environ for name in TORCHRUN_VARIABLES)
 
@@ -74,6 +85,14 @@ def process_group(device: torch.device, timeout_s: float) -> Iterator[None]:
     try:
         yield
         dist.barrier()
+    except Exception as error:
+        if not collective_failure(error):
+            raise
+        raise ProcessLost(
+            "another training process died or did not answer within "
+            f"train.dist_timeout_s={timeout_s:g} s (torchrun ends the job): "
+            f"{str(error).splitlines()[0]}"
+        ) from error
     finally:
         dist.destroy_process_group()
 
