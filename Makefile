@@ -7,6 +7,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Extra pytest arguments, e.g. make test PYTEST_ARGS='-m "not slow" -x'
 PYTEST_ARGS ?=
+# pytest-xdist workers for make test: one per core of the 2-core machines the budgets are set on
+# (each runs torch on one thread); TEST_WORKERS=0 runs the tests in this one process.
+TEST_WORKERS ?= 2
 # Extra scripts/mutate.py arguments, e.g. make mutate MUTATE_ARGS='--only face_generation/training/ema.py'
 MUTATE_ARGS ?=
 
@@ -32,7 +35,7 @@ lint: install
 
 # pytest exits 5 when it collected no test: that is a failure, never a silent pass.
 test: install lint
-	@status=0; $(BIN)/python -m pytest $(PYTEST_ARGS) || status=$$?; \
+	@status=0; $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS) || status=$$?; \
 	if [ $$status -eq 5 ]; then \
 		echo "make test: pytest collected no tests (exit 5); check tests/ and PYTEST_ARGS" >&2; \
 	fi; \

@@ -55,8 +55,8 @@ from face_generation.evaluation.frechet import (  # noqa: E402
 from face_generation.evaluation.kid import kid  # noqa: E402
 from face_generation.evaluation.precision_recall import precision_recall  # noqa: E402
 from face_generation.evaluation.real_stats import real_features  # noqa: E402
-from face_generation.features.effnet import EfficientNetLite0, load_effnet  # noqa: E402
-from face_generation.features.network import embed_images  # noqa: E402
+from face_generation.networks.effnet import EfficientNetLite0, load_effnet  # noqa: E402
+from face_generation.networks.network import embed_images  # noqa: E402
 from face_generation.runtime.pixels import batches, to_float_nchw  # noqa: E402
 
 SAMPLE = REPO.parent / "shared" / "data" / "celeba-sample-10k"

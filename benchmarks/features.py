@@ -44,9 +44,9 @@ from face_generation.config import compose  # noqa: E402
 from face_generation.data import crop, download, pack, split  # noqa: E402
 from face_generation.data.packed import features_dir, load_split  # noqa: E402
 from face_generation.data.tables import SPLITS, packed_dir  # noqa: E402
-from face_generation.features.backbone import load_pyramid_backbone  # noqa: E402
 from face_generation.features.pyramid import level_sources, pool_levels  # noqa: E402
 from face_generation.features.stage import run  # noqa: E402
+from face_generation.networks.backbone import load_pyramid_backbone  # noqa: E402
 
 SAMPLE = REPO.parent / "shared" / "data" / "celeba-sample-10k"
 RESULTS = REPO / "benchmarks" / "results" / "features.json"
@@ -111,8 +111,8 @@ def naive_dlib(cfg: Any) -> None:
     """Face by face: box, landmarks, descriptor, normalise."""
     import dlib
 
-    from face_generation.features.dlib_face import dlib_model_dir
-    from face_generation.features.face_boxes import FaceBoxes
+    from face_generation.networks.dlib_face import dlib_model_dir
+    from face_generation.networks.face_boxes import FaceBoxes
 
     folder = dlib_model_dir()
     landmarks = dlib.shape_predictor(str(folder / "shape_predictor_5_face_landmarks.dat"))
@@ -132,7 +132,7 @@ def naive_dlib(cfg: Any) -> None:
 
 def naive_torch_encoder(cfg: Any) -> None:
     """The fine-tuned encoder, one face at a time."""
-    from face_generation.features.contrastive import load_contrastive_encoder
+    from face_generation.networks.contrastive import load_contrastive_encoder
 
     network = load_contrastive_encoder(cfg.encoder)
 

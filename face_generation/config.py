@@ -90,19 +90,30 @@ def checked(cfg: DictConfig) -> DictConfig:
     """`cfg` merged into the schema of each of its groups, interpolations resolved once to
     check their types too; the root is closed to new keys, as Hydra closes it. Raises
     OmegaConf's errors. Merged as plain values: a key that `+train.stepz=1` added is refused."""
-    skeleton = {
-        str(key): (
-            {name: _schema_node("model", model) for name, model in node.items()}
-            if key == "models"  # the pipeline config: one model config per family
-            else _schema_node(str(key), node)
-        )
-        for key, node in cfg.items()
-    }
+    skeleton = {str(key): _skeleton(str(key), node) for key, node in cfg.items()}
     typed = OmegaConf.merge(OmegaConf.create(skeleton), OmegaConf.to_container(cfg))
     OmegaConf.to_container(typed, resolve=True)  # `seed=abc` fails in train.seed: ${seed}
     OmegaConf.set_struct(typed, True)
     assert isinstance(typed, DictConfig)
     return typed
+
+
+def _skeleton(key: str, node: Any) -> Any:
+    """The typed nodes of a top-level key: a group's schema; in the pipeline config, one model
+    config per family (`models`) and a model with its loop settings per feature model
+    (`feature_models`)."""
+    if key == "models":
+        return {name: _schema_node("model", model) for name, model in node.items()}
+    if key == "feature_models":
+        return {
+            name: {
+                part: _schema_node(part, entry[part])
+                for part in ("model", "train")
+                if part in entry
+            }
+            for name, entry in node.items()
+        }
+    return _schema_node(key, node)
 
 
 def _schema_node(group: str, node: Any) -> DictConfig | None:
@@ -255,14 +266,19 @@ def running_stage() -> str:
     return name.removesuffix(".__main__").rsplit(".", 1)[-1]
 
 
+def model_configs() -> list[str]:
+    """The families configs/model/ has a config for (model=NAME)."""
+    return sorted(path.stem for path in (CONFIG_DIR / "model").glob("*.yaml"))
+
+
 def model_stage_parser(description: str, verb: str) -> argparse.ArgumentParser:
     """`stage_parser` plus `--model NAME`, for the stages that act on one model family."""
     parser = stage_parser(description)
     parser.add_argument(
         "--model",
         metavar="NAME",
-        help=f"model to {verb}: with --params, a name under models (vae, dcgan, diffusion by "
-        "default) or feature_models (encoder); otherwise the family, as the override model=NAME",
+        help=f"model to {verb}: with --params, a name under models or feature_models of that "
+        f"file; otherwise the family, as the override model=NAME ({', '.join(model_configs())})",
     )
     return parser
 

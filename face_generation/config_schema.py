@@ -10,6 +10,10 @@ the model families), and each YAML file names its schema first in its defaults l
       - optional /schema@_here_: train
       - _self_
 
+The `model`, `backbone` and `encoder` groups have one schema per file (`schema/<group>/<file>`),
+found by the node's `name`; `experiment` files only set keys of the other groups, whose schemas
+check them.
+
 `optional`, because DVC composes params.yaml (`dvc exp run -S`) in its own process, where this
 module is not imported; the stages check params.yaml against the same schemas when they read it
 (config.load_params). Model configs are open-ended: a family without a schema here (a plugin,
@@ -546,6 +550,107 @@ class ServeConfig:
     limits: ServeLimits = field(default_factory=ServeLimits)
 
 
+@dataclass
+class FaceEncoderAugment:
+    scale: list[float] = MISSING
+    shift: float = MISSING
+    brightness: float = MISSING
+    contrast: float = MISSING
+
+
+@dataclass
+class FaceEncoderConfig(ModelConfig):
+    """The face encoder family (configs/model/encoder.yaml), trained by the pipeline beside the
+    generators (`feature_models.encoder.model`)."""
+
+    image_size: int = MISSING
+    antialias: bool = MISSING
+    weights_path: str | None = MISSING
+    train_last_stage: bool = MISSING
+    hidden_dim: int = MISSING
+    embedding_dim: int = MISSING
+    temperature: float = MISSING
+    augment: FaceEncoderAugment = field(default_factory=FaceEncoderAugment)
+    optimizer: AdamConfig = field(default_factory=AdamConfig)
+
+
+@dataclass
+class FeatureNetworkConfig:
+    """What every network of the `backbone` and `encoder` groups starts with: the feature
+    folder it writes and what a reader of that folder depends on (dvc.yaml)."""
+
+    name: str = MISSING
+    folder: str = MISSING
+    requires: str = MISSING
+
+
+@dataclass
+class EffnetLite0BackboneConfig(FeatureNetworkConfig):
+    image_size: int = MISSING
+    antialias: bool = MISSING
+    weights_path: str | None = MISSING
+
+
+@dataclass
+class Dinov2BackboneConfig(FeatureNetworkConfig):
+    model: str = MISSING
+    image_size: int = MISSING
+    antialias: bool = MISSING
+    weights_path: str | None = MISSING
+    network_timeout_s: Seconds = MISSING
+
+
+@dataclass
+class DlibEncoderConfig(FeatureNetworkConfig):
+    face_box: str = MISSING
+    fallback_box: list[float] = MISSING
+    detector_upsample: int = MISSING
+    weights_path: str | None = MISSING
+    workers: int = MISSING
+    chunk_size: int = MISSING
+
+
+@dataclass
+class FacenetEncoderConfig(FeatureNetworkConfig):
+    face_box: str = MISSING
+    fallback_box: list[float] = MISSING
+    detector_upsample: int = MISSING
+    image_size: int = MISSING
+    weights_path: str | None = MISSING
+    network_timeout_s: Seconds = MISSING
+    url: str | None = MISSING
+
+
+@dataclass
+class ContrastiveEncoderConfig:
+    name: str = MISSING
+    folder: str = MISSING
+    checkpoint: str = MISSING
+    requires: str = MISSING
+
+
+@dataclass
+class VerificationConfig:
+    split: str = MISSING
+    far: float = MISSING
+    seed: int = MISSING
+    workers: int = MISSING
+    encoder_checkpoint: str = MISSING
+
+
+@dataclass
+class FeaturesConfig:
+    grids: list[int] = MISSING
+    pyramid_dims: list[int] | None = MISSING
+    pca_fit_images: int = MISSING
+    dtype: str = MISSING
+    batch_size: int = MISSING
+    device: str = MISSING
+    threads: int | None = MISSING
+    partner_seed: int = MISSING
+    verification: VerificationConfig = field(default_factory=VerificationConfig)
+
+
 GROUP_SCHEMAS: dict[str, type] = {
     "paths": PathsConfig,
     "data": DataConfig,
@@ -553,6 +658,7 @@ GROUP_SCHEMAS: dict[str, type] = {
     "eval": EvalConfig,
     "tracking": TrackingConfig,
     "serve": ServeConfig,
+    "features": FeaturesConfig,
 }
 FAMILY_SCHEMAS: dict[str, type[ModelConfig]] = {
     "vae": VAEConfig,
@@ -561,14 +667,33 @@ FAMILY_SCHEMAS: dict[str, type[ModelConfig]] = {
     "progressive": ProgressiveConfig,
     "cond_gan": CondGANConfig,
     "translator": TranslatorConfig,
+    "encoder": FaceEncoderConfig,
+}
+# Groups with one file per network, whose files differ: a schema per file, found by `name`.
+NETWORK_SCHEMAS: dict[str, dict[str, type]] = {
+    "backbone": {
+        "effnet_lite0": EffnetLite0BackboneConfig,
+        "dinov2_vits14": Dinov2BackboneConfig,
+        "dinov2_vitb14": Dinov2BackboneConfig,
+        "dinov2_vitl14": Dinov2BackboneConfig,
+        "dinov2_vitg14": Dinov2BackboneConfig,
+    },
+    "encoder": {
+        "dlib": DlibEncoderConfig,
+        "facenet": FacenetEncoderConfig,
+        "effnet_contrastive": ContrastiveEncoderConfig,
+    },
 }
 
 
 def schema_of(group: str, node: Any) -> type | None:
-    """The schema of a config group's node: its group's, or for a model its family's (None for
-    a family without one, and for keys that are not groups)."""
+    """The schema of a config group's node: its group's, or for a model its family's and for a
+    network its file's (None for a family or network without one, and for keys that are not
+    groups)."""
     if group == "model":
         return FAMILY_SCHEMAS.get(str(node.get("name")))
+    if group in NETWORK_SCHEMAS:
+        return NETWORK_SCHEMAS[group].get(str(node.get("name")))
     return GROUP_SCHEMAS.get(group)
 
 
@@ -579,3 +704,6 @@ def store_schemas() -> None:
         store.store(group="schema", name=group, node=schema)
     for family, schema in FAMILY_SCHEMAS.items():
         store.store(group="schema/model", name=family, node=schema)
+    for group, networks in NETWORK_SCHEMAS.items():
+        for network, schema in networks.items():
+            store.store(group=f"schema/{group}", name=network, node=schema)

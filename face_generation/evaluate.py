@@ -10,7 +10,8 @@ Generates n = min(eval.num_samples, test split size) samples with the checkpoint
 generator and a fixed seed (eval.seed), and scores them against as many packed test images
 at the training resolution: fd_effnet, kid_effnet, precision/recall in EfficientNet-Lite0
 feature space, fid_inception when Inception-v3's weights can be had, and for models that
-reconstruct (the VAE) SSIM, PSNR, LPIPS and identity_* on reconstructions of test images.
+reconstruct (the VAE, the translator) SSIM, PSNR, LPIPS and identity_* on reconstructions of
+test images.
 Writes metrics/<model>.json (metric name → value, for DVC), metrics/<model>.details.json (how
 each was measured) and plots/<model>/ (samples, real vs generated, nearest training
 neighbours, reconstructions), and logs them to the model's MLflow run (tracking.enabled).
@@ -23,7 +24,7 @@ from collections.abc import Sequence
 from face_generation.config import model_config_from_args, model_stage_parser
 from face_generation.errors import reported_errors
 from face_generation.evaluation.evaluate_model import evaluate
-from face_generation.features.weights import WeightsUnavailableError
+from face_generation.networks.weights import WeightsUnavailableError
 from face_generation.runtime.checkpoint import CheckpointError
 
 

@@ -7,17 +7,17 @@ the tracking server of params.yaml (tracking.host, port, uri), else MLFLOW_TRACK
 
 Writes OUT/samples.png (a grid of all samples) and OUT/samples/0000.png, 0001.png, ... (one
 per sample). The same --seed (and options) gives the same images. --option NAME=VALUE sets one
-of the family's sampling options (VAE and DCGAN: temperature; diffusion: steps, sampler,
-guidance, eta); `--NAME VALUE` is the same as `--option NAME=VALUE`. An unknown name lists
-the model's options. For models that reconstruct (the VAE), --input FILE... reconstructs those
-images instead: OUT/reconstructions.png (each input beside its reconstruction) and
-OUT/reconstructions/0000.png, ... For conditional models that embed photos (diffusion, on
-the backbone embedding by default or an encoder's identity), --reference FILE... draws --n variants of each
-photo's person, conditioned on the photo's embedding by the network the model was trained
-with: OUT/references.png (one row per photo: the photo, then its variants) and
-OUT/references/0000.png, ... Photos should be roughly aligned face crops (centre square);
---detect finds the face in other photos first, as the crop stage's MTCNN does, and names a
-photo in which it finds none.
+of the family's sampling options (diffusion: steps, sampler, guidance, eta; every other
+family: temperature); `--NAME VALUE` is the same as `--option NAME=VALUE`. An unknown name
+lists the model's options. For models that reconstruct (the VAE, the translator), --input
+FILE... reconstructs those images instead: OUT/reconstructions.png (each input beside its
+reconstruction) and OUT/reconstructions/0000.png, ... For conditional models that embed photos
+(diffusion and cond_gan, on the backbone embedding by default or an encoder's identity),
+--reference FILE... draws --n variants of each photo's person, conditioned on the photo's
+embedding by the network the model was trained with: OUT/references.png (one row per photo:
+the photo, then its variants) and OUT/references/0000.png, ... Photos should be roughly
+aligned face crops (centre square); --detect finds the face in other photos first, as the crop
+stage's MTCNN does, and names a photo in which it finds none.
 --embedding ROWS.npy does the same for condition rows given as numbers (N×D, the width the
 model conditions on; a row of zeros or NaN is refused): OUT/embeddings.png, one row each.
 --input FILE... --edit (the translator): OUT/edits.png, one row per image: the image, its
@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         type=Path,
         nargs="+",
         metavar="IMAGE",
-        help="models that reconstruct (the VAE): images to reconstruct",
+        help="models that reconstruct (the VAE, the translator): images to reconstruct",
     )
     parser.add_argument(
         "--reference",

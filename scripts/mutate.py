@@ -46,8 +46,10 @@ class Target:
 
 
 TARGETS = (
-    Target("face_generation/runtime/checkpoint.py", "--noconftest tests/test_checkpoint_safety.py"),
-    Target("face_generation/training/checkpoint.py", "--noconftest tests/test_checkpoint_files.py"),
+    Target(
+        "face_generation/runtime/checkpoint.py",
+        "--noconftest tests/test_checkpoint_safety.py tests/test_checkpoint_files.py",
+    ),
     Target("face_generation/training/ema.py", "--noconftest tests/test_batches_and_ema.py"),
     Target("face_generation/training/data.py", "--noconftest tests/test_batches_and_ema.py"),
     Target("face_generation/tracking/spool.py", "--noconftest -m 'not slow' tests/test_spool.py"),

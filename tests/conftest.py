@@ -11,6 +11,7 @@ from graphlib import TopologicalSorter
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import DictConfig
 
 from face_generation.config import compose
@@ -40,6 +41,21 @@ CELEBA_SAMPLE = SHARED_DATA / "celeba-sample-10k"
 UTKFACE_SAMPLE = SHARED_DATA / "utkface-sample-4k"
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs a worker per core: one thread each (and in the stages they start), or
+    # torch's default threads oversubscribe the cores and steps get 5-20× slower.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest tests first (the README's pipeline, then the other slow ones), so that with a
+    worker per core they start at once instead of ending the run alone."""
+    items.sort(key=lambda item: (item.path.name != "test_readme_dvc.py", not slow(item)))
+
+
+def slow(item: pytest.Item) -> bool:
+    return item.get_closest_marker("slow") is not None
 
 
 def _require(path: Path) -> Path:

@@ -89,7 +89,8 @@ def write_labels(data_dir: Path, resolution: int = RESOLUTION) -> Path:
 
 # Per family: settings that keep its smoke training cheap (the encoder's backbone at the
 # faces' own 32 px instead of upsampling them; diffusion unconditional, without the backbone's
-# features: tests/test_conditional_diffusion.py trains it on them); the progressive generator
+# features: tests/test_conditional_diffusion.py trains it on them; its preview grids with 10
+# sampler steps); the progressive generator
 # on its backbone at 32 px with two grids (`write_backbone_features`), a new level every 2 steps;
 # cond_gan and the translator on the tiny family's 4-d embedding instead of the backbone's.
 BACKBONE_32PX = ["backbone.image_size=32", "features.grids=[2,4]", "features.device=cpu"]
@@ -103,7 +104,7 @@ PROGRESSIVE = [
 TINY_EMBEDDING = "{network: {name: tiny}, array: embedding}"
 SMOKE = {
     "encoder": ["model.image_size=32"],
-    "diffusion": ["model.condition=null"],
+    "diffusion": ["model.condition=null", "model.sampling.steps=10"],
     "progressive": PROGRESSIVE,
     "cond_gan": [f"model.condition={TINY_EMBEDDING}", "model.cond_dim=4"],
     "translator": [f"model.inputs.features={TINY_EMBEDDING}", "model.features_dim=4"],

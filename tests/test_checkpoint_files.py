@@ -1,4 +1,4 @@
-"""Checkpoint files as training writes them (training/checkpoint.py), without training: step
+"""Checkpoint files as training writes them (runtime/checkpoint.py), without training: step
 names, the newest one, pruning, atomic saving, and RNG states that restore every stream."""
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from face_generation.runtime.checkpoint import step_path
-from face_generation.training.checkpoint import (
+from face_generation.runtime.checkpoint import (
     list_checkpoints,
     newest_checkpoint,
     prune_checkpoints,
     restore_rng_state,
     rng_state,
     save_checkpoint,
+    step_path,
 )
 
 

@@ -153,12 +153,12 @@ def test_weights_that_do_not_fit_name_the_file_and_the_network(tmp_path: Path) -
 def weights_loaders() -> dict[str, Any]:
     """Each network that reads a pretrained-weights file the user may point it at
     (`*.weights_path`), as path → network."""
-    from face_generation.features.dinov2 import DinoV2
-    from face_generation.features.effnet import EfficientNetLite0
-    from face_generation.features.face_boxes import FaceBoxes
-    from face_generation.features.facenet import FaceNet
-    from face_generation.features.inception import InceptionV3
-    from face_generation.features.lpips import LPIPS
+    from face_generation.networks.dinov2 import DinoV2
+    from face_generation.networks.effnet import EfficientNetLite0
+    from face_generation.networks.face_boxes import FaceBoxes
+    from face_generation.networks.facenet import FaceNet
+    from face_generation.networks.inception import InceptionV3
+    from face_generation.networks.lpips import LPIPS
 
     return {
         "facenet": lambda path: FaceNet(path, 160, FaceBoxes("fixed", [0.0, 0.0, 1.0, 1.0], 0)),

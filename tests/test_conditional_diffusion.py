@@ -37,6 +37,8 @@ from tests.faces import (
     write_packed,
 )
 
+pytestmark = pytest.mark.slow  # a model of its own trained on real backbone features
+
 # The backbone at the faces' own 32 px (the default upsamples to 128): quick, same code.
 BACKBONE = ["backbone.image_size=32", "features.grids=[2,4]", "features.device=cpu"]
 WIDTH = 1280  # EfficientNet-Lite0's global embedding
@@ -108,7 +110,6 @@ def test_the_judge_is_never_the_conditioning_encoder() -> None:
     assert isinstance(reason, str) and "cannot judge it independently" in reason
 
 
-@pytest.mark.slow
 def test_evaluation_scores_zero_shot_identity_and_sweeps_guidance(
     conditioned: tuple[Path, TrainedGenerator], tmp_path: Path
 ) -> None:
@@ -185,8 +186,15 @@ def test_evaluation_scores_zero_shot_identity_and_sweeps_guidance(
 
     report = report_markdown({"diffusion": record}, smoke_below=1000)
     assert "Guidance sweep of diffusion (conditioned on `effnet_lite0/embedding`" in report
-    assert f"zero-shot metric; {SPLIT_SIZES['test']} samples, smoke-scale):" in report
-    assert "| zero_shot_identity_cosine ↑ |" in report
+    # every identity score beside the real-pair anchors of its judge, the sweep's included
+    same, different = (f"{calibration[key]:.4g}" for key in ("same_cosine", "different_cosine"))
+    anchors = f"(real pairs: same {same}, different {different})"
+    assert (
+        f"zero-shot metric, real pairs: same {same}, different {different}; "
+        f"{SPLIT_SIZES['test']} samples, smoke-scale):"
+    ) in report
+    row = next(line for line in report.splitlines() if line.startswith("| zero_shot_identity_"))
+    assert row.startswith(f"| zero_shot_identity_cosine ↑ | {own:.4g} {anchors} |"), row
 
 
 def test_inference_draws_variants_of_each_reference_photo(

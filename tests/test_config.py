@@ -71,13 +71,18 @@ def test_stage_help_explains_the_stage(stage: str) -> None:
         ("tracking.port=http", r"^tracking\.port: Value 'http' .* converted to Integer$"),
         ("seed=abc", r"^train\.seed: .*'abc' .* converted to Integer$"),  # train.seed is ${seed}
         ("model=nonexistent", r"Could not find 'model/nonexistent'; the options are cond_gan, dcgan, .*vae$"),
+        # every group is typed: the feature networks by their file, the features stage, the face encoder
+        ("backbone.image_sise=3", r"^backbone\.image_sise is not a setting of backbone \(did you mean image_size\?\)$"),
+        ("encoder=facenet encoder.image_size=big", r"^encoder\.image_size: Value 'big' .* converted to Integer$"),
+        ("features.verification.far=low", r"^features\.verification\.far: Value 'low' .* converted to Float$"),
+        ("model=encoder model.hidden_dim=wide", r"^model\.hidden_dim: Value 'wide' .* converted to Integer$"),
     ],
 )  # fmt: skip
 def test_a_wrong_type_or_unknown_key_fails_at_composition_in_one_line(
     override: str, message: str
 ) -> None:
     with pytest.raises(UserError, match=message) as failure:
-        compose("config", [override])
+        compose("config", override.split())
     assert "\n" not in str(failure.value)
 
 
@@ -89,6 +94,8 @@ def test_params_files_are_checked_against_the_same_schemas(tmp_path: Path) -> No
         load_params(params)
     with pytest.raises(UserError, match=r"models\.vae\.beta: Value 'high'"):
         load_params(REPO_ROOT / "params.yaml", ["models.vae.beta=high"])
+    with pytest.raises(UserError, match=r"feature_models\.encoder\.train\.steps: Value 'few'"):
+        load_params(REPO_ROOT / "params.yaml", ["feature_models.encoder.train.steps=few"])
     with pytest.raises(UserError, match=r"trian is not a setting \(did you mean train\?\)"):
         load_params(REPO_ROOT / "params.yaml", ["trian.steps=5"])
     selected = load_params(REPO_ROOT / "params.yaml", ["model.beta=2"], model="vae")

@@ -363,6 +363,7 @@ def test_the_mlflow_model_takes_the_same_options(unconditional: TrainedGenerator
     assert np.array_equal(images[2:], to_uint8(generate(unconditional, 1, 6, steps=3)))
 
 
+@pytest.mark.slow
 def test_evaluation_writes_the_sampling_and_its_network_passes_beside_the_scores(
     trained: TrainedModels, tmp_path: Path
 ) -> None:

@@ -15,6 +15,8 @@ import pytest
 from face_generation.pipeline import write_params
 from tests.project_copy import copy_project
 
+pytestmark = pytest.mark.slow  # the real dvc CLI on a copy of the project: seconds per command
+
 FEATURES = Path("data/features/32/effnet_lite0")
 # the models whose configs read the backbone's embedding (models.<name>.reads.features)
 READ_BACKBONE = ("diffusion", "progressive", "cond_gan", "translator")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,8 @@ from face_generation.evaluation.real_stats import cache_path
 from face_generation.evaluation.record import NOT_IN_DVC_METRICS, read_record
 from face_generation.evaluation.report import main as report_main
 from face_generation.evaluation.report import write_report
-from face_generation.features.backbone import build_feature_extractor
-from face_generation.features.network import embed_images
+from face_generation.networks.backbone import build_feature_extractor
+from face_generation.networks.network import embed_images
 from face_generation.runtime.checkpoint import load_checkpoint, step_path
 from face_generation.tracking.provenance import registered_model_name
 from face_generation.training.loop import train
@@ -121,9 +122,10 @@ def test_every_metric_has_a_value_network_n_and_data_hash_or_a_reason(
     assert record["model"] == model and record["step"] == 6 and record["resolution"] == RESOLUTION
     assert record["data_hash"] == expected_hash
     assert record["feature_network"] == "effnet_lite0-224px-antialias"
-    # how the samples were drawn: the model's sampling options and their network passes
-    assert record["sampling"] == dict(compose("pipeline").models[model].sampling)
-    assert record["network_evaluations"] == (50 if model == "diffusion" else 1)
+    # how the samples were drawn: the trained model's sampling options and their network passes
+    sampling = load_checkpoint(root / "models" / model / "model.pt")["config"]["model"]["sampling"]
+    assert record["sampling"] == sampling
+    assert record["network_evaluations"] == (sampling["steps"] if model == "diffusion" else 1)
     for name, entry in record["metrics"].items():
         assert entry["data_hash"] == expected_hash and entry["network"], name
         if entry["available"]:
@@ -171,7 +173,12 @@ def test_only_the_vae_gets_reconstruction_and_identity_metrics(evaluated: dict[s
     assert -1 <= vae["identity_cosine"]["value"] <= 1
     assert vae["identity_distance"]["value"] > 0
     assert 0 <= vae["identity_same_person"]["value"] <= 1
-    assert vae["identity_same_person"]["threshold"] == 0.6
+    # the share at the judge's threshold calibrated on the eval split's real pairs of known
+    # people (tests/faces.identities: two people of three faces among the 8), as zero-shot's
+    calibration = vae["identity_same_person"]["calibration"]
+    assert (calibration["same_pairs"], calibration["different_pairs"]) == (6, 9)
+    assert vae["identity_same_person"]["threshold"] == calibration["threshold"] > 0
+    assert -1 <= calibration["different_cosine"] <= 1 and -1 <= calibration["same_cosine"] <= 1
 
 
 def test_real_statistics_are_cached_by_data_hash_and_network(
@@ -249,12 +256,14 @@ def params_file(root: Path, *extra: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_cli_with_params_reproduces_the_same_numbers(evaluated: dict[str, Any], root: Path) -> None:
     first = evaluated["dcgan"]
     evaluate_main(["--params", str(params_file(root)), "--model", "dcgan"])
     assert read_record(root / "metrics", "dcgan") == first  # fixed seed: same numbers
 
 
+@pytest.mark.slow
 def test_cli_takes_a_checkpoint_and_caps_n(evaluated: dict[str, Any], root: Path) -> None:
     checkpoint = root / "models" / "vae" / "checkpoints" / "step-00000003.pt"
     evaluate_main(
@@ -322,6 +331,15 @@ def test_report_has_a_row_per_metric_and_a_column_per_model(
     assert fd["N"] == f"{TEST_SIZE} generated / {TEST_SIZE} real"
     assert fd["data hash"] == data_hash(root)
     assert metrics["ssim"]["dcgan"] == "—" and metrics["ssim"]["N"] == f"{TEST_SIZE} pairs"
+    # A generated identity score stands beside the real-pair anchors of its judge.
+    anchors = evaluated["vae"]["metrics"]["identity_cosine"]["calibration"]
+    cell = re.fullmatch(
+        r"(\S+) \(real pairs: same (\S+), different (\S+)\)", metrics["identity_cosine"]["vae"]
+    )
+    assert cell is not None, metrics["identity_cosine"]["vae"]
+    assert float(cell.group(2)) == pytest.approx(anchors["same_cosine"], rel=1e-3)
+    assert float(cell.group(3)) == pytest.approx(anchors["different_cosine"], rel=1e-3)
+    assert "Identity cosines stand beside their real-pair anchors" in markdown
     # An unavailable metric points at its footnote, which gives the reason.
     inception = evaluated["vae"]["metrics"]["fid_inception"]
     if not inception["available"]:
@@ -330,6 +348,29 @@ def test_report_has_a_row_per_metric_and_a_column_per_model(
         assert f"{note.group(1)}. {inception['reason']}" in markdown
     with Image.open(root / "plots" / "report.png") as chart:
         assert chart.size[0] > 200 and chart.size[1] > 200
+
+
+@pytest.mark.slow
+def test_identity_is_uncalibrated_where_nobody_is_known(root: Path, tmp_path: Path) -> None:
+    """Without the eval split's people (the embedded default: no labels), a reconstruction's
+    same-person share would count strangers under a threshold nobody checked: the details and
+    the report say "uncalibrated" instead, and the cosine has no anchors."""
+    data = tmp_path / "data"
+    shutil.copytree(root / "data" / "packed", data / "packed")  # faces, no labels
+    paths = [f"paths.{key}={tmp_path / key}" for key in ("data", "metrics", "plots")]
+    evaluate(compose("config", ["model=vae", *overrides(root), *paths]))
+    details = json.loads((tmp_path / "metrics" / "vae.details.json").read_text())
+    share = details["metrics"]["identity_same_person"]
+    assert share["value"] is None and share["note"].startswith("uncalibrated")
+    assert share["threshold"] is None and share["calibration"]["same_pairs"] == 0
+    assert "identity_same_person" not in json.loads((tmp_path / "metrics" / "vae.json").read_text())
+    cfg = compose("pipeline", [*overrides(root), *paths])
+    cfg.models = {"vae": cfg.models.vae}
+    markdown_path, _ = write_report(cfg)
+    _, rows = table(markdown_path.read_text(), "metric")
+    cells = {re.sub(r" [↑↓]$", "", row[0]): row[1] for row in rows}
+    assert cells["identity_same_person"].startswith("uncalibrated")
+    assert cells["identity_cosine"].endswith(" (real pairs unknown)")
 
 
 def test_report_marks_a_model_without_metrics(evaluated: dict[str, Any], root: Path) -> None:

@@ -24,14 +24,14 @@ from omegaconf import DictConfig, OmegaConf
 from face_generation.config import compose
 from face_generation.data import crop, images, pack
 from face_generation.evaluation.identity import identity_similarity
-from face_generation.features.backbone import build_feature_extractor
-from face_generation.features.dinov2 import load_dinov2
-from face_generation.features.effnet import EfficientNetLite0, load_effnet, map_by_position
-from face_generation.features.face_boxes import FaceBoxes
-from face_generation.features.facenet import load_facenet
-from face_generation.features.identity import FaceIdentityEncoder
-from face_generation.features.network import embed_images
-from face_generation.features.weights import (
+from face_generation.networks.backbone import build_feature_extractor
+from face_generation.networks.dinov2 import load_dinov2
+from face_generation.networks.effnet import EfficientNetLite0, load_effnet, map_by_position
+from face_generation.networks.face_boxes import FaceBoxes
+from face_generation.networks.facenet import load_facenet
+from face_generation.networks.identity import FaceIdentityEncoder
+from face_generation.networks.network import embed_images
+from face_generation.networks.weights import (
     WeightsUnavailableError,
     torch_hub_weights,
     unreachable,

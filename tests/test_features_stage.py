@@ -15,12 +15,12 @@ import torch
 from omegaconf import DictConfig
 
 from face_generation.data.packed import DataError, features_dir, load_feature_split, load_split
-from face_generation.evaluation import verification
+from face_generation.evaluation import verification, verification_report, verification_scores
 from face_generation.features.__main__ import main as features_main
-from face_generation.features.backbone import load_pyramid_backbone
 from face_generation.features.labels import partner_rows
 from face_generation.features.pyramid import ChannelCovariance, level_sources, pool_levels
 from face_generation.features.stage import run
+from face_generation.networks.backbone import load_pyramid_backbone
 from tests.conftest import TrainedModels
 from tests.faces import RESOLUTION, SPLIT_SIZES, identities, write_labels, write_packed
 
@@ -81,6 +81,7 @@ def test_backbone_rows_are_the_packed_rows_in_float16(cfg: Any, packed: Path) ->
     assert meta["pyramid"]["source_maps"] == [[112, 2, 2], [40, 4, 4]]
 
 
+@pytest.mark.slow
 def test_pca_is_fitted_on_the_train_split_only(cfg: Any, packed: Path) -> None:
     run(cfg("features.pyramid_dims=[8,16]"), ["backbone"])
     folder = features_dir(packed, RESOLUTION) / "effnet_lite0"
@@ -155,7 +156,7 @@ def test_a_failing_run_leaves_the_previous_folder_whole(
 ) -> None:
     run(cfg(), ["backbone"])
     before = arrays(packed, "effnet_lite0", "embedding")["test"].copy()
-    from face_generation.features import effnet
+    from face_generation.networks import effnet
 
     def broken(self: Any, inputs: torch.Tensor) -> Any:
         raise RuntimeError("killed")
@@ -264,8 +265,8 @@ def test_the_fine_tuned_encoder_is_loadable_by_the_features_stage(
     run(settings, ["encoder"])
     identity = arrays(data, "effnet_contrastive", "identity")
     assert identity["train"].shape == (48, 128)
-    from face_generation.features.contrastive import load_contrastive_encoder
-    from face_generation.features.network import embed_images
+    from face_generation.networks.contrastive import load_contrastive_encoder
+    from face_generation.networks.network import embed_images
 
     faces = load_split(data / "packed" / str(RESOLUTION), "test", RESOLUTION)
     direct = embed_images(load_contrastive_encoder(settings.encoder), faces, device="cpu")
@@ -278,19 +279,19 @@ def test_the_fine_tuned_encoder_is_loadable_by_the_features_stage(
 def test_verification_metrics_match_a_hand_computed_case() -> None:
     same, different = np.array([0.9, 0.8, 0.4]), np.array([0.7, 0.3, 0.2])
     # 8 of the 9 (same, different) score pairs are ordered right.
-    assert verification.roc_auc(same, different) == pytest.approx(8 / 9)
+    assert verification_scores.roc_auc(same, different) == pytest.approx(8 / 9)
     # Accepting above 0.7 lets no different pair through and accepts 2 of 3 same pairs.
-    assert verification.tar_at_far(same, different, far=0.0) == pytest.approx(2 / 3)
-    assert verification.tar_at_far(same, different, far=0.34) == pytest.approx(1.0)
+    assert verification_scores.tar_at_far(same, different, far=0.0) == pytest.approx(2 / 3)
+    assert verification_scores.tar_at_far(same, different, far=0.34) == pytest.approx(1.0)
     # At threshold 0.7 one of three is falsely accepted and one of three falsely rejected.
-    assert verification.equal_error_rate(same, different) == pytest.approx(1 / 3)
-    assert verification.equal_error_rate(np.array([0.9, 0.8]), np.array([0.1, 0.2])) == 0
-    assert verification.roc_auc(np.array([0.5]), np.array([0.5])) == 0.5  # a tie counts half
+    assert verification_scores.equal_error_rate(same, different) == pytest.approx(1 / 3)
+    assert verification_scores.equal_error_rate(np.array([0.9, 0.8]), np.array([0.1, 0.2])) == 0
+    assert verification_scores.roc_auc(np.array([0.5]), np.array([0.5])) == 0.5  # a tie counts half
 
 
 def test_verification_pairs_every_same_pair_and_as_many_different_ones() -> None:
     labels = np.array([0, 0, 0, 1, 1, 2, -1, 3])
-    first, second, same = verification.verification_pairs(labels, seed=0)
+    first, second, same = verification_scores.verification_pairs(labels, seed=0)
     same_pairs = {(int(a), int(b)) for a, b, s in zip(first, second, same, strict=True) if s}
     assert same_pairs == {(0, 1), (0, 2), (1, 2), (3, 4)}
     assert (~same).sum() == 4 and np.all(labels[first[~same]] != labels[second[~same]])
@@ -299,7 +300,7 @@ def test_verification_pairs_every_same_pair_and_as_many_different_ones() -> None
     embeddings = np.array([[1, 0], [1, 0.1], [1, -0.1], [0, 1], [0.1, 1], [-1, 0], [0, 0], [0, -1]])
     ok = np.ones(8, bool)
     ok[2] = False
-    result = verification.verify(embeddings, ok, labels, seed=0, far=0.01)
+    result = verification_scores.verify(embeddings, ok, labels, seed=0, far=0.01)
     assert result["roc_auc"] == 1.0 and result["eer"] == 0.0 and result["same_pairs"] == 2
     assert result["rows_skipped"] == 1
 
@@ -335,7 +336,7 @@ def test_verify_scores_dlib_the_frozen_backbone_and_the_fine_tuned_encoder(
     assert folder["bytes_per_image"] == numbers["bytes_per_image"]["effnet_lite0"]
     read = verification.read_verification(metrics)
     assert read is not None and read[0] == numbers  # as the report reads them back
-    section = verification.verification_markdown(metrics)
+    section = verification_report.verification_markdown(metrics)
     assert "| effnet_contrastive | " in section and "TAR at FAR=1e-02" in section
 
 
@@ -353,8 +354,8 @@ def run_data_stages(cfg: DictConfig) -> Path:
 
 @pytest.mark.slow
 def test_rows_align_with_the_packed_index_on_the_embedded_default(make_config: Any) -> None:
-    from face_generation.features.dlib_face import dlib_model_dir
     from face_generation.features.dlib_rows import DlibDescriber
+    from face_generation.networks.dlib_face import dlib_model_dir
 
     # Two processes over chunks of 40 faces: the worker pool's path.
     pool = ["encoder.workers=2", "encoder.chunk_size=40"]
@@ -454,9 +455,9 @@ def test_the_judge_describes_faces_with_the_stages_dlib_code() -> None:
     """Evaluation's dlib judge and the identity and verify stages' rows are one wrapper's
     descriptors: the same vectors for the same faces (the stages' unit length)."""
     from face_generation.config import compose
-    from face_generation.features.dlib_face import dlib_files, load_dlib
     from face_generation.features.dlib_rows import DlibDescriber
-    from face_generation.features.face_boxes import FaceBoxes
+    from face_generation.networks.dlib_face import dlib_files, load_dlib
+    from face_generation.networks.face_boxes import FaceBoxes
     from tests.faces import real_faces
 
     identity = compose("config").eval.identity

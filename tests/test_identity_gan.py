@@ -200,7 +200,7 @@ def test_evaluation_judges_the_identity_gan_with_dlib_only(
     def refused(*args: object, **kwargs: object) -> None:
         raise AssertionError("evaluation loaded the encoder the generator trained against")
 
-    monkeypatch.setattr("face_generation.features.contrastive.load_contrastive_encoder", refused)
+    monkeypatch.setattr("face_generation.networks.contrastive.load_contrastive_encoder", refused)
     monkeypatch.setattr("face_generation.features.conditions.identity_network", refused)
     monkeypatch.setattr(IdentityEmbedding, "__init__", refused)
     cfg = config(

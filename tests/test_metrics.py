@@ -25,11 +25,11 @@ from face_generation.evaluation.kid import kid
 from face_generation.evaluation.precision_recall import precision_recall
 from face_generation.evaluation.real_stats import real_features
 from face_generation.evaluation.reconstruction import psnr, ssim
-from face_generation.features.effnet import EfficientNetLite0, packaged_effnet_weights
-from face_generation.features.inception import load_inception
-from face_generation.features.lpips import load_lpips, lpips_distance
-from face_generation.features.network import embed_images
-from face_generation.features.weights import WeightsUnavailableError
+from face_generation.networks.effnet import EfficientNetLite0, packaged_effnet_weights
+from face_generation.networks.inception import load_inception
+from face_generation.networks.lpips import load_lpips, lpips_distance
+from face_generation.networks.network import embed_images
+from face_generation.networks.weights import WeightsUnavailableError
 from tests.faces import lfw_faces
 from tests.feature_samples import gaussian_features
 
@@ -51,6 +51,7 @@ def all_ranges(faces: np.ndarray) -> list[tuple[Any, tuple[float, float] | None]
     ]
 
 
+@pytest.mark.slow
 def test_effnet_metrics_are_the_same_for_uint8_unit_and_signed_inputs() -> None:
     # 128 px rather than the configured 224 only to keep the test fast.
     network = EfficientNetLite0(packaged_effnet_weights(), image_size=128, antialias=True)

@@ -22,12 +22,16 @@ from face_generation.families.dcgan import DCGANFamily
 from face_generation.families.vae import VAEFamily
 from face_generation.models.dcgan import Discriminator, Generator
 from face_generation.models.vae import VAE
-from face_generation.runtime.checkpoint import CheckpointError, load_checkpoint, training_run_id
+from face_generation.runtime.checkpoint import (
+    CheckpointError,
+    list_checkpoints,
+    load_checkpoint,
+    training_run_id,
+)
 from face_generation.runtime.generator import load_generator
 from face_generation.runtime.images import to_uint8
 from face_generation.tracking.provenance import registered_model_name
 from face_generation.train import main as train_main
-from face_generation.training.checkpoint import list_checkpoints
 from face_generation.training.loop import TrainingDiverged, train
 from face_generation.training.tracker import NullTracker
 from tests.faces import REPO, RESOLUTION, config, overrides, write_packed

@@ -20,9 +20,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from face_generation.runtime.checkpoint import load_checkpoint
+from face_generation.runtime.checkpoint import list_checkpoints, load_checkpoint
 from face_generation.train import main as train_main
-from face_generation.training.checkpoint import list_checkpoints
 from face_generation.training.loop import TrainingDiverged, train
 from face_generation.training.output import exclusive_writer
 from face_generation.training.tracker import NullTracker, create_tracker

@@ -168,6 +168,7 @@ def evaluate(cfg: DictConfig, checkpoint: Path | None = None) -> EvaluationResul
         f"plots in {plots[0].parent}/"
     )
     for metric_name, entry in metrics.items():
-        shown = f"{entry['value']:.6g}" if entry.get("value") is not None else "unavailable"
+        score = entry.get("value")
+        shown = f"{score:.6g}" if score is not None else entry.get("note", "unavailable")
         print(f"  {metric_name:<22} {shown:>12}  {entry['network']}")
     return result

@@ -5,7 +5,8 @@ For each scale w in `eval.guidance_sweep`: the eval samples drawn again with gui
 i conditioned on real image i's row, the same noise for every w), their fd_<backbone> against
 the real images, and the identity similarity of the first `eval.zero_shot.num_references`
 samples to their reference photos, judged as ZeroShotIdentity judges (dlib, never the
-conditioning network). Written as plots/<model>/guidance_sweep.csv (a DVC plot: x guidance),
+conditioning network; the same-person share at its calibrated threshold, left out when it is
+uncalibrated). Written as plots/<model>/guidance_sweep.csv (a DVC plot: x guidance),
 one sample grid per scale (plots/<model>/guidance_<w>.png), and the metrics file's
 `guidance_sweep` rows, which the report shows.
 """
@@ -42,7 +43,9 @@ def guidance_sweep(
     condition = str(inputs.trained.condition)
     judge = independent_judge(eval_cfg, condition, str(inputs.device))
     references = min(int(eval_cfg.zero_shot.num_references), inputs.count)
-    real_identity = None if isinstance(judge, str) else judge.embed(inputs.real[:references])
+    real_identity, calibration = (
+        (None, None) if isinstance(judge, str) else inputs.judged_real_faces(judge, references)
+    )
     real = inputs.real_backbone_features.statistics
     fd_name = f"fd_{inputs.prefix}"
     rows: list[dict[str, Any]] = []
@@ -55,12 +58,14 @@ def guidance_sweep(
             "guidance": scale,
             fd_name: frechet_distance_between(real, feature_statistics(features)),
         }
-        if real_identity is not None and not isinstance(judge, str):
+        if real_identity is not None and calibration is not None and not isinstance(judge, str):
+            threshold = judge.threshold if calibration.threshold is None else calibration.threshold
             similarity = identity_similarity(
-                real_identity, judge.embed(samples[:references]), judge.threshold
+                real_identity, judge.embed(samples[:references]), threshold
             )
             row["identity_cosine"] = similarity.cosine_mean
-            row["same_person"] = similarity.same_person_share
+            if calibration.threshold is not None:
+                row["same_person"] = similarity.same_person_share
         rows.append(row)
         grid = folder / f"guidance_{scale:g}.png"
         files.append(

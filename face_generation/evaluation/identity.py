@@ -2,8 +2,9 @@
 
 For a conditioned generator: the embedding that conditioned it against the embedding of the
 face it generated; for a reconstruction: original against reconstruction. Reports the mean
-cosine similarity, the mean Euclidean distance, and the share of pairs closer than the
-encoder's same-person distance (0.6 for dlib's recogniser).
+cosine similarity, the mean Euclidean distance, and the share of pairs closer than a
+same-person distance: the judge's, calibrated on real pairs of known people at a false-accept
+rate (`calibrate`, which also gives the real-pair anchors a generated score is read against).
 """
 
 from __future__ import annotations

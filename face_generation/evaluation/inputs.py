@@ -18,9 +18,11 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from face_generation.data.packed import features_dir, load_feature_split
+from face_generation.evaluation.identity import Calibration, calibrate
 from face_generation.evaluation.real_stats import RealFeatures, real_features
-from face_generation.features.backbone import build_feature_extractor
-from face_generation.features.network import EmbeddingNetwork, embed_images
+from face_generation.networks.backbone import build_feature_extractor
+from face_generation.networks.identity import FaceIdentityEncoder
+from face_generation.networks.network import EmbeddingNetwork, embed_images
 from face_generation.runtime.generator import TrainedGenerator
 from face_generation.runtime.images import to_uint8
 from face_generation.runtime.pixels import batches, to_float_nchw
@@ -89,6 +91,7 @@ class EvaluationInputs:
         self.trained, self.test, self.count = trained, test, count
         self.data_hash, self.device = data_hash, device
         self.real = np.asarray(test[:count])
+        self._judged: dict[tuple[str, int], tuple[np.ndarray, Calibration]] = {}
 
     @cached_property
     def conditions(self) -> torch.Tensor | None:
@@ -114,6 +117,28 @@ class EvaluationInputs:
         except FileNotFoundError:
             return np.full(self.count, -1, np.int64)
         return np.asarray(rows[: self.count], np.int64)
+
+    def judged_real_faces(
+        self, judge: FaceIdentityEncoder, rows: int
+    ) -> tuple[np.ndarray, Calibration]:
+        """(the judge's embeddings of the first `rows` eval-split faces, its calibration): the
+        same-person threshold at eval.identity.far from the pairs of known people among the
+        first eval.identity.calibration_faces real faces, with the real-pair anchors (the mean
+        cosine of same-person and of different-person pairs). Every generated identity score
+        is read against it. When no face's person is known (the embedded default) nothing is
+        embedded for it and it is uncalibrated. Computed once per judge and row count."""
+        key = (judge.name, rows)
+        if key not in self._judged:
+            settings = self.eval_cfg.identity
+            faces = min(int(settings.calibration_faces), self.count)
+            if not (self.people[:faces] >= 0).any():
+                faces = 0
+            embedded = judge.embed(
+                np.asarray(self.test[: max(rows, faces)]), progress="identity: real faces"
+            )
+            calibration = calibrate(embedded[:faces], self.people[:faces], float(settings.far))
+            self._judged[key] = embedded[:rows], calibration
+        return self._judged[key]
 
     def sample(self, count: int, progress: str | None, **overrides: Any) -> np.ndarray:
         """`count` samples (conditioned on the first `count` condition rows, for conditional

@@ -7,7 +7,7 @@ orchestration (evaluation/evaluate_model.py) runs the metrics of `METRICS` whose
 family's declared capabilities meet, so adding a metric is adding a class here and listing it.
 
 The maths are small functions in their own modules: frechet.py, kid.py, precision_recall.py,
-reconstruction.py (SSIM, PSNR), identity.py; the networks live in face_generation/features/.
+reconstruction.py (SSIM, PSNR), identity.py; the networks live in face_generation/networks/.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from omegaconf import DictConfig
 
 from face_generation.evaluation.frechet import feature_statistics, frechet_distance_between
 from face_generation.evaluation.identity import (
+    Calibration,
     bootstrap_gap,
-    calibrate,
     identity_similarity,
     row_cosines,
 )
@@ -30,10 +30,10 @@ from face_generation.evaluation.kid import kid
 from face_generation.evaluation.precision_recall import precision_recall
 from face_generation.evaluation.reconstruction import psnr, ssim
 from face_generation.evaluation.record import PIXELS, measured, unavailable
-from face_generation.features.identity import FaceIdentityEncoder
-from face_generation.features.inception import load_inception
-from face_generation.features.lpips import load_lpips, lpips_distance
-from face_generation.features.weights import WeightsUnavailableError
+from face_generation.networks.identity import FaceIdentityEncoder
+from face_generation.networks.inception import load_inception
+from face_generation.networks.lpips import load_lpips, lpips_distance
+from face_generation.networks.weights import WeightsUnavailableError
 from face_generation.runtime.family import RECONSTRUCT, SAMPLE
 from face_generation.runtime.generator import TrainedGenerator
 
@@ -186,9 +186,22 @@ class LpipsReconstruction(Metric):
         return {"lpips": measured(value, network, inputs.data_hash, n=len(originals))}
 
 
+UNCALIBRATED = "uncalibrated (no pairs of known people in the eval split)"
+
+
+def judged_shares(entries: Entries, names: tuple[str, ...], calibration: Calibration) -> None:
+    """Same-person shares are read at the calibrated threshold: without one (nobody's person
+    known) the entries say "uncalibrated" instead of a share, which would mislead."""
+    for name in names:
+        entries[name]["threshold"] = calibration.threshold
+        if calibration.threshold is None:
+            entries[name].update(value=None, note=UNCALIBRATED)
+
+
 class ReconstructionIdentity(Metric):
     """identity_cosine, identity_distance, identity_same_person: each test face against its
-    reconstruction, judged by eval.identity.encoder (dlib by default)."""
+    reconstruction, judged by eval.identity.encoder (dlib by default); the share at the
+    judge's threshold calibrated on the eval split's real pairs, as zero-shot identity's."""
 
     needs = frozenset({RECONSTRUCTIONS})
     names = ("identity_cosine", "identity_distance", "identity_same_person")
@@ -206,16 +219,21 @@ class ReconstructionIdentity(Metric):
             }
         originals, outputs = inputs.reconstructions
         count = min(int(settings.num_images), len(originals))
-        first = encoder.embed(originals[:count], progress="identity: originals")
+        first, calibration = inputs.judged_real_faces(encoder, count)  # originals = test[:count]
         second = encoder.embed(outputs[:count], (-1.0, 1.0), progress="identity: reconstructions")
-        similarity = identity_similarity(first, second, encoder.threshold)
-        details = {"n": count, "faces_detected": encoder.faces_detected}
+        threshold = encoder.threshold if calibration.threshold is None else calibration.threshold
+        similarity = identity_similarity(first, second, threshold)
+        details = {
+            "n": count,
+            "faces_detected": encoder.faces_detected,  # of every face the judge embedded here
+            "calibration": asdict(calibration),
+        }
         values = (similarity.cosine_mean, similarity.distance_mean, similarity.same_person_share)
         entries = {
             metric: measured(value, encoder.name, inputs.data_hash, **details)
             for metric, value in zip(self.names, values, strict=True)
         }
-        entries["identity_same_person"]["threshold"] = similarity.threshold
+        judged_shares(entries, ("identity_same_person",), calibration)
         return entries
 
 
@@ -268,10 +286,7 @@ class ZeroShotIdentity(Metric):
         samples = inputs.sample_conditioned(
             inputs.conditions[:references].repeat_interleave(k, dim=0), "zero-shot samples"
         )
-        faces = max(references, min(int(self.eval_cfg.identity.calibration_faces), inputs.count))
-        embedded = judge.embed(inputs.real[:faces], progress="identity: references")
-        real = embedded[:references]
-        calibration = calibrate(embedded, inputs.people[:faces], float(self.eval_cfg.identity.far))
+        real, calibration = inputs.judged_real_faces(judge, references)
         threshold = judge.threshold if calibration.threshold is None else calibration.threshold
         generated = judge.embed(samples, progress="identity: zero-shot samples")
         same = identity_similarity(np.repeat(real, k, axis=0), generated, threshold)
@@ -302,13 +317,9 @@ class ZeroShotIdentity(Metric):
             name: measured(value, judge.name, inputs.data_hash, **details)
             for name, value in zip(self.names, values, strict=True)
         }
-        for name in ("zero_shot_same_person", "zero_shot_random_same_person"):
-            entries[name]["threshold"] = same.threshold
-            if calibration.threshold is None:  # a share under an uncalibrated threshold misleads
-                entries[name].update(
-                    value=None,
-                    note="uncalibrated (no pairs of known people in the eval split)",
-                )
+        judged_shares(
+            entries, ("zero_shot_same_person", "zero_shot_random_same_person"), calibration
+        )
         # how far the conditioned samples are above chance, with its bootstrap interval
         entries["zero_shot_identity_cosine"]["gap_to_random"] = {
             "value": gap,

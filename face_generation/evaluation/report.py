@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 
 from face_generation.config import config_from_args, stage_parser
 from face_generation.evaluation.record import DETAILS_SUFFIX, read_record
-from face_generation.evaluation.verification import verification_markdown
+from face_generation.evaluation.verification_report import verification_markdown
 
 # Direction of each metric, by name prefix (the first that matches).
 LOWER_IS_BETTER = ("fd_", "kid_", "fid_", "lpips", "identity_distance", "feature_fidelity")
@@ -34,6 +34,8 @@ HIGHER_IS_BETTER = (
     "zero_shot_identity", "zero_shot_same", "same_person",
 )  # fmt: skip
 NOT_COMPUTED = "—"
+# Generated identity cosines: each shown beside its judge's real-pair anchors (`anchors`).
+ANCHORED = ("identity_cosine", "zero_shot_identity_cosine", "zero_shot_random_cosine")
 PLOTS = (  # plots/<model>/ files the report shows, as evaluation/plots.py names them
     ("real_vs_generated.png", "real vs generated"),
     ("nearest_train.png", "nearest training images"),
@@ -75,6 +77,26 @@ def load_records(metrics_dir: Path, names: Sequence[str]) -> Records:
 
 def format_value(value: float) -> str:
     return f"{value:.4g}"
+
+
+def anchors(calibration: dict[str, Any]) -> str:
+    """Where an identity cosine sits: the mean cosine of same-person and of different-person
+    real pairs of the eval split at the model's resolution, by the same judge."""
+    if calibration.get("same_cosine") is None:
+        return "real pairs unknown"
+    same, different = calibration["same_cosine"], calibration["different_cosine"]
+    return f"real pairs: same {format_value(same)}, different {format_value(different)}"
+
+
+def cell(metric: str, entry: dict[str, Any]) -> str:
+    """A measured entry's table cell: its value (with the anchors of an identity cosine), or
+    its note where it has no value."""
+    value = entry.get("value")
+    if value is None:
+        return str(entry.get("note", "?"))
+    if metric in ANCHORED and "calibration" in entry:
+        return f"{format_value(value)} ({anchors(entry['calibration'])})"
+    return format_value(value)
 
 
 def counts(entry: dict[str, Any]) -> str:
@@ -189,13 +211,21 @@ def report_markdown(records: Records, plots_dir: Path | None = None, smoke_below
                 cells.append(f"unavailable [{reasons.index(entry['reason']) + 1}]")
                 continue
             ns[name] = counts(entry)
-            value = entry.get("value")
-            cells.append(format_value(value) if value is not None else entry.get("note", "?"))
+            cells.append(cell(metric, entry))
         label = f"{metric} {direction(metric)}".strip()
         lines.append(
             f"| {label} | " + " | ".join(cells) + f" | {joined(networks)} | {joined(ns)} "
             f"| {joined(data)} |"
         )
+    if any(metric in ANCHORED for metric in metric_names(records)):
+        lines += [
+            "",
+            "Identity cosines stand beside their real-pair anchors: the mean cosine of "
+            "same-person and of different-person pairs of real eval-split faces at the model's "
+            "resolution, by the same judge. Same-person shares are counted at that judge's "
+            'threshold calibrated on those pairs at `eval.identity.far`; "uncalibrated" where '
+            "the eval split's people are unknown.",
+        ]
     if reasons:
         lines += ["", "Unavailable metrics:", ""]
         lines += [f"{index}. {reason}" for index, reason in enumerate(reasons, 1)]
@@ -229,11 +259,13 @@ def guidance_tables(evaluated: dict[str, dict[str, Any]], smoke_below: int = 0) 
             continue
         columns = list(sweep[0])
         scale = ", smoke-scale" if smoke_scale(record, smoke_below) else ""
+        zero_shot = record.get("metrics", {}).get("zero_shot_identity_cosine", {})
+        anchored = f", {anchors(zero_shot['calibration'])}" if "calibration" in zero_shot else ""
         lines += [
             "",
             f"Guidance sweep of {name} (conditioned on `{record.get('condition')}`; identity "
-            f"judged on the references of the zero-shot metric; {record['n_generated']} "
-            f"samples{scale}):",
+            f"judged on the references of the zero-shot metric{anchored}; "
+            f"{record['n_generated']} samples{scale}):",
             "",
             "| " + " | ".join(f"{c} {direction(c)}".strip() for c in columns) + " |",
             "| " + " | ".join("---:" for _ in columns) + " |",

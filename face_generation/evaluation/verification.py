@@ -20,6 +20,9 @@ computed here on the split. A network that cannot be had here is listed with the
 
 In memory (`run`, `read_verification`) the numbers are nested: verification.<network>.<metric>
 (with the pair counts), bytes_per_image.<network>, failed_rows.<network>.
+
+The metric itself is evaluation/verification_scores.py; the report's section,
+evaluation/verification_report.py.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from face_generation.config import config_from_args, stage_parser
+from face_generation.evaluation.verification_scores import verify
 
 DLIB, CONTRASTIVE = "dlib", "effnet_contrastive"
 NUMBERS, DETAILS = "features.json", "features.details.json"  # in paths.metrics
@@ -41,91 +45,6 @@ PAIR_COUNTS = ("same_pairs", "different_pairs", "rows_skipped")  # descriptive: 
 # Facts of each feature folder, in the details: with the models' scores they would widen
 # `dvc metrics show` past 120 columns.
 PER_FOLDER = ("bytes_per_image", "failed_rows")
-
-
-# --- the metric ----------------------------------------------------------------------------
-
-
-def verification_pairs(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(first, second, same): every same-identity pair of rows with a label >= 0, then as
-    many different-identity pairs drawn uniformly without repeats (all, when fewer exist)."""
-    known = np.flatnonzero(labels >= 0)
-    first, second = np.triu_indices(len(known), k=1)
-    same = labels[known[first]] == labels[known[second]]
-    same_pairs = np.stack([known[first[same]], known[second[same]]], axis=1)
-    different = np.flatnonzero(~same)
-    rng = np.random.default_rng(seed)
-    chosen = rng.choice(different, size=min(len(same_pairs), len(different)), replace=False)
-    different_pairs = np.stack([known[first[np.sort(chosen)]], known[second[np.sort(chosen)]]], 1)
-    pairs = np.concatenate([same_pairs, different_pairs])
-    is_same = np.r_[np.ones(len(same_pairs), bool), np.zeros(len(different_pairs), bool)]
-    return pairs[:, 0], pairs[:, 1], is_same
-
-
-def roc_auc(same: np.ndarray, different: np.ndarray) -> float:
-    """P(a same-identity score beats a different-identity one), ties counting half
-    (the Mann-Whitney U statistic over both counts)."""
-    from scipy.stats import rankdata
-
-    ranks = rankdata(np.r_[same, different])
-    above = ranks[: len(same)].sum() - len(same) * (len(same) + 1) / 2
-    return float(above / (len(same) * len(different)))
-
-
-def tar_at_far(same: np.ndarray, different: np.ndarray, far: float) -> float:
-    """The largest share of same-identity pairs accepted (score above a threshold) while at
-    most `far` of the different-identity pairs are."""
-    allowed = int(np.floor(far * len(different)))  # false accepts allowed
-    if allowed >= len(different):
-        return 1.0
-    threshold = np.sort(different)[::-1][allowed]  # accepting above it lets `allowed` through
-    return float((same > threshold).mean())
-
-
-def equal_error_rate(same: np.ndarray, different: np.ndarray) -> float:
-    """Where the false accept and false reject rates meet as the threshold rises (accept
-    score >= threshold), linearly interpolated between the thresholds around the crossing."""
-    thresholds = np.r_[np.unique(np.r_[same, different]), np.inf]
-    false_accept = (different[None, :] >= thresholds[:, None]).mean(axis=1)
-    false_reject = (same[None, :] < thresholds[:, None]).mean(axis=1)
-    gap = false_accept - false_reject  # falls from 1 to -1
-    crossing = int(np.argmax(gap <= 0))
-    if crossing == 0:
-        return float(false_accept[0])
-    before, after = gap[crossing - 1], gap[crossing]
-    weight = before / (before - after)
-    return float(
-        false_accept[crossing - 1] + weight * (false_accept[crossing] - false_accept[crossing - 1])
-    )
-
-
-def cosine(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    first, second = first.astype(np.float64), second.astype(np.float64)
-    norms = np.linalg.norm(first, axis=1) * np.linalg.norm(second, axis=1)
-    return (first * second).sum(axis=1) / np.maximum(norms, np.finfo(np.float64).tiny)
-
-
-def verify(
-    embeddings: np.ndarray, ok: np.ndarray, labels: np.ndarray, seed: int, far: float
-) -> dict[str, float]:
-    """ROC AUC, TAR at `far` and EER of one network's embeddings of the split's rows."""
-    usable = np.where(ok, labels, -1)
-    first, second, same = verification_pairs(usable, seed)
-    if not same.any() or same.all():
-        raise ValueError("the split needs two faces of one person and two different people")
-    scores = cosine(embeddings[first], embeddings[second])
-    same_scores, different_scores = scores[same], scores[~same]
-    return {
-        "roc_auc": roc_auc(same_scores, different_scores),
-        f"tar_at_far_{far:.0e}": tar_at_far(same_scores, different_scores, far),
-        "eer": equal_error_rate(same_scores, different_scores),
-        "same_pairs": int(same.sum()),
-        "different_pairs": int((~same).sum()),
-        "rows_skipped": int((labels >= 0).sum() - (usable >= 0).sum()),
-    }
-
-
-# --- the stage -------------------------------------------------------------------------------
 
 
 def embeddings_of(
@@ -144,9 +63,9 @@ def embeddings_of(
         return np.asarray(array), np.asarray(ok), {**meta, "source": str(features / network)}
     settings = cfg.features.verification
     if network == DLIB:
-        from face_generation.features.dlib_face import DlibFaceRecogniser, dlib_files
         from face_generation.features.dlib_rows import DlibPool
-        from face_generation.features.face_boxes import FaceBoxes
+        from face_generation.networks.dlib_face import DlibFaceRecogniser, dlib_files
+        from face_generation.networks.face_boxes import FaceBoxes
 
         identity = cfg.eval.identity  # the judge's settings
         arguments = (
@@ -162,8 +81,8 @@ def embeddings_of(
         key = f"{DlibFaceRecogniser.name}-{FaceBoxes.from_config(identity).cache_key}"
         return vectors, ok, {"name": DLIB, "network": key, "source": "computed"}
     if network == CONTRASTIVE:
-        from face_generation.features.contrastive import load_contrastive_encoder
-        from face_generation.features.network import embed_images
+        from face_generation.networks.contrastive import load_contrastive_encoder
+        from face_generation.networks.network import embed_images
 
         checkpoint = OmegaConf.create({"checkpoint": settings.encoder_checkpoint})
         encoder = load_contrastive_encoder(checkpoint)
@@ -203,7 +122,7 @@ def run(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Verify every network of `networks_to_verify`; write both metrics files."""
     from face_generation.data.packed import features_dir, load_feature_split, load_split
     from face_generation.data.tables import packed_dir
-    from face_generation.features.weights import WeightsUnavailableError
+    from face_generation.networks.weights import WeightsUnavailableError
 
     settings = cfg.features.verification
     split, resolution = str(settings.split), int(cfg.data.resolution)
@@ -291,48 +210,6 @@ def read_verification(metrics: Path) -> tuple[dict[str, Any], dict[str, Any]] | 
                 **{count: how[count] for count in PAIR_COUNTS if count in how},
             }
     return numbers, details
-
-
-def verification_markdown(metrics_dir: Path) -> str:
-    """The report's verification section, from metrics/features*.json ('' when absent)."""
-    read = read_verification(metrics_dir)
-    if read is None:
-        return ""
-    numbers, details = read
-    far = f"{details['far']:.0e}"
-    lines = [
-        "",
-        "## Identity verification (metrics/features.json)",
-        "",
-        f"Face encoders on the {details['split']} split ({details['split_size']} faces, "
-        f"{details['faces_with_identity']} of {details['identities']} known people): every pair of "
-        "two faces of one person against as many pairs of two people, scored by cosine "
-        "similarity (`python -m face_generation.evaluation.verification`).",
-        "",
-        f"| network | ROC AUC ↑ | TAR at FAR={far} ↑ | EER ↓ | pairs (same + different) |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
-    reasons = []
-    for network, how in details["networks"].items():
-        result = numbers["verification"].get(network)
-        if result is None:
-            reasons.append(f"{network}: {how.get('reason', 'not computed')}")
-            lines.append(f"| {network} | unavailable [{len(reasons)}] | | | |")
-            continue
-        lines.append(
-            f"| {network} | {result['roc_auc']:.4f} | {result[f'tar_at_far_{far}']:.4f} "
-            f"| {result['eer']:.4f} | {result['same_pairs']} + {result['different_pairs']} |"
-        )
-    lines += [""] + [f"{index}. {reason}" for index, reason in enumerate(reasons, 1)]
-    sizes = numbers.get("bytes_per_image", {})
-    if sizes:
-        lines += [
-            "",
-            "Feature arrays (data/features/): "
-            + ", ".join(f"{name} {size} bytes per image" for name, size in sizes.items())
-            + ".",
-        ]
-    return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -29,9 +29,9 @@ from torch import nn
 from face_generation.families.conditioning import ConditionalFamily
 from face_generation.families.latents import gaussian_latents
 from face_generation.families.optimization import adam, optimizer_step, place
-from face_generation.features.effnet import EfficientNetLite0, load_effnet
-from face_generation.features.network import FrozenNetwork
 from face_generation.models.cond_gan import ProjectionDiscriminator, UNetGenerator
+from face_generation.networks.effnet import EfficientNetLite0, load_effnet
+from face_generation.networks.network import FrozenNetwork
 from face_generation.runtime.family import Batch, StepContext
 from face_generation.runtime.pixels import resize
 
@@ -105,7 +105,7 @@ class PerceptualDistance(FrozenNetwork):
         super().__init__()
         self.kind = str(settings.network)
         if self.kind == "lpips":
-            from face_generation.features.lpips import load_lpips
+            from face_generation.networks.lpips import load_lpips
 
             self.network: nn.Module = load_lpips(settings.lpips, timeout_s)
         elif self.kind == "effnet_lite0":

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from face_generation.families.optimization import adam, optimizer_step, place
-from face_generation.features.contrastive import head_input
-from face_generation.features.effnet import NUM_FEATURES, last_stage_architecture, load_effnet
 from face_generation.models.encoder import FaceEncoderHead, ProjectionHead
+from face_generation.networks.contrastive import head_input
+from face_generation.networks.effnet import NUM_FEATURES, last_stage_architecture, load_effnet
 from face_generation.runtime.family import EMBED, IMAGES, Batch, Family, RowInput, StepContext
 
 IDENTITY = "labels/identity"

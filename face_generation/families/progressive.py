@@ -27,7 +27,6 @@ from face_generation.data.packed import DataError, feature_meta, load_feature_sp
 from face_generation.families.conditioning import ConditionalFamily
 from face_generation.families.latents import gaussian_latents
 from face_generation.families.optimization import adam, optimizer_step, place
-from face_generation.features.backbone import load_pyramid_backbone
 from face_generation.features.pyramid import ChannelPCA, level_sources, pool_levels
 from face_generation.features.store import file_sha256
 from face_generation.models.progressive import (
@@ -37,6 +36,7 @@ from face_generation.models.progressive import (
     level_count,
     upsample,
 )
+from face_generation.networks.backbone import load_pyramid_backbone
 from face_generation.runtime.family import Batch, FamilyEvaluation, RowInput, StepContext
 from face_generation.runtime.images import save_grid
 from face_generation.runtime.pixels import batches, to_float_nchw

@@ -29,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg = config_from_args(args)
     from face_generation.data.packed import DataError
     from face_generation.features.stage import run
-    from face_generation.features.weights import WeightsUnavailableError
+    from face_generation.networks.weights import WeightsUnavailableError
 
     try:
         run(cfg, args.only or PARTS)

@@ -29,9 +29,9 @@ def computes_from_photos(settings: DictConfig, array: str) -> bool:
 
 def identity_network(settings: DictConfig) -> torch.nn.Module:
     """The torch face encoder of the `encoder` group (facenet or effnet_contrastive)."""
-    from face_generation.features.contrastive import load_contrastive_encoder
-    from face_generation.features.face_boxes import FaceBoxes
-    from face_generation.features.facenet import FACENET_VGGFACE2_URL, load_facenet
+    from face_generation.networks.contrastive import load_contrastive_encoder
+    from face_generation.networks.face_boxes import FaceBoxes
+    from face_generation.networks.facenet import FACENET_VGGFACE2_URL, load_facenet
 
     if settings.name == "facenet":
         boxes = FaceBoxes.from_config(settings)
@@ -51,15 +51,15 @@ def embed_faces(settings: DictConfig, array: str, faces: np.ndarray) -> np.ndarr
     (packed-style crops), by the network of `settings` (a backbone's or an encoder's config).
     A face the network fails on gets zeros, as its row in the stage's array would."""
     if array == "embedding":
-        from face_generation.features.backbone import load_pyramid_backbone
+        from face_generation.networks.backbone import load_pyramid_backbone
 
         backbone = load_pyramid_backbone(settings)
         return backbone.forward(backbone.preprocess(faces)).embedding.float().cpu().numpy()
     if array != "identity":
         raise ValueError(f"no network computes the {array!r} array from photos")
     if settings.name == "dlib":
-        from face_generation.features.dlib_face import dlib_files
         from face_generation.features.dlib_rows import DlibDescriber
+        from face_generation.networks.dlib_face import dlib_files
 
         describer = DlibDescriber(
             *dlib_files(settings),

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from face_generation.features.face_boxes import FaceBoxes
+from face_generation.networks.face_boxes import FaceBoxes
 
 DETECTED, FALLBACK, WHOLE_CROP, FAILED = "detected", "fallback_box", "whole_crop", "failed"
 
@@ -36,7 +36,7 @@ class DescribedRows(NamedTuple):
 class DlibDescriber:
     """dlib's landmark model and recogniser, with the face boxes of face_boxes.py: the one
     wrapper of dlib's networks, used by the identity stage, the verify stage and evaluation's
-    judge (features/dlib_face.py)."""
+    judge (networks/dlib_face.py)."""
 
     def __init__(
         self,

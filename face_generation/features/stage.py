@@ -165,8 +165,8 @@ def fit_pyramid_pca(
 def backbone_part(cfg: DictConfig) -> Path:
     import torch
 
-    from face_generation.features.backbone import load_pyramid_backbone
     from face_generation.features.pyramid import level_sources, pool_levels
+    from face_generation.networks.backbone import load_pyramid_backbone
 
     device = prepare_torch(cfg)
     faces, data_hash = packed_inputs(cfg)
@@ -228,9 +228,9 @@ def dlib_identity(
 ) -> tuple[dict[str, Any], dict]:
     """dlib descriptors of every split into `folder` (dlib_rows.py); the network's description
     and how each split's faces were described."""
-    from face_generation.features.dlib_face import DlibFaceRecogniser, dlib_files
     from face_generation.features.dlib_rows import DlibPool
-    from face_generation.features.face_boxes import FaceBoxes
+    from face_generation.networks.dlib_face import DlibFaceRecogniser, dlib_files
+    from face_generation.networks.face_boxes import FaceBoxes
 
     settings = cfg.encoder
     files = dlib_files(settings)

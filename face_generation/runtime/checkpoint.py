@@ -1,4 +1,4 @@
-"""The checkpoint format, and reading it safely: one file with everything a run needs.
+"""The checkpoint format, in one place: one file with everything a run needs.
 
 A checkpoint is a dict saved with torch.save and always read with `weights_only=True`, so a
 file whose pickle would run code is refused before anything runs:
@@ -19,25 +19,83 @@ file whose pickle would run code is refused before anything runs:
     losses        {"columns", "rows"}: losses.csv up to `step` (training/loss_log.py), from
                   which a resumed run rewrites the file; absent in older files
 
-Writing (atomic, pruned) is training's job: face_generation/training/checkpoint.py.
+This module owns the format: it assembles a checkpoint from a training run's state
+(`checkpoint_state`, `model_file_state`), writes it (atomic, pruned: `save_checkpoint`,
+`prune_checkpoints`), reads and checks it (`load_checkpoint`, `load_weights`) and puts it back
+into a run (`restore_training_state`). Training calls it; inference and evaluation only read.
+Files are written to a temporary name, flushed to disk and renamed, so a run killed while
+saving never leaves a half-written file under a checkpoint's name.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
+import random
+import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
+
+from face_generation.runtime.family import Family
 
 CHECKPOINT_FORMAT = 2
 READABLE_FORMATS = (1, 2)  # format 1 is format 2 without `family_state`
 REQUIRED_KEYS = ("format", "model", "step", "networks", "optimizers", "generator", "config")
+STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
 
 
 class CheckpointError(Exception):
     """A checkpoint that cannot be used; the message names the file and what to do."""
+
+
+# Assembling: a training run's state as a checkpoint.
+
+
+def checkpoint_state(
+    cfg: DictConfig,
+    family: Family,
+    ema: nn.Module | None,
+    step: int,
+    run_id: str,
+    data_hash: str,
+    losses: dict[str, Any],
+) -> dict[str, Any]:
+    """Everything a checkpoint holds (the layout above); frozen networks are not in it: they
+    are rebuilt from their own weights. `ema` is the averaged generator, `losses` the loss
+    log's history."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model": str(cfg.model.name),
+        "step": step,
+        "images_seen": step * int(cfg.train.batch_size),
+        "networks": {name: network.state_dict() for name, network in family.networks.items()},
+        "optimizers": {
+            name: optimizer.state_dict() for name, optimizer in family.optimizers.items()
+        },
+        "ema": ema.state_dict() if ema is not None else None,
+        "generator": family.generator_key,
+        "family_state": family.state_dict(),
+        "rng": rng_state(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "run_id": run_id,
+        "data_hash": data_hash,  # `train.resume=matching` resumes only on the same data
+        "losses": losses,  # losses.csv up to here: a resume rewrites it from this
+    }
+
+
+def model_file_state(state: dict[str, Any]) -> dict[str, Any]:
+    """What models/<name>/model.pt holds: the checkpoint without its run id, so the same
+    training writes the same bytes and DVC sees an unchanged output (the step checkpoint
+    beside it keeps the run id: `training_run_id`)."""
+    return {**state, "run_id": None}
+
+
+# Reading and checking; putting a checkpoint back into a run.
 
 
 def load_checkpoint(path: str | Path, expected_model: str | None = None) -> dict[str, Any]:
@@ -92,6 +150,37 @@ def load_weights(
         ) from error
 
 
+def restore_training_state(
+    state: dict[str, Any], family: Family, ema: nn.Module | None, path: Path
+) -> None:
+    """Put checkpoint `state` (read from `path`) back into a run: networks, optimisers, the
+    averaged generator `ema`, the family's own state and every RNG stream."""
+    for name, network in family.networks.items():
+        if name not in state["networks"]:
+            raise CheckpointError(f"checkpoint {path} has no weights for the network '{name}'")
+        load_weights(network, state["networks"][name], path, name)
+    for name, optimizer in family.optimizers.items():
+        try:
+            optimizer.load_state_dict(state["optimizers"][name])
+        except (KeyError, ValueError) as error:
+            raise CheckpointError(
+                f"checkpoint {path}: optimizer '{name}' state does not fit ({error})"
+            ) from error
+    if ema is not None:
+        # a checkpoint written without EMA starts the average from the trained weights
+        weights = (
+            state["ema"] if state["ema"] is not None else state["networks"][family.generator_key]
+        )
+        load_weights(ema, weights, path, "EMA")
+    try:
+        family.load_state_dict(state["family_state"])
+    except (KeyError, ValueError) as error:
+        raise CheckpointError(
+            f"checkpoint {path}: the family's state does not fit ({error})"
+        ) from error
+    restore_rng_state(state["rng"])
+
+
 def step_path(directory: Path, step: int) -> Path:
     """The step checkpoint written after `step` steps: <directory>/step-<step>.pt."""
     return directory / f"step-{step:08d}.pt"
@@ -102,3 +191,90 @@ def training_run_id(model_file: Path, step: int) -> str | None:
     run id of the step checkpoint of the same step in checkpoints/ beside it, if any."""
     beside = step_path(model_file.parent / "checkpoints", step)
     return load_checkpoint(beside).get("run_id") if beside.is_file() else None
+
+
+# Writing: atomic files, pruning, and the RNG states they hold.
+
+
+def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
+    """(step, path) of the step checkpoints in `directory`, oldest first."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in directory.iterdir():
+        match = STEP_FILE.match(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def newest_checkpoint(directory: Path) -> Path | None:
+    checkpoints = list_checkpoints(directory)
+    return checkpoints[-1][1] if checkpoints else None
+
+
+def prune_checkpoints(directory: Path, keep: int) -> None:
+    """Delete all but the `keep` newest step checkpoints (and temporaries of killed saves)."""
+    for _, path in list_checkpoints(directory)[:-keep] if keep > 0 else []:
+        path.unlink(missing_ok=True)
+    for temporary in directory.glob("*.pt.tmp"):
+        temporary.unlink(missing_ok=True)
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """Write atomically: temporary file, fsync, rename over `path`. A failed write (a full
+    disk) removes its temporary and raises an OSError that names `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    try:
+        with temporary.open("wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        temporary.replace(path)
+    except BaseException as error:
+        temporary.unlink(missing_ok=True)
+        # torch reports a failed write (ENOSPC) as a RuntimeError raised over the OSError
+        cause = error if isinstance(error, OSError) else error.__context__
+        if isinstance(cause, OSError):
+            raise OSError(cause.errno, cause.strerror, str(path)) from error
+        raise
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator the training code may draw from, in weights_only-safe types."""
+    numpy_state = np.random.get_state(legacy=True)
+    assert isinstance(numpy_state, tuple)
+    _, keys, position, has_gauss, cached_gaussian = numpy_state
+    return {
+        "python": random.getstate(),
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    saved = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            saved["keys"].numpy().astype(np.uint32),
+            saved["position"],
+            saved["has_gauss"],
+            saved["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if (
+        state["cuda"]
+        and torch.cuda.is_available()
+        and len(state["cuda"]) == torch.cuda.device_count()
+    ):
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -86,9 +86,12 @@ def params_overrides(cwd: str | Path | None = None) -> list[str]:
 
 
 def entry_point() -> str:
-    """The running command: the module of `python -m MODULE`, else the script's file name."""
+    """The running command: the module of `python -m MODULE`, else the script's file name
+    (`python -c` for code given on the command line, as a pytest-xdist worker runs)."""
     spec = getattr(sys.modules["__main__"], "__spec__", None)
-    return spec.name.removesuffix(".__main__") if spec is not None else Path(sys.argv[0]).name
+    if spec is not None:
+        return str(spec.name).removesuffix(".__main__")
+    return "python -c" if sys.argv[0] == "-c" else Path(sys.argv[0]).name
 
 
 def queued_experiment(cwd: str | Path | None = None) -> bool:

@@ -25,30 +25,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from face_generation.data.packed import features_dir, load_feature_split, load_split, read_meta
 from face_generation.data.tables import packed_dir
 from face_generation.errors import describe
 from face_generation.runtime.checkpoint import (
-    CHECKPOINT_FORMAT,
-    CheckpointError,
-    load_weights,
-    step_path,
+    checkpoint_state,
+    restore_training_state,
 )
 from face_generation.runtime.device import pick_device, use_threads
 from face_generation.runtime.family import Family, StepContext
 from face_generation.runtime.images import save_grid
 from face_generation.runtime.registry import family_for
 from face_generation.tracking.provenance import flatten_config
-from face_generation.training.checkpoint import (
-    newest_checkpoint,
-    prune_checkpoints,
-    restore_rng_state,
-    rng_state,
-    save_checkpoint,
-)
 from face_generation.training.data import PackedBatches
 from face_generation.training.device import rank_and_world_size, reduce_mean, step_context
 from face_generation.training.distributed import (
@@ -59,13 +50,7 @@ from face_generation.training.distributed import (
 )
 from face_generation.training.ema import EMA
 from face_generation.training.loss_log import LossLog
-from face_generation.training.output import (
-    discard_previous_run,
-    exclusive_writer,
-    restore_previous_run,
-    set_aside_previous_run,
-)
-from face_generation.training.resume import check_same_model, plan_resume
+from face_generation.training.output import RunFolder, exclusive_writer, model_dir
 from face_generation.training.settings import check_learning_rates, check_train_settings
 from face_generation.training.tracker import (
     NullTracker,
@@ -86,11 +71,6 @@ class TrainResult:
     run_id: str
     metrics: dict[str, float] = field(default_factory=dict)  # last logged window means
     stopped_by: str | None = None  # "SIGINT"/"SIGTERM" when a signal ended the run early
-
-
-def model_dir(cfg: DictConfig) -> Path:
-    """models/<name>/: checkpoints/, samples/ and model.pt (the final checkpoint)."""
-    return Path(cfg.paths.models) / str(cfg.model.name)
 
 
 def seed_everything(seed: int) -> None:
@@ -135,73 +115,6 @@ class SignalStop:
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
-
-
-def training_state(
-    cfg: DictConfig,
-    family: Family,
-    ema: EMA | None,
-    step: int,
-    run_id: str,
-    data_hash: str,
-    losses: LossLog,
-) -> dict[str, Any]:
-    """Everything a checkpoint holds (the layout is documented in runtime/checkpoint.py);
-    frozen networks are not in it: they are rebuilt from their own weights."""
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "model": str(cfg.model.name),
-        "step": step,
-        "images_seen": step * int(cfg.train.batch_size),
-        "networks": {name: network.state_dict() for name, network in family.networks.items()},
-        "optimizers": {
-            name: optimizer.state_dict() for name, optimizer in family.optimizers.items()
-        },
-        "ema": ema.state_dict() if ema else None,
-        "generator": family.generator_key,
-        "family_state": family.state_dict(),
-        "rng": rng_state(),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "run_id": run_id,
-        "data_hash": data_hash,  # `train.resume=matching` resumes only on the same data
-        "losses": losses.history(),  # losses.csv up to here: a resume rewrites it from this
-    }
-
-
-def model_file_state(state: dict[str, Any]) -> dict[str, Any]:
-    """What models/<name>/model.pt holds: the checkpoint without its run id, so the same
-    training writes the same bytes and DVC sees an unchanged output (the step checkpoint
-    beside it keeps the run id: runtime/checkpoint.py's training_run_id)."""
-    return {**state, "run_id": None}
-
-
-def restore_training_state(
-    state: dict[str, Any], family: Family, ema: EMA | None, path: Path
-) -> None:
-    for name, network in family.networks.items():
-        if name not in state["networks"]:
-            raise CheckpointError(f"checkpoint {path} has no weights for the network '{name}'")
-        load_weights(network, state["networks"][name], path, name)
-    for name, optimizer in family.optimizers.items():
-        try:
-            optimizer.load_state_dict(state["optimizers"][name])
-        except (KeyError, ValueError) as error:
-            raise CheckpointError(
-                f"checkpoint {path}: optimizer '{name}' state does not fit ({error})"
-            ) from error
-    if ema is not None:
-        # a checkpoint written without EMA starts the average from the trained weights
-        weights = (
-            state["ema"] if state["ema"] is not None else state["networks"][family.generator_key]
-        )
-        load_weights(ema.module, weights, path, "EMA")
-    try:
-        family.load_state_dict(state["family_state"])
-    except (KeyError, ValueError) as error:
-        raise CheckpointError(
-            f"checkpoint {path}: the family's state does not fit ({error})"
-        ) from error
-    restore_rng_state(state["rng"])
 
 
 def window_means(
@@ -267,23 +180,16 @@ def preview_condition(cfg: DictConfig, family: type[Family], n: int) -> torch.Te
     return torch.from_numpy(np.asarray(rows[np.arange(n) % len(rows)])).float()
 
 
-def end_failed_run(tracker: Tracker, error: BaseException, previous_of: Path | None) -> None:
-    """After `error`: end the tracking run and put back the earlier run's files of
-    `previous_of` (a fresh start's folder). The files come back whatever the tracker does (a
-    full disk fails its last write too), and a failure here is printed, never raised over
-    `error`."""
+def end_failed_run(tracker: Tracker, error: BaseException, folder: RunFolder) -> None:
+    """After `error`: end the tracking run and put back the earlier run's files (a fresh
+    start's). The files come back whatever the tracker does (a full disk fails its last write
+    too), and a failure here is printed, never raised over `error`."""
     try:
         tracker.close("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
     except Exception as failure:
         print(f"[train] could not end the tracking run: {describe(failure)}")
     finally:
-        if previous_of is not None:
-            try:
-                restore_previous_run(previous_of)
-                print(f"[train] the earlier run's files in {previous_of} are restored")
-            except Exception as failure:
-                print(f"[train] the earlier run's files stay in {previous_of / '.previous'} "
-                      f"(put back at the next start): {describe(failure)}")  # fmt: skip
+        folder.give_back_previous()
 
 
 def _train(
@@ -326,40 +232,23 @@ def _train(
     seed_rank(seed, context, 0)
 
     # Resume, or start afresh (the earlier run's files set aside until the first checkpoint).
-    output = model_dir(cfg)
-    checkpoints = output / "checkpoints"
-    samples = output / "samples"
+    folder = RunFolder(cfg, writes=context.is_main)
     data_hash = str(read_meta(packed).get("data_hash", "unknown"))
-    if context.is_main and restore_previous_run(output):
-        print(
-            f"[train] restored the files of the run before an interrupted fresh start in {output}"
-        )
-    plan = plan_resume(cfg, checkpoints, data_hash)
-    if plan.note:
-        print(f"[train] {plan.note}")
-    start_step, run_id = 0, None
+    plan = folder.start(cfg, data_hash)
     if plan.finished:
-        assert plan.checkpoint is not None and plan.state is not None
-        if context.is_main and not (output / "model.pt").exists():
-            save_checkpoint(model_file_state(plan.state), output / "model.pt")
-        return TrainResult(int(plan.state["step"]), output / "model.pt", plan.state["run_id"])
-    if plan.checkpoint is not None:
         assert plan.state is not None
-        check_same_model(plan.state, cfg, plan.checkpoint)
-        restore_training_state(plan.state, family, ema, plan.checkpoint)
+        return TrainResult(int(plan.state["step"]), folder.model_file, plan.state["run_id"])
+    start_step, run_id = 0, None
+    if plan.checkpoint is None:
+        losses = LossLog(folder.path / "losses.csv")
+    else:
+        assert plan.state is not None
+        restore_training_state(plan.state, family, ema.module if ema else None, plan.checkpoint)
         start_step, run_id = int(plan.state["step"]), plan.state.get("run_id")
-        losses = LossLog.resumed(output / "losses.csv", plan.state, start_step)
+        losses = LossLog.resumed(folder.path / "losses.csv", plan.state, start_step)
         seed_rank(seed, context, start_step)
         print(f"[train] resumed from {plan.checkpoint} at step {start_step} (run {run_id})")
         plan.state = None
-    elif context.is_main and set_aside_previous_run(output):
-        print(
-            f"[train] fresh start: the earlier run's files in {output} are kept in "
-            f"{output / '.previous'} until this run writes its first checkpoint"
-        )
-    previous_kept = (output / ".previous").is_dir()
-    if plan.checkpoint is None:
-        losses = LossLog(output / "losses.csv")
     if train_cfg.compile:
         for network in family.networks.values():  # frozen networks stay as they are
             network.compile()
@@ -387,8 +276,7 @@ def _train(
             }
         )
     except BaseException as error:
-        previous_of = output if previous_kept and context.is_main else None
-        end_failed_run(opened or NullTracker(run_id), error, previous_of)
+        end_failed_run(opened or NullTracker(run_id), error, folder)
         raise
     steps = int(train_cfg.steps)
     print(
@@ -398,31 +286,15 @@ def _train(
         f"run {tracker.run_id}"
     )
 
-    def save(step: int, *also: Path) -> Path:
-        nonlocal previous_kept
-        path = step_path(checkpoints, step)
+    def save(step: int, final: bool = False) -> Path:
         check_same_weights(family.networks, context.world_size)
-        if not context.is_main:
-            return path
-        state = training_state(cfg, family, ema, step, tracker.run_id, data_hash, losses)
-        try:
-            save_checkpoint(state, path)
-            for target in also:
-                save_checkpoint(model_file_state(state), target)
-        except OSError as error:  # a full disk: say which file, and what the user still has
-            kept = (
-                f"the earlier run's files, back in {output}"
-                if previous_kept
-                else f"the checkpoint {last_good}"
-                if last_good
-                else "no checkpoint of this run"
+        state = None
+        if context.is_main:
+            ema_module = ema.module if ema else None
+            state = checkpoint_state(
+                cfg, family, ema_module, step, tracker.run_id, data_hash, losses.history()
             )
-            raise OSError(error.errno, f"{error.strerror}; kept {kept}", error.filename) from error
-        prune_checkpoints(checkpoints, int(train_cfg.keep_checkpoints))
-        if previous_kept:  # this run has a checkpoint of its own now
-            discard_previous_run(output)
-            previous_kept = False
-        return path
+        return folder.save(step, state, final)
 
     grid_size = int(train_cfg.sample_grid)
     grid_condition = preview_condition(cfg, family_type, grid_size)
@@ -439,14 +311,13 @@ def _train(
             )
         sampler.train(was_training)
         if grid is not None:
-            path = save_grid(grid, samples / f"step-{step:08d}.png")
+            path = save_grid(grid, folder.samples / f"step-{step:08d}.png")
             tracker.log_image(path, "samples", step)
 
     # The steps.
     sums: dict[str, torch.Tensor] = {}
     metrics: dict[str, float] = {}
     window_steps, window_start = 0, time.perf_counter()
-    last_good = newest_checkpoint(checkpoints)
     step = start_step
     progress = tqdm(
         total=steps,
@@ -476,7 +347,9 @@ def _train(
             stopping = stop_requested(stop.received, context.world_size)  # the same on every rank
             checkpoint_now = step % int(train_cfg.ckpt_every) == 0 or stopping is not None
             if step % int(train_cfg.log_every) == 0 or checkpoint_now or step == steps:
-                metrics = window_means(reduce_mean(sums, context), window_steps, step, last_good)
+                metrics = window_means(
+                    reduce_mean(sums, context), window_steps, step, folder.last_good
+                )
                 images_per_sec = window_steps * batch_size / (time.perf_counter() - window_start)
                 tracker.log_metrics(
                     {
@@ -495,33 +368,33 @@ def _train(
             if step % int(train_cfg.sample_every) == 0 and step != steps:
                 save_samples(step)
             if checkpoint_now and step != steps:
-                last_good = save(step)
+                save(step)
             if stopping is not None and step != steps:
                 progress.close()
                 tracker.close("KILLED")
-                print(f"[train] stopped by {stopping} at step {step}; checkpoint {last_good}; "
+                print(f"[train] stopped by {stopping} at step {step}; checkpoint {folder.last_good}; "
                       "continue with train.resume=auto (under `dvc repro` or `make run`, "
                       "rerunning resumes by itself)")  # fmt: skip
-                assert last_good is not None
-                return TrainResult(step, last_good, tracker.run_id, metrics, stopping)
+                assert folder.last_good is not None
+                return TrainResult(step, folder.last_good, tracker.run_id, metrics, stopping)
         progress.close()
 
         # The end: final checkpoint, model.pt beside it, final sample grid.
         if window_steps:
-            metrics = window_means(reduce_mean(sums, context), window_steps, step, last_good)
-        final = save(step, output / "model.pt")
+            metrics = window_means(reduce_mean(sums, context), window_steps, step, folder.last_good)
+        final = save(step, final=True)
         save_samples(step)
         if context.is_main:
-            grid_file = samples / f"step-{step:08d}.png"
+            grid_file = folder.samples / f"step-{step:08d}.png"
             if grid_file.is_file():
-                shutil.copyfile(grid_file, output / "samples.png")
-            tracker.log_artifact(output / "losses.csv")
-            tracker.log_generator(output / "model.pt", family_type, resolution)
+                shutil.copyfile(grid_file, folder.path / "samples.png")
+            tracker.log_artifact(folder.path / "losses.csv")
+            tracker.log_generator(folder.model_file, family_type, resolution)
     except BaseException as error:
         progress.close()
-        end_failed_run(tracker, error, output if previous_kept and context.is_main else None)
+        end_failed_run(tracker, error, folder)
         raise
     tracker.close("FINISHED")
-    print(f"[train] done: step {step} in {time.perf_counter() - started:.0f} s; {output / 'model.pt'} "
-          f"(checkpoint {final}), samples {output / 'samples.png'}")  # fmt: skip
-    return TrainResult(step, output / "model.pt", tracker.run_id, metrics)
+    print(f"[train] done: step {step} in {time.perf_counter() - started:.0f} s; {folder.model_file} "
+          f"(checkpoint {final}), samples {folder.path / 'samples.png'}")  # fmt: skip
+    return TrainResult(step, folder.model_file, tracker.run_id, metrics)

@@ -10,6 +10,10 @@ previous run lost before the new run has a checkpoint of its own.
     .previous/      a fresh start moves the earlier run's files here, and deletes them only
                     once the new run has written its first checkpoint; a run that fails or is
                     killed before that gets them back
+
+`RunFolder` is that folder during one run: where the run starts (`train.resume`, decided in
+training/resume.py), its checkpoints, and the earlier run's files set aside and given back, so
+the loop only trains.
 """
 
 from __future__ import annotations
@@ -20,6 +24,19 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from face_generation.errors import describe
+from face_generation.runtime.checkpoint import (
+    model_file_state,
+    newest_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+    step_path,
+)
+from face_generation.training.resume import ResumePlan, check_same_model, plan_resume
 
 RUN_LINK = "mlflow_run.json"
 RUN_FILES = ("checkpoints", "samples", "model.pt", "samples.png", "losses.csv", RUN_LINK)
@@ -98,3 +115,91 @@ def remove(path: Path) -> None:
 def discard_previous_run(folder: Path) -> None:
     """The new run has a checkpoint: the earlier run's files are no longer needed."""
     shutil.rmtree(folder / ".previous", ignore_errors=True)
+
+
+def model_dir(cfg: DictConfig) -> Path:
+    """models/<name>/: checkpoints/, samples/ and model.pt (the final checkpoint)."""
+    return Path(cfg.paths.models) / str(cfg.model.name)
+
+
+class RunFolder:
+    """models/<name>/ during one training run. Only the process that `writes` (rank 0) moves,
+    writes or deletes files; the others read the same decisions from the same files."""
+
+    def __init__(self, cfg: DictConfig, writes: bool) -> None:
+        self.path = model_dir(cfg)
+        self.checkpoints = self.path / "checkpoints"
+        self.samples = self.path / "samples"
+        self.model_file = self.path / "model.pt"
+        self.writes = writes
+        self.keep_checkpoints = int(cfg.train.keep_checkpoints)
+        self.previous_kept = False  # the earlier run's files wait in .previous/
+        self.last_good: Path | None = None  # the newest checkpoint of this run
+
+    def start(self, cfg: DictConfig, data_hash: str) -> ResumePlan:
+        """Where this run starts: the files of a fresh start killed before its first checkpoint
+        are put back, then `train.resume` decides; a finished run gets its model.pt, a resumed
+        one is checked to rebuild the same networks, and a fresh start sets the earlier run's
+        files aside until its first checkpoint."""
+        if self.writes and restore_previous_run(self.path):
+            print(f"[train] restored the files of the run before an interrupted fresh start in "
+                  f"{self.path}")  # fmt: skip
+        plan = plan_resume(cfg, self.checkpoints, data_hash)
+        if plan.note:
+            print(f"[train] {plan.note}")
+        if plan.finished:
+            assert plan.state is not None
+            if self.writes and not self.model_file.exists():
+                save_checkpoint(model_file_state(plan.state), self.model_file)
+        elif plan.checkpoint is not None:
+            assert plan.state is not None
+            check_same_model(plan.state, cfg, plan.checkpoint)
+        elif self.writes and set_aside_previous_run(self.path):
+            print(
+                f"[train] fresh start: the earlier run's files in {self.path} are kept in "
+                f"{self.path / '.previous'} until this run writes its first checkpoint"
+            )
+        self.previous_kept = (self.path / ".previous").is_dir()
+        self.last_good = newest_checkpoint(self.checkpoints)
+        return plan
+
+    def save(self, step: int, state: dict[str, Any] | None, final: bool = False) -> Path:
+        """Write checkpoint `state` of `step` (and model.pt when `final`), prune the old ones
+        and drop the earlier run's files, now that this run has a checkpoint. `state` is None
+        where this process does not write."""
+        path = step_path(self.checkpoints, step)
+        if self.writes:
+            assert state is not None
+            try:
+                save_checkpoint(state, path)
+                if final:
+                    save_checkpoint(model_file_state(state), self.model_file)
+            except OSError as error:  # a full disk: say which file, and what the user still has
+                kept = (
+                    f"the earlier run's files, back in {self.path}"
+                    if self.previous_kept
+                    else f"the checkpoint {self.last_good}"
+                    if self.last_good
+                    else "no checkpoint of this run"
+                )
+                raise OSError(
+                    error.errno, f"{error.strerror}; kept {kept}", error.filename
+                ) from error
+            prune_checkpoints(self.checkpoints, self.keep_checkpoints)
+            if self.previous_kept:
+                discard_previous_run(self.path)
+                self.previous_kept = False
+        self.last_good = path
+        return path
+
+    def give_back_previous(self) -> None:
+        """After a failure: put back the earlier run's files of a fresh start, if they are
+        still set aside. A failure here is printed, never raised over the first one."""
+        if not (self.writes and self.previous_kept):
+            return
+        try:
+            restore_previous_run(self.path)
+            print(f"[train] the earlier run's files in {self.path} are restored")
+        except Exception as failure:
+            print(f"[train] the earlier run's files stay in {self.path / '.previous'} "
+                  f"(put back at the next start): {describe(failure)}")  # fmt: skip

@@ -18,8 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from face_generation.runtime.checkpoint import CheckpointError, load_checkpoint
-from face_generation.training.checkpoint import newest_checkpoint
+from face_generation.runtime.checkpoint import CheckpointError, load_checkpoint, newest_checkpoint
 
 # Settings that do not change what is trained: `matching` ignores them.
 NOT_TRAINING = ("tracking", "paths", "eval", "ckpt", "serve")

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from face_generation.features.network import FrozenNetwork, Pyramid
-from face_generation.features.weights import WeightsUnavailableError, torch_hub_weights
+from face_generation.networks.network import FrozenNetwork, Pyramid
+from face_generation.networks.weights import WeightsUnavailableError, torch_hub_weights
 from face_generation.runtime.device import pick_device
 from face_generation.runtime.pixels import (
     ImageBatch,

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from face_generation.features.face_boxes import FaceBoxes
-from face_generation.features.network import Features, FrozenNetwork
-from face_generation.features.weights import WeightsUnavailableError, torch_hub_weights
+from face_generation.networks.face_boxes import FaceBoxes
+from face_generation.networks.network import Features, FrozenNetwork
+from face_generation.networks.weights import WeightsUnavailableError, torch_hub_weights
 from face_generation.runtime.pixels import ImageBatch, ValueRange, resize, to_uint8_nhwc
 
 # What facenet-pytorch 2.5.3's InceptionResnetV1(pretrained="vggface2") downloads.

@@ -25,8 +25,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from face_generation.features.network import Features, FrozenNetwork
-from face_generation.features.weights import Advice, WeightsUnavailableError, local_file
+from face_generation.networks.network import Features, FrozenNetwork
+from face_generation.networks.weights import Advice, WeightsUnavailableError, local_file
 from face_generation.runtime.pixels import ImageBatch, ValueRange, resize, to_float_nchw
 
 TIMM_NAME = "tf_efficientnet_lite0"

@@ -17,9 +17,9 @@ import torch
 from omegaconf import DictConfig
 
 from face_generation.features.dlib_rows import DlibDescriber
-from face_generation.features.face_boxes import FaceBoxes
-from face_generation.features.network import Features
-from face_generation.features.weights import WeightsUnavailableError, local_file
+from face_generation.networks.face_boxes import FaceBoxes
+from face_generation.networks.network import Features
+from face_generation.networks.weights import WeightsUnavailableError, local_file
 from face_generation.runtime.pixels import ImageBatch, ValueRange, to_uint8_nhwc
 
 RECOGNITION_FILE = "dlib_face_recognition_resnet_model_v1.dat"

@@ -13,9 +13,9 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from face_generation.features.dlib_face import DlibFaceRecogniser, load_dlib
-from face_generation.features.face_boxes import FaceBoxes
-from face_generation.features.facenet import FaceNet, load_facenet
+from face_generation.networks.dlib_face import DlibFaceRecogniser, load_dlib
+from face_generation.networks.face_boxes import FaceBoxes
+from face_generation.networks.facenet import FaceNet, load_facenet
 from face_generation.runtime.device import pick_device
 from face_generation.runtime.pixels import ImageBatch, ValueRange, batches
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from face_generation.features.effnet import EfficientNetLite0, load_effnet
-from face_generation.features.network import Features, FrozenNetwork
-from face_generation.features.weights import WeightsUnavailableError
 from face_generation.models.encoder import FaceEncoderHead
+from face_generation.networks.effnet import EfficientNetLite0, load_effnet
+from face_generation.networks.network import Features, FrozenNetwork
+from face_generation.networks.weights import WeightsUnavailableError
 from face_generation.runtime.checkpoint import CheckpointError
 from face_generation.runtime.pixels import ImageBatch, ValueRange
 

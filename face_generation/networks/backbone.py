@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from face_generation.features.dinov2 import DinoV2, load_dinov2
-from face_generation.features.effnet import EfficientNetLite0, load_effnet
+from face_generation.networks.dinov2 import DinoV2, load_dinov2
+from face_generation.networks.effnet import EfficientNetLite0, load_effnet
 
 
 def build_feature_extractor(cfg: DictConfig) -> EfficientNetLite0 | DinoV2:

@@ -18,8 +18,8 @@ import timm
 import torch
 from omegaconf import DictConfig
 
-from face_generation.features.network import Features, FrozenNetwork
-from face_generation.features.weights import (
+from face_generation.networks.network import Features, FrozenNetwork
+from face_generation.networks.weights import (
     Advice,
     WeightsUnavailableError,
     local_file,

@@ -1,4 +1,4 @@
-"""The one interface of every pretrained network in features/, and embedding image sets with it.
+"""The one interface of every pretrained network in networks/, and embedding image sets with it.
 
 A feature network module (`effnet.py`, `dinov2.py`, `inception.py`, `lpips.py`,
 `dlib_face.py`, `facenet.py`) holds one network and offers:
@@ -7,7 +7,7 @@ A feature network module (`effnet.py`, `dinov2.py`, `inception.py`, `lpips.py`,
     `eval.fid_inception`, `eval.identity.facenet`, ...). `settings.weights_path`, when set, is
     a local weights file (a folder for dlib) and nothing is downloaded. When the weights cannot
     be had (package missing, offline with an empty cache, a bad file) it raises
-    `WeightsUnavailableError` (features/weights.py) whose message names the config switch
+    `WeightsUnavailableError` (networks/weights.py) whose message names the config switch
     that avoids the network and the `weights_path` option.
   * the network object, a `FeatureNetwork`:
       `name`        short name of the network (`effnet_lite0`, `dlib_resnet_v1`, ...);

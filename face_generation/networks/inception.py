@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from face_generation.features.network import Features, FrozenNetwork
-from face_generation.features.weights import WeightsUnavailableError, torch_hub_weights
+from face_generation.networks.network import Features, FrozenNetwork
+from face_generation.networks.weights import WeightsUnavailableError, torch_hub_weights
 from face_generation.runtime.pixels import ImageBatch, ValueRange, to_float_nchw
 
 
