@@ -24,8 +24,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from face_generation.families.optimization import optimizer_step
-from face_generation.runtime.checkpoint import load_checkpoint, training_run_id
-from face_generation.training.checkpoint import list_checkpoints
+from face_generation.runtime.checkpoint import list_checkpoints, load_checkpoint, training_run_id
 from face_generation.training.distributed import RanksDiverged, check_same_weights, stop_requested
 from tests.faces import REPO, overrides, write_packed
 from tests.tracking_fixtures import MlflowServer, tracked
