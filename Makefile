@@ -14,7 +14,7 @@ TEST_WORKERS ?= 2
 # Extra scripts/mutate.py arguments, e.g. make mutate MUTATE_ARGS='--only face_generation/training/ema.py'
 MUTATE_ARGS ?=
 
-.PHONY: install mutate params lint test durations run serve lock baseline plots-js
+.PHONY: install mutate params lint test durations run serve lock baseline plots-js bench-gpu
 
 install:
 	$(PYTHON) scripts/install.py
@@ -57,6 +57,13 @@ run: install
 SERVE_ARGS ?=
 serve: install
 	$(BIN)/python -m face_generation.serve $(SERVE_ARGS)
+
+# On a CUDA machine: every family's training step and sampling beside the peers, one JSON and
+# one markdown table in benchmarks/results/ (benchmarks/README.md, "GPU"), e.g.
+# make bench-gpu BENCH_ARGS='--data /local/celeba-sample-10k'
+BENCH_ARGS ?=
+bench-gpu: install
+	$(BIN)/python benchmarks/gpu.py $(BENCH_ARGS)
 
 lock:
 	$(PYTHON) scripts/lock_dependencies.py

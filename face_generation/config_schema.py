@@ -327,6 +327,8 @@ class TrainSettings:
     keep_checkpoints: int = MISSING
     resume: str | None = MISSING
     seed: int = MISSING
+    nproc: int = MISSING
+    dist_timeout_s: Seconds = MISSING
 
 
 @dataclass
@@ -489,6 +491,7 @@ class TrackingConfig:
     port: int = MISSING
     uri: str | None = MISSING
     backend_store: str = MISSING
+    backend_store_uri: str | None = MISSING
     artifacts: str = MISSING
     pid_file: str = MISSING
     log_file: str = MISSING

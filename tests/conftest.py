@@ -32,6 +32,7 @@ from tests.faces import (
     write_labels,
     write_packed,
 )
+from tests.postgres_fixtures import postgres, postgres_mlflow_server  # noqa: F401  (fixtures)
 from tests.tracking_fixtures import mlflow_server, tracking_cfg  # noqa: F401  (fixtures)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

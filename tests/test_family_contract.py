@@ -20,7 +20,6 @@ from face_generation.evaluation.evaluate_model import evaluate
 from face_generation.families.conditioning import ConditionalFamily
 from face_generation.inference import main as inference_main
 from face_generation.runtime.checkpoint import CheckpointError, load_checkpoint
-from face_generation.runtime.device import pick_device
 from face_generation.runtime.family import SAMPLE, Batch
 from face_generation.runtime.generator import generate, load_generator, sampling_options
 from face_generation.runtime.pixels import to_float_nchw
@@ -263,8 +262,3 @@ def test_a_checkpoint_that_would_run_code_is_refused_everywhere(
     assert not marker.exists(), "loading a checkpoint ran code"
     pickle.loads(pickle.dumps(RunsCode(marker)))  # the payload is real: unpickling runs it
     assert marker.exists()
-
-
-def test_rank_zero_of_one_is_the_plain_loop() -> None:
-    context = step_context(pick_device("cpu"), config("vae", Path("."), Path(".")).train)
-    assert (context.rank, context.world_size, context.is_main) == (0, 1, True)

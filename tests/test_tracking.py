@@ -51,7 +51,13 @@ from face_generation.tracking.server import (
 from face_generation.tracking.spool import Spool
 from face_generation.training.tracker import close_orphaned_runs, create_tracker
 from tests.killed_process import run_until_killed
-from tests.tracking_fixtures import MlflowServer, free_port, server_overrides, tracked
+from tests.tracking_fixtures import (
+    MlflowServer,
+    free_port,
+    per_test_tracking_cfg,
+    server_overrides,
+    tracked,
+)
 
 IMAGE_SHAPE = (3, 8, 8)
 # A server's files under a test's folder (the pid file stays the default, per port in ./mlruns/)
@@ -645,13 +651,21 @@ def test_a_finished_run_resumed_registers_no_second_version(
 # Outages. ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "server_fixture",
+    ["mlflow_server", pytest.param("postgres_mlflow_server", marks=pytest.mark.slow)],
+    ids=["sqlite", "postgresql"],
+)
 def test_server_outage_loses_nothing(
-    mlflow_server: MlflowServer,
-    tracking_cfg: DictConfig,
+    server_fixture: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
 ) -> None:
-    """Stop the server mid-run; run A keeps logging, run B starts while it is down; restart."""
+    """Stop the server mid-run; run A keeps logging, run B starts while it is down; restart.
+    The same with the runs in SQLite (the default) and in PostgreSQL (a team's server)."""
+    mlflow_server: MlflowServer = request.getfixturevalue(server_fixture)
+    tracking_cfg = per_test_tracking_cfg(mlflow_server, tmp_path, request.node.name)
     client = MlflowClient(mlflow_server.uri)
     grid = tmp_path / "grid.png"
     model_name = registered_model_name(tracking_cfg, "outage")

@@ -129,6 +129,39 @@ def test_the_same_training_writes_the_same_dvc_outputs(data_dir: Path, tmp_path:
         assert first.read_bytes() == second.read_bytes(), name
 
 
+@pytest.mark.slow
+def test_a_training_run_logs_to_a_team_server_on_postgresql(
+    data_dir: Path, tmp_path: Path, postgres: str, postgres_mlflow_server: MlflowServer
+) -> None:
+    """A team's server (runs in PostgreSQL, artifacts in a folder): the run, its curves, its
+    grids and its registered generator land there, in PostgreSQL's tables."""
+    import psycopg
+    from mlflow.tracking import MlflowClient
+
+    overrides = tracked(postgres_mlflow_server, tmp_path, "postgres")
+    result = train(config("dcgan", data_dir, tmp_path / "models", *overrides))
+
+    client = MlflowClient(postgres_mlflow_server.uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["model.name"] == "dcgan"
+    history = client.get_metric_history(result.run_id, "train/d_loss")
+    assert [metric.step for metric in history] == [2, 3, 4, 6]
+    assert client.list_artifacts(result.run_id, "images")  # the sample grids
+    name = registered_model_name(compose("config", overrides).tracking, "dcgan")
+    [version] = client.search_model_versions(f"name='{name}'")
+    assert version.run_id == result.run_id
+    with psycopg.connect(postgres) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT status FROM runs WHERE run_uuid = %s", (result.run_id,))
+        assert cursor.fetchall() == [("FINISHED",)]
+        cursor.execute(
+            "SELECT step FROM metrics WHERE run_uuid = %s AND key = 'train/d_loss' ORDER BY step",
+            (result.run_id,),
+        )
+        assert cursor.fetchall() == [(2,), (3,), (4,), (6,)]
+    artifacts = Path(postgres_mlflow_server.cfg.artifacts)
+    assert any(artifacts.rglob("*.png"))  # the grids are files in the shared artifact folder
+
+
 def test_tracked_run_logs_curves_samples_and_a_registered_generator(
     data_dir: Path, tmp_path: Path, mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -82,7 +82,12 @@ def tracking_cfg(
 ) -> DictConfig:
     """The server's tracking config with this test's own experiment and spool, and no waiting
     between delivery attempts (every log call tries to deliver)."""
-    experiment = re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name)
+    return per_test_tracking_cfg(mlflow_server, tmp_path, request.node.name)
+
+
+def per_test_tracking_cfg(server: MlflowServer, tmp_path: Path, test_name: str) -> DictConfig:
+    """`tracking_cfg` for any server (the PostgreSQL-backed one too)."""
+    experiment = re.sub(r"[^A-Za-z0-9_.-]", "_", test_name)
     overrides = OmegaConf.create(
         {
             "experiment": f"test-{experiment}",
@@ -92,7 +97,7 @@ def tracking_cfg(
             "retry_backoff_max_s": 0,
         }
     )
-    merged = OmegaConf.merge(mlflow_server.cfg, overrides)
+    merged = OmegaConf.merge(server.cfg, overrides)
     assert isinstance(merged, DictConfig)
     return merged
 

@@ -1,4 +1,5 @@
-"""Pieces every family's `train_step` uses: placing a network, Adam from config, one update."""
+"""Pieces every family's `train_step` uses: placing a network, Adam from config, one update
+(with its gradients averaged over the ranks of a data-parallel run)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Iterable
 from typing import TypeVar
 
 import torch
+import torch.distributed as dist
 from omegaconf import DictConfig
 from torch import nn
 
@@ -37,10 +39,32 @@ def optimizer_step(
     network: nn.Module,
     grad_clip: float | None,
 ) -> torch.Tensor:
-    """Backward, clip the global gradient norm, update; returns the norm before clipping."""
+    """Backward, average the gradients over the ranks (torchrun), clip the global gradient
+    norm, update; returns the norm before clipping."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     parameters = [p for p in network.parameters() if p.grad is not None]
+    average_gradients(parameters)
     norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip or float("inf"))
     optimizer.step()
     return norm
+
+
+def average_gradients(parameters: list[nn.Parameter]) -> None:
+    """Under torchrun, each gradient becomes its mean over the ranks (one all-reduce of them all,
+    flattened), so every rank takes the step one process would take on the global batch.
+
+    Here rather than torch's DDP wrapper: every family's update passes through this function,
+    while the wrapper cannot follow a GAN's steps (one forward feeding two losses, a network's
+    requires_grad switched off for the other's step, the R1 penalty's double backward).
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    gradients = [parameter.grad for parameter in parameters if parameter.grad is not None]
+    flat = torch.cat([gradient.reshape(-1) for gradient in gradients])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()
+    offset = 0
+    for gradient in gradients:
+        gradient.copy_(flat[offset : offset + gradient.numel()].view_as(gradient))
+        offset += gradient.numel()

@@ -1,7 +1,9 @@
 """The local MLflow tracking server: `python -m face_generation.tracking.server start|stop|status`.
 
 One server per project: SQLite backend store and an artifact store under `mlruns/`, bound to
-127.0.0.1 on the configured port, artifacts served through it (`--serve-artifacts`). It runs
+127.0.0.1 on the configured port, artifacts served through it (`--serve-artifacts`). A team's
+server keeps its runs in PostgreSQL instead (`tracking.backend_store_uri=postgresql://...`) and
+its artifacts in a shared folder or an object store (`tracking.artifacts=s3://...`). It runs
 detached in its own process group with a pid file, so `stop` ends it and every process it
 started (the uvicorn worker too). `start` reuses a healthy server already on the port.
 
@@ -16,6 +18,7 @@ file beside `tracking.pid_file`). A port held by another program is reported at 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -222,11 +225,35 @@ def use_pipeline_server(command: str) -> None:
         print(f"[{command}] MLflow model URIs resolve against {uri} ({source})")
 
 
+def backend_store_uri(cfg: DictConfig) -> str:
+    """The server's run database: `tracking.backend_store_uri` when set (PostgreSQL for a team),
+    else the SQLite file `tracking.backend_store`."""
+    if cfg.get("backend_store_uri"):
+        return str(cfg.backend_store_uri)
+    return f"sqlite:///{Path(cfg.backend_store).resolve()}"
+
+
+def artifacts_destination(cfg: DictConfig) -> str:
+    """Where the server stores artifacts: an object store URI (`s3://bucket/path`) as given, or
+    a folder, made absolute."""
+    artifacts = str(cfg.artifacts)
+    return artifacts if "://" in artifacts else str(Path(artifacts).resolve())
+
+
+def without_password(text: str) -> str:
+    """`text` with the password of any `scheme://user:password@host` URI in it masked."""
+    return re.sub(r"(://[^/:@\s]+:)[^@\s]+@", r"\1***@", text)
+
+
 def _launch(cfg: DictConfig) -> subprocess.Popen[bytes]:
-    backend_store = Path(cfg.backend_store).resolve()
-    artifacts = Path(cfg.artifacts).resolve()
+    backend_uri, artifacts = backend_store_uri(cfg), artifacts_destination(cfg)
     pid_file, log_file = Path(cfg.pid_file).resolve(), Path(cfg.log_file).resolve()
-    for directory in (backend_store.parent, artifacts, pid_file.parent, log_file.parent):
+    folders = [pid_file.parent, log_file.parent]
+    if backend_uri.startswith("sqlite:///"):
+        folders.append(Path(backend_uri.removeprefix("sqlite:///")).parent)
+    if "://" not in artifacts:
+        folders.append(Path(artifacts))
+    for directory in folders:
         directory.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable,
@@ -234,10 +261,10 @@ def _launch(cfg: DictConfig) -> subprocess.Popen[bytes]:
         "mlflow",
         "server",
         "--backend-store-uri",
-        f"sqlite:///{backend_store}",
+        backend_uri,
         "--serve-artifacts",
         "--artifacts-destination",
-        str(artifacts),
+        artifacts,
         "--host",
         str(cfg.host),
         "--port",
@@ -249,7 +276,8 @@ def _launch(cfg: DictConfig) -> subprocess.Popen[bytes]:
         command += ["--uvicorn-opts", "--no-access-log"]
     env = {**os.environ, **{str(k): str(v) for k, v in cfg.server_env.items()}}
     with log_file.open("ab") as log:
-        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
+        started = f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n"
+        log.write(without_password(started).encode())
         log.flush()
         # Its own session and process group: it outlives this process and is stopped as a group.
         process = subprocess.Popen(
@@ -257,7 +285,7 @@ def _launch(cfg: DictConfig) -> subprocess.Popen[bytes]:
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            cwd=backend_store.parent,
+            cwd=log_file.parent,
             env=env,
             start_new_session=True,
         )

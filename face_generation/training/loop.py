@@ -18,6 +18,7 @@ import shutil
 import signal
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,13 @@ from face_generation.runtime.images import save_grid
 from face_generation.runtime.registry import family_for
 from face_generation.tracking.provenance import flatten_config
 from face_generation.training.data import PackedBatches
-from face_generation.training.device import reduce_mean, step_context
+from face_generation.training.device import rank_and_world_size, reduce_mean, step_context
+from face_generation.training.distributed import (
+    check_same_weights,
+    process_group,
+    rank_device,
+    stop_requested,
+)
 from face_generation.training.ema import EMA
 from face_generation.training.loss_log import LossLog
 from face_generation.training.output import RunFolder, exclusive_writer, model_dir
@@ -140,8 +147,11 @@ def train(cfg: DictConfig, tracker: Tracker | None = None) -> TrainResult:
     check_learning_rates(cfg.model)
     # an unknown family, or arrays it cannot name, fail before any file is touched
     family_for(cfg).inputs_of(cfg.model)
-    with SignalStop() as stop, exclusive_writer(model_dir(cfg)):
-        return _train(cfg, tracker, stop)
+    device = rank_device(pick_device(str(cfg.train.device)))
+    with process_group(device, float(cfg.train.dist_timeout_s)), SignalStop() as stop:
+        main_process = rank_and_world_size()[0] == 0
+        with exclusive_writer(model_dir(cfg)) if main_process else nullcontext():
+            return _train(cfg, tracker, stop, device)
 
 
 def training_arrays(
@@ -182,12 +192,13 @@ def end_failed_run(tracker: Tracker, error: BaseException, folder: RunFolder) ->
         folder.give_back_previous()
 
 
-def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainResult:
+def _train(
+    cfg: DictConfig, tracker: Tracker | None, stop: SignalStop, device: torch.device
+) -> TrainResult:
     train_cfg = cfg.train
     started = time.perf_counter()
 
     # Device and seeds: the same initial weights on every rank.
-    device = pick_device(str(train_cfg.device))
     use_threads(train_cfg.threads)
     context = step_context(device, train_cfg)
     seed = int(train_cfg.seed)
@@ -261,6 +272,7 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
                 "seed": seed,
                 "threads": torch.get_num_threads(),  # train.threads, or torch's choice
                 "train_images": len(arrays["images"]),
+                "world_size": context.world_size,  # processes (torchrun); batch is the global one
             }
         )
     except BaseException as error:
@@ -269,11 +281,13 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
     steps = int(train_cfg.steps)
     print(
         f"[train] {cfg.model.name} on {len(arrays['images'])} {resolution}×{resolution} faces "
-        f"from {packed}, {device}, steps {start_step}→{steps}, batch {batch_size}, "
+        f"from {packed}, {device}, steps {start_step}→{steps}, batch {batch_size}"
+        f"{f' over {context.world_size} processes' if context.world_size > 1 else ''}, "
         f"run {tracker.run_id}"
     )
 
     def save(step: int, final: bool = False) -> Path:
+        check_same_weights(family.networks, context.world_size)
         state = None
         if context.is_main:
             ema_module = ema.module if ema else None
@@ -330,7 +344,8 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
             window_steps += 1
             progress.update(1)
 
-            checkpoint_now = step % int(train_cfg.ckpt_every) == 0 or stop.received is not None
+            stopping = stop_requested(stop.received, context.world_size)  # the same on every rank
+            checkpoint_now = step % int(train_cfg.ckpt_every) == 0 or stopping is not None
             if step % int(train_cfg.log_every) == 0 or checkpoint_now or step == steps:
                 metrics = window_means(
                     reduce_mean(sums, context), window_steps, step, folder.last_good
@@ -354,14 +369,14 @@ def _train(cfg: DictConfig, tracker: Tracker | None, stop: SignalStop) -> TrainR
                 save_samples(step)
             if checkpoint_now and step != steps:
                 save(step)
-            if stop.received is not None and step != steps:
+            if stopping is not None and step != steps:
                 progress.close()
                 tracker.close("KILLED")
-                print(f"[train] stopped by {stop.received} at step {step}; checkpoint {folder.last_good}; "
+                print(f"[train] stopped by {stopping} at step {step}; checkpoint {folder.last_good}; "
                       "continue with train.resume=auto (under `dvc repro` or `make run`, "
                       "rerunning resumes by itself)")  # fmt: skip
                 assert folder.last_good is not None
-                return TrainResult(step, folder.last_good, tracker.run_id, metrics, stop.received)
+                return TrainResult(step, folder.last_good, tracker.run_id, metrics, stopping)
         progress.close()
 
         # The end: final checkpoint, model.pt beside it, final sample grid.

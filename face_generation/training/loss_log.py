@@ -5,7 +5,8 @@ which is left out here: it depends on the machine, and this file is a DVC output
 training must write byte for byte. Every checkpoint carries the rows logged up to it
 (`history()`), and a resumed run rewrites the file from its checkpoint: `dvc repro` deletes a
 stage's outputs before it reruns the stage, so the file itself may be gone, and the rows a
-killed run logged after its checkpoint are dropped.
+killed run logged after its checkpoint are dropped. Under torchrun only rank 0 writes the file;
+the other ranks keep the same rows in memory.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from face_generation.training.device import rank_and_world_size
+
 
 class LossLog:
     def __init__(self, path: Path, history: Mapping[str, Any] | None = None) -> None:
@@ -22,6 +25,9 @@ class LossLog:
         self.path = path
         self.columns: list[str] | None = list(history["columns"]) or None if history else None
         self.rows: list[dict[str, str]] = [dict(row) for row in history["rows"]] if history else []
+        self.written = rank_and_world_size()[0] == 0
+        if not self.written:
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as file:
             if self.columns:
@@ -51,10 +57,12 @@ class LossLog:
     def append(self, step: int, metrics: Mapping[str, float]) -> None:
         if self.columns is None:
             self.columns = ["step", *metrics]
-            with self.path.open("w", newline="") as file:
-                csv.DictWriter(file, self.columns).writeheader()
+            if self.written:
+                with self.path.open("w", newline="") as file:
+                    csv.DictWriter(file, self.columns).writeheader()
         row = {"step": str(step), **{key: f"{value:.6g}" for key, value in metrics.items()}}
         row = {key: row[key] for key in self.columns if key in row}
         self.rows.append(row)
-        with self.path.open("a", newline="") as file:
-            csv.DictWriter(file, self.columns).writerow(row)
+        if self.written:
+            with self.path.open("a", newline="") as file:
+                csv.DictWriter(file, self.columns).writerow(row)

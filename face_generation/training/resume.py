@@ -22,8 +22,9 @@ from face_generation.runtime.checkpoint import CheckpointError, load_checkpoint,
 
 # Settings that do not change what is trained: `matching` ignores them.
 NOT_TRAINING = ("tracking", "paths", "eval", "ckpt", "serve")
+# nproc: a run resumes with another number of processes on the same global batch order.
 NOT_TRAINING_TRAIN = ("resume", "steps", "keep_checkpoints", "log_every", "sample_every",
-                      "ckpt_every", "num_workers", "threads")  # fmt: skip
+                      "ckpt_every", "num_workers", "threads", "nproc", "dist_timeout_s")  # fmt: skip
 
 
 @dataclass

@@ -1,0 +1,356 @@
+"""Benchmark: the families' training step and sampling on one GPU, end to end from the packed
+arrays, beside the peers in the same process; one JSON and one markdown table.
+
+    .venv/bin/python benchmarks/gpu.py [--data DIR] [--images N] [--compile off|on|both]
+                                       [--steps S] [--warmup W] [--device D] [--out DIR]
+
+It packs what it needs at run time (the first --images faces of --data, CelebA layout: default
+../shared/data/celeba-sample-10k; centre crop 89x89 -> 64x64, as benchmarks/train_step.py), so
+the repository alone is what a GPU machine needs. Rows, at 64x64:
+  vae, dcgan  ours: batches from training/data.py:PackedBatches (the uint8 array on the GPU,
+              gathered, flipped and normalised there), the family's train_step under the loop's
+              step set-up (training/device.py: bf16 autocast, channels_last, TF32), with and
+              without torch.compile; peer: the same networks in benchmarks/train_step.py's
+              textbook loop (torchvision ImageFolder decoding JPEGs, DataLoader, float32);
+  diffusion   ours: the family, unconditional, at benchmarks/diffusion.py's size matched to
+              the peer; peer: lucidrains' denoising-diffusion-pytorch (Unet + GaussianDiffusion,
+              the same objective); sampling: DDIM with --sampling-steps steps.
+The conditional families (cond_gan, translator, progressive, encoder) read the features
+stage's arrays and trained encoders, which this benchmark does not build yet.
+Columns: training img/s (a full step: data, forward, backward, update), sampling img/s, batch,
+dtype, compile, peak GPU memory, and MFU: the step's FLOPs (counted once by torch's
+FlopCounterMode, a multiply-add = 2) times its rate over the device's dense bf16 peak
+(DEVICE_PEAK_TFLOPS, or --peak-tflops). On the CPU (a tiny check of the script) memory and
+MFU are not measured. Writes <out>/gpu.json and <out>/gpu.md (default benchmarks/results/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # the peer's sampler draws progress bars
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision import datasets
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.diffusion import MATCHED, Peer  # noqa: E402
+from benchmarks.machine import machine  # noqa: E402
+from benchmarks.train_step import (  # noqa: E402
+    RESOLUTION,
+    SAMPLE,
+    backend_settings,
+    pack_images,
+    restore_backend_settings,
+    textbook_batches,
+)
+from face_generation.config import compose  # noqa: E402
+from face_generation.runtime.family import Batch, Family, StepContext  # noqa: E402
+from face_generation.runtime.registry import family_for  # noqa: E402
+from face_generation.training.data import PackedBatches  # noqa: E402
+from face_generation.training.device import step_context  # noqa: E402
+
+# Dense bf16 tensor-core peaks from the vendors' data sheets (no sparsity), by device name.
+DEVICE_PEAK_TFLOPS = {"H200": 989.4, "H100 80GB HBM3": 989.4, "H100 PCIe": 756.0, "A100": 312.0}
+# The issue's batches: 2x the reference implementations' model step alone at these sizes.
+BATCH = {"vae": 144, "dcgan": 128, "diffusion": 64}
+OVERRIDES = {"diffusion": ["model.condition=null", *MATCHED]}
+
+
+@dataclass
+class Row:
+    model: str
+    contender: str  # "ours" or the peer's name
+    batch: int
+    dtype: str
+    compile: bool
+    train_images_per_s: float
+    sample_images_per_s: float | None
+    peak_memory_gib: float | None
+    train_gflops_per_image: float | None
+    mfu: float | None
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def throughput(step: Callable[[], object], images: int, count: int, device: torch.device) -> float:
+    """Images per second over `count` calls of `step`, each handling `images` images."""
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(count):
+        step()
+    synchronize(device)
+    return count * images / (time.perf_counter() - started)
+
+
+def gflops(step: Callable[[], object], images: int) -> float:
+    """FLOPs of one call of `step` per image, in GFLOPs."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops() / images / 1e9
+
+
+def peak_tflops(device: torch.device, given: float | None) -> float | None:
+    if given is not None or device.type != "cuda":
+        return given
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in DEVICE_PEAK_TFLOPS.items() if key in name), None)
+
+
+class Measurement:
+    """Shared settings of every row: device, step counts, the peak FLOPs for the MFU."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device) -> None:
+        self.args, self.device = args, device
+        self.on_cuda = device.type == "cuda"
+        self.peak = peak_tflops(device, args.peak_tflops)
+
+    def calls(self) -> int:
+        """Steps one row takes: warm-up, the FLOP count, the timed ones."""
+        return self.args.warmup + 1 + self.args.steps
+
+    def row(
+        self,
+        model: str,
+        contender: str,
+        batch: int,
+        dtype: str,
+        compiled: bool,
+        step: Callable[[], object],
+        sample: Callable[[], object] | None,
+    ) -> Row:
+        """Warm up, count the step's FLOPs (uncompiled, before timing), time steps and one
+        sampling call, and read the peak memory of all of it."""
+        if self.on_cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        for _ in range(self.args.warmup):
+            step()
+        flops = gflops(step, batch) if not compiled else None
+        rate = throughput(step, batch, self.args.steps, self.device)
+        sampled = None
+        if sample is not None:
+            with torch.no_grad():
+                sampled = throughput(sample, batch, 1, self.device)
+        memory = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.on_cuda else None
+        mfu = rate * flops * 1e9 / (self.peak * 1e12) if flops and self.peak else None
+        row = Row(model, contender, batch, dtype, compiled, rate, sampled, memory, flops, mfu)
+        print(f"  {model} {contender} compile={compiled}: {rate:.0f} img/s", flush=True)
+        return row
+
+
+def our_family(model: str, context: StepContext, compiled: bool) -> Family:
+    cfg = compose(
+        "config", [f"model={model}", f"data.resolution={RESOLUTION}", *OVERRIDES.get(model, [])]
+    )
+    torch.manual_seed(0)
+    family = family_for(cfg)(cfg.model, RESOLUTION, context)
+    if compiled:
+        for network in family.networks.values():
+            network.compile()
+    return family
+
+
+def ours(
+    measure: Measurement,
+    model: str,
+    packed: object,
+    context: StepContext,
+    compiled: bool,
+    batch: int,
+) -> Row:
+    family = our_family(model, context, compiled)
+    source = PackedBatches(
+        {"images": packed}, batch, seed=0, hflip=True, device=measure.device,
+        on_device=measure.on_cuda, memory_format=context.memory_format,
+    )  # fmt: skip
+    calls = measure.calls()
+    batches: Iterator[Batch] = source.iterate(0, calls)
+    steps = iter(range(calls))
+    network = family.networks[family.generator_key]
+    options = (
+        {"steps": measure.args.sampling_steps, "sampler": "ddim"} if model == "diffusion" else {}
+    )
+
+    def sample() -> object:
+        network.eval()
+        images = family.sample(network, batch, generator=None, **options)
+        network.train()
+        return images
+
+    dtype = "bf16" if measure.on_cuda and compose("config").train.precision == "bf16" else "fp32"
+    return measure.row(
+        model,
+        "ours",
+        batch,
+        dtype,
+        compiled,
+        lambda: family.train_step(next(batches), next(steps)),
+        sample,
+    )
+
+
+def textbook(measure: Measurement, model: str, data: Path, batch: int) -> Row:
+    """The same networks in benchmarks/train_step.py's textbook loop (float32, no compile)."""
+    context = StepContext(measure.device, contextlib.nullcontext, None, torch.contiguous_format)
+    family = our_family(model, context, False)
+    loader = textbook_batches(
+        data, measure.args.images, batch, measure.args.workers, measure.device
+    )
+    steps = iter(range(measure.calls()))
+    with contextlib.closing(loader):  # closing stops the loader's worker processes
+        return measure.row(
+            model, "textbook loop", batch, "fp32", False,
+            lambda: family.train_step(next(loader), next(steps)), None,
+        )  # fmt: skip
+
+
+def diffusion_peer(
+    measure: Measurement, context: StepContext, packed: torch.Tensor, batch: int
+) -> Row:
+    """denoising-diffusion-pytorch on the same faces (its step reads a ready batch: no data path)."""
+    peer = Peer(measure.device)
+    peer.diffusion.sampling_timesteps = measure.args.sampling_steps
+    images = packed[:batch].to(measure.device).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    images = images.contiguous(memory_format=context.memory_format)
+    dtype = "bf16" if measure.on_cuda else "fp32"
+    return measure.row(
+        "diffusion", "denoising-diffusion-pytorch", batch, dtype, False,
+        lambda: peer.train_step(images, context), lambda: peer.sample(batch),
+    )  # fmt: skip
+
+
+def markdown(rows: list[Row], title: str) -> str:
+    def number(value: float | None, form: str) -> str:
+        return "—" if value is None else format(value, form)
+
+    lines = [
+        title,
+        "",
+        "| model | contender | batch | dtype | compile | train img/s | sample img/s | peak memory GiB | train GFLOPs/img | MFU |",
+        "| --- | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row.model} | {row.contender} | {row.batch} | {row.dtype} | {'on' if row.compile else 'off'} "
+            f"| {row.train_images_per_s:.0f} | {number(row.sample_images_per_s, '.0f')} "
+            f"| {number(row.peak_memory_gib, '.2f')} | {number(row.train_gflops_per_image, '.2f')} "
+            f"| {'—' if row.mfu is None else f'{row.mfu:.1%}'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data", type=Path, default=SAMPLE, help="faces in CelebA layout (img_align_celeba/)"
+    )
+    parser.add_argument("--images", type=int, default=4096, help="faces packed (default 4096)")
+    parser.add_argument("--models", nargs="+", default=list(BATCH), choices=list(BATCH))
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="one batch for every model (default: BATCH)"
+    )
+    parser.add_argument(
+        "--compile",
+        choices=["off", "on", "both"],
+        default=None,
+        help="default: both on CUDA, off on CPU",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="timed steps (default 200 on CUDA, 2 on CPU)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="untimed steps (default 30 on CUDA, 1 on CPU)"
+    )
+    parser.add_argument(
+        "--sampling-steps", type=int, default=50, help="DDIM steps of both diffusion samplers"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="textbook DataLoader workers",
+    )
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the device's dense bf16 peak (default: by name)",
+    )
+    parser.add_argument("--no-peers", action="store_true", help="ours only")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    args = parser.parse_args(argv)  # fmt: skip
+
+    if not (args.data / "img_align_celeba").is_dir():
+        raise SystemExit(
+            f"no faces at {args.data}/img_align_celeba (CelebA layout): pass --data DIR"
+        )
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
+    on_cuda = device.type == "cuda"
+    args.steps = args.steps or (200 if on_cuda else 2)
+    args.warmup = args.warmup if args.warmup is not None else (30 if on_cuda else 1)
+    compile_choice = args.compile or ("both" if on_cuda else "off")
+    compiles = {"off": [False], "on": [True], "both": [False, True]}[compile_choice]
+    started = time.perf_counter()
+    packed = pack_images(datasets.ImageFolder(str(args.data)), args.images)
+    print(f"packed {len(packed)} faces in {time.perf_counter() - started:.1f} s; device {device}")
+
+    measure = Measurement(args, device)
+    textbook_settings = backend_settings()  # PyTorch's own, for the textbook loop
+    context = step_context(device, compose("config").train)
+    our_settings = backend_settings()
+    rows: list[Row] = []
+    for model in args.models:
+        batch = args.batch_size or BATCH[model]
+        restore_backend_settings(our_settings)
+        rows += [ours(measure, model, packed, context, compiled, batch) for compiled in compiles]
+        if args.no_peers:
+            continue
+        if model == "diffusion":
+            rows.append(diffusion_peer(measure, context, torch.from_numpy(packed), batch))
+        else:
+            restore_backend_settings(textbook_settings)
+            rows.append(textbook(measure, model, args.data, batch))
+
+    name = torch.cuda.get_device_name(device) if on_cuda else f"CPU ({os.cpu_count()} cores)"
+    title = (
+        f"{name}, {time.strftime('%Y-%m-%d')}, {RESOLUTION}x{RESOLUTION}, {len(packed)} faces, "
+        f"{args.steps} timed steps after {args.warmup}, DDIM-{args.sampling_steps} sampling"
+    )
+    table = markdown(rows, title)
+    print("\n" + table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "benchmark": "gpu",
+        "machine": machine(),
+        "device": name,
+        "peak_bf16_tflops": measure.peak,
+        "seconds": time.perf_counter() - started,
+        "settings": {key: str(value) for key, value in vars(args).items()},
+        "rows": [asdict(row) for row in rows],
+    }
+    (args.out / "gpu.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "gpu.md").write_text(table)
+    print(f"wrote {args.out / 'gpu.json'} and {args.out / 'gpu.md'} in {report['seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
