@@ -476,6 +476,7 @@ def run_stage(stage: str, *arguments: str, prefix: tuple[str, ...] = (), **env: 
     )
 
 
+@pytest.mark.slow
 def test_stage_errors_are_one_line_and_a_traceback_on_request(tmp_path: Path) -> None:
     settings = [*path_overrides(tmp_path), "data.resolution=7"]
     result = run_stage("pack", *settings)
@@ -497,6 +498,7 @@ def permissions_apply() -> tuple[str, ...]:
     return ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--")
 
 
+@pytest.mark.slow
 def test_unwritable_output_folder_is_a_one_line_error(
     make_config, celeba_sample: Path, tmp_path: Path
 ) -> None:

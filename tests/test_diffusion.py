@@ -221,6 +221,7 @@ def test_training_uses_the_null_embedding_with_probability_cond_drop(cond_drop: 
 # --- learning -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_loss_falls_well_below_its_start_on_eight_faces() -> None:
     cfg = model_config(
         "diffusion", "model.channel_mults=[1,2]", "model.attention_resolutions=[8]",

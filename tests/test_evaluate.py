@@ -38,6 +38,8 @@ from tests.conftest import TrainedModels
 from tests.faces import RESOLUTION, SPLIT_SIZES
 from tests.tracking_fixtures import MlflowServer, tracked
 
+pytestmark = pytest.mark.slow  # every family evaluated once per worker: the module's fixture
+
 # the families configs/pipeline.yaml trains, in its order: the report has a column for each
 PIPELINE_MODELS = ("vae", "dcgan", "diffusion", "cond_gan", "translator", "progressive")
 # the ones evaluated here (the tests' translator reads the tiny family's rows, not photos')

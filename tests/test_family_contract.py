@@ -110,6 +110,7 @@ def test_checkpoints_hold_trained_networks_and_family_state(
         assert state["family_state"] == {"steps_seen": 6}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FAMILIES)
 def test_a_resumed_run_equals_an_uninterrupted_one(
     name: str, trained: TrainedModels, tmp_path: Path
@@ -236,6 +237,7 @@ def test_training_logs_a_preview_grid(name: str, trained: TrainedModels) -> None
     assert grid.shape == (columns * (RESOLUTION + 2) + 2, columns * (RESOLUTION + 2) + 2, 3)
 
 
+@pytest.mark.slow  # every loader of every family: tests/test_checkpoint_safety.py is the quick one
 @pytest.mark.parametrize("name", FAMILIES)
 def test_a_checkpoint_that_would_run_code_is_refused_everywhere(
     name: str, trained: TrainedModels, tmp_path: Path

@@ -225,6 +225,7 @@ def test_dlib_identity_of_an_image_with_itself_is_one(dlib_encoder) -> None:
     np.testing.assert_allclose(dlib_encoder.embed(signed, (-1.0, 1.0)), first, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.shared_data
 def test_dlib_tells_celeba_identities_apart(celeba_sample: Path, dlib_encoder) -> None:
     first, same, other = celeba_pairs(celeba_sample, count=12)

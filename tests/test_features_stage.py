@@ -305,6 +305,7 @@ def test_verification_pairs_every_same_pair_and_as_many_different_ones() -> None
     assert result["rows_skipped"] == 1
 
 
+@pytest.mark.slow
 def test_verify_scores_dlib_the_frozen_backbone_and_the_fine_tuned_encoder(
     trained: TrainedModels, make_config: Any, tmp_path: Path
 ) -> None:
@@ -451,6 +452,7 @@ def test_feature_rows_reach_the_step_alike_on_the_device_and_cpu_paths(packed: P
     assert np.array_equal(batches[0].features["labels/identity"].numpy(), expected)
 
 
+@pytest.mark.slow
 def test_the_judge_describes_faces_with_the_stages_dlib_code() -> None:
     """Evaluation's dlib judge and the identity and verify stages' rows are one wrapper's
     descriptors: the same vectors for the same faces (the stages' unit length)."""

@@ -243,6 +243,7 @@ def test_the_translator_round_trip_improves_over_training(
     assert np.mean(loss[-3:]) < np.mean(loss[:2]), loss
 
 
+@pytest.mark.slow
 def test_inference_draws_variants_of_embedding_rows_and_refuses_broken_ones(
     trained: TrainedModels, tmp_path: Path
 ) -> None:

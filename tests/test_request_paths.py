@@ -114,6 +114,7 @@ def photos(face: np.ndarray) -> dict[str, bytes]:
     }
 
 
+@pytest.mark.slow
 def test_photos_decode_to_the_same_pixels_and_images_through_every_path(
     client: TestClient, trained: TrainedModels, tmp_path: Path
 ) -> None:

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from face_generation.runtime.generator import generate
@@ -42,6 +43,7 @@ def shown_images(driver: object, selector: str) -> list[np.ndarray] | None:
     return [np.asarray(Image.open(io.BytesIO(base64.b64decode(source)))) for source in sources]
 
 
+@pytest.mark.slow
 def test_page_generates_a_grid_and_variants_of_an_uploaded_photo(
     trained: TrainedModels, browser: object, tmp_path: Path
 ) -> None:

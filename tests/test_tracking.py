@@ -149,6 +149,7 @@ def test_start_reuses_the_running_server(
     assert server_status(mlflow_server.cfg).pid == status.pid
 
 
+@pytest.mark.slow
 def test_start_refuses_a_port_taken_by_another_program(tmp_path: Path) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
         listener.bind(("127.0.0.1", 0))
@@ -160,6 +161,7 @@ def test_start_refuses_a_port_taken_by_another_program(tmp_path: Path) -> None:
     assert not Path(cfg.pid_file).exists()
 
 
+@pytest.mark.slow
 def test_start_and_stop_on_another_port_leave_the_running_server_alone(
     mlflow_server: MlflowServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -492,6 +494,7 @@ def own_registry(tracking_cfg: DictConfig) -> DictConfig:
     return OmegaConf.create({"tracking": OmegaConf.merge(tracking_cfg, prefix)})
 
 
+@pytest.mark.slow
 def test_the_champion_is_the_best_on_a_comparison_that_means_something(
     tracking_cfg: DictConfig,
     mlflow_server: MlflowServer,
@@ -586,6 +589,7 @@ def test_a_version_evaluated_again_over_enough_samples_becomes_a_candidate(
     assert client.get_model_version_by_alias(name, "champion").version == version
 
 
+@pytest.mark.slow
 def test_promote_moves_the_alias_by_hand_and_says_so(
     mlflow_server: MlflowServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -656,6 +660,7 @@ def test_a_finished_run_resumed_registers_no_second_version(
     ["mlflow_server", pytest.param("postgres_mlflow_server", marks=pytest.mark.slow)],
     ids=["sqlite", "postgresql"],
 )
+@pytest.mark.slow
 def test_server_outage_loses_nothing(
     server_fixture: str,
     tmp_path: Path,
@@ -905,6 +910,7 @@ sys.stdin.read()
 """
 
 
+@pytest.mark.slow
 def test_sync_ends_a_run_whose_process_was_killed(
     mlflow_server: MlflowServer,
     tracking_cfg: DictConfig,

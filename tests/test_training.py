@@ -162,6 +162,7 @@ def test_a_training_run_logs_to_a_team_server_on_postgresql(
     assert any(artifacts.rglob("*.png"))  # the grids are files in the shared artifact folder
 
 
+@pytest.mark.slow
 def test_tracked_run_logs_curves_samples_and_a_registered_generator(
     data_dir: Path, tmp_path: Path, mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

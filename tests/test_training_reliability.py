@@ -76,6 +76,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
@@ -145,6 +146,7 @@ def test_a_second_training_of_the_same_model_is_refused_naming_the_first(
     assert train(config("vae", data_dir, models), NullTracker()).step == 6  # released
 
 
+@pytest.mark.slow
 def test_matching_resume_continues_an_interrupted_run_and_nothing_else(
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
