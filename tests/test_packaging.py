@@ -66,3 +66,20 @@ def test_an_installed_copy_composes_the_pipeline_config(wheel: Path, tmp_path: P
     assert Path(imported_from).is_relative_to(site)
     params = (REPO_ROOT / "params.yaml").read_text()
     assert composed == params.split("\n", 1)[1]  # params.yaml without its header line
+
+
+def test_make_install_leaves_a_venv_linked_from_another_checkout_alone(tmp_path: Path) -> None:
+    """The README test's project copy links .venv to this one: installing there would point
+    this venv's editable install at the temporary copy."""
+    link = tmp_path / ".venv"
+    link.symlink_to(Path(sys.prefix))
+    stamp = Path(sys.prefix) / ".face-generation-install-stamp"
+    before = stamp.read_bytes() if stamp.exists() else None
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "install.py"), "--venv", str(link)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert f"{link} is a link to {Path(sys.prefix).resolve()}: left as it is" in result.stdout
+    assert (stamp.read_bytes() if stamp.exists() else None) == before
