@@ -25,7 +25,12 @@ from torch import nn
 
 from face_generation.families.optimization import optimizer_step
 from face_generation.runtime.checkpoint import list_checkpoints, load_checkpoint, training_run_id
-from face_generation.training.distributed import RanksDiverged, check_same_weights, stop_requested
+from face_generation.training.distributed import (
+    RanksDiverged,
+    check_same_weights,
+    stop_requested,
+    torchrun_command,
+)
 from tests.faces import REPO, overrides, write_packed
 from tests.tracking_fixtures import MlflowServer, tracked
 
@@ -89,16 +94,7 @@ def test_two_ranks_on_halves_of_a_batch_take_the_step_of_one_process(tmp_path: P
 
 
 def torchrun(data_dir: Path, models: Path, *extra: str, nproc: int = RANKS) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "face_generation.train",
-        *overrides("dcgan", data_dir, models, *extra),
-    ]
+    return torchrun_command(nproc, overrides("dcgan", data_dir, models, *extra))
 
 
 def run(command: list[str]) -> str:
