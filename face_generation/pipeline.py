@@ -2,7 +2,8 @@
 
 Writes params.yaml from configs/ (with any overrides given), starts the local MLflow server
 unless one runs (it boots while the data stages run; training spools to disk until it
-answers), runs `dvc repro`, which runs only the stages whose code, parameters or inputs
+answers), fetches the raw data into data/sources/ and records it in `data.dvc` (`dvc
+commit`: DVC versions the raw data, which no stage may output), runs `dvc repro`, which runs only the stages whose code, parameters or inputs
 changed, delivers any records the server missed, and says where to look. The server keeps
 running for the UI: stop it with `python -m face_generation.tracking.server stop`.
 """
@@ -23,6 +24,7 @@ from face_generation.config import add_config_options, compose, job_config, refu
 from face_generation.errors import reported_errors
 from face_generation.tracking.server import ui_url
 
+DATA_DVC, DATA_DVC_OUT = "data.dvc", "data/sources"  # the raw data DVC versions, and its path
 PARAMS_HEADER = (
     "# Generated from configs/ by `python -m face_generation.config`; never edit by hand.\n"
 )
@@ -74,6 +76,15 @@ def run_dvc(arguments: Sequence[str]) -> None:
         raise SystemExit(f"`dvc {' '.join(arguments)}` failed with exit code {result.returncode}")
 
 
+def fetch_sources(cfg: DictConfig) -> None:
+    """Fetch the raw data, then point data.dvc at what is there (a no-op when unchanged)."""
+    from face_generation.data import fetch
+
+    sources = fetch.run(cfg)
+    if Path(DATA_DVC).is_file() and sources.resolve() == Path(DATA_DVC_OUT).resolve():
+        run_dvc(["commit", "--force", "--quiet", DATA_DVC])
+
+
 def activate_command() -> str | None:
     """The command that puts this interpreter's `python` and `dvc` on PATH in a shell (the
     stages run `python` from PATH), or None when it has no venv activate script."""
@@ -110,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if write_params(args.overrides):
             print("[pipeline] params.yaml rewritten from configs/")
         uri = start_tracking(cfg.tracking) if cfg.tracking.enabled else None
+        fetch_sources(cfg)
         run_dvc(["repro", *(["--force"] if args.force else [])])
         if uri is not None:
             deliver_pending(cfg.tracking)

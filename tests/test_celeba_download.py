@@ -323,3 +323,22 @@ def test_real_google_drive_url_fails_fast_when_offline(
     assert "network is unreachable" in message and "drive.google.com" in message
     assert "data=folder data.path=/path/to/celeba" in message
     assert not any(tmp_path.iterdir())
+
+
+def test_fetch_of_celeba_with_its_host_down_is_one_line_naming_what_to_do(
+    closed_port_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from face_generation.data import fetch
+
+    with pytest.raises(SystemExit) as exited:
+        fetch.main(
+            [
+                "data=celeba",
+                f"paths.data={tmp_path}",
+                f"data.download.url_template='{closed_port_url}/uc?id={{id}}'",
+                "data.download.timeout=2",
+            ]
+        )
+    (line,) = str(exited.value.code).splitlines()
+    assert line.startswith("[fetch] error: ") and "data=folder data.path=" in line
+    assert not any((tmp_path / "sources" / "celeba").iterdir())

@@ -130,6 +130,7 @@ def test_dvc_composes_the_same_params_yaml_without_importing_the_package(tmp_pat
 
 
 STAGE_MAINS = {
+    "fetch": "face_generation.data.fetch",
     "download": "face_generation.data.download",
     "split": "face_generation.data.split",
     "crop": "face_generation.data.crop",

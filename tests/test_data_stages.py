@@ -17,7 +17,7 @@ import pytest
 from omegaconf import DictConfig
 from PIL import Image
 
-from face_generation.data import crop, download, images, pack, split
+from face_generation.data import crop, download, fetch, images, pack, split
 from face_generation.data.download import UTKFACE_NAME
 from face_generation.data.tables import (
     SPLITS,
@@ -26,11 +26,13 @@ from face_generation.data.tables import (
     skipped_path,
     summary_path,
 )
+from face_generation.errors import UserError
 from tests.bad_images import save_oriented, save_png16, write_bomb_png, write_huge_png
 from tests.conftest import REPO_ROOT, link_images, path_overrides
 
 
 def run_stages(cfg) -> dict:
+    fetch.run(cfg)
     download.run(cfg)
     split.run(cfg)
     crop.run(cfg)
@@ -66,6 +68,27 @@ def test_embedded_default_end_to_end(make_config) -> None:
     assert_row_aligned(arrays, index)
     meta = json.loads((packed_dir(cfg) / "meta.json").read_text())
     assert meta["resolution"] == 32 and len(meta["data_hash"]) == 16
+
+
+def test_fetch_writes_the_raw_faces_once_and_the_download_stage_lists_them(make_config) -> None:
+    cfg = make_config()
+    with pytest.raises(
+        UserError, match=r"lfw_subset is missing: run .*data\.fetch.*dvc pull data\.dvc"
+    ):
+        download.run(cfg)  # the stage never fetches: data/sources is data.dvc's, not its output
+    folder = fetch.run(cfg) / "lfw_subset"
+    faces = sorted(folder.iterdir())
+    assert [path.name for path in faces] == [f"lfw_{i:03d}.png" for i in range(100)]
+    written = {path: path.stat().st_mtime_ns for path in faces}
+    original = faces[5].read_bytes()
+    faces[5].write_bytes(b"changed by hand")
+    fetch.run(cfg)  # the same bytes are left alone (DVC's links too); a changed file restored
+    assert faces[5].read_bytes() == original
+    assert {path: path.stat().st_mtime_ns for path in faces if path != faces[5]} == {
+        path: when for path, when in written.items() if path != faces[5]
+    }
+    rows = download.run(cfg)
+    assert sorted(row["path"] for row in rows) == [str(path) for path in faces]
 
 
 def test_packed_faces_match_their_source_images(
@@ -546,13 +569,15 @@ def test_a_stage_removes_what_a_killed_run_left_and_says_so(
     for path in leftovers:  # what SIGKILL during pack and during crop leave
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"\0" * 1_000_000)
-    partial = data / "raw" / "celeba" / "img_align_celeba.zip.unverified.part"
+    leftovers.append(data / "sources" / "lfw_subset" / "lfw_007.png.tmp")  # a killed fetch's
+    leftovers[-1].parent.mkdir(parents=True)
+    leftovers[-1].write_bytes(b"\0" * 1_000_000)
+    partial = data / "sources" / "celeba" / "img_align_celeba.zip.unverified.part"
     partial.parent.mkdir(parents=True)
     partial.write_bytes(b"resumable")
-    download.run(cfg)
+    fetch.run(cfg)
     assert not any(path.exists() for path in leftovers)
     assert partial.read_bytes() == b"resumable"  # a download resumes from it: kept
-    assert (
-        f"[download] removed 2 temporary file(s) of an interrupted run (2.0 MB) under {data}"
-        in (capsys.readouterr().out)
+    assert f"[fetch] removed 3 temporary file(s) of an interrupted run (3.0 MB) under {data}" in (
+        capsys.readouterr().out
     )

@@ -24,6 +24,7 @@ ENTRY_POINTS = [
     "face_generation.features.__main__",
     "face_generation.evaluation.verification",
     "face_generation.evaluation.report",
+    "face_generation.data.fetch",
     "face_generation.data.download",
     "face_generation.data.split",
     "face_generation.data.crop",

@@ -345,10 +345,10 @@ def test_verify_scores_dlib_the_frozen_backbone_and_the_fine_tuned_encoder(
 
 
 def run_data_stages(cfg: DictConfig) -> Path:
-    """download, split, crop, pack; the packed folder."""
-    from face_generation.data import crop, download, pack, split
+    """fetch, then download, split, crop, pack; the packed folder."""
+    from face_generation.data import crop, download, fetch, pack, split
 
-    for stage in (download, split, crop, pack):
+    for stage in (fetch, download, split, crop, pack):
         stage.run(cfg)
     return Path(cfg.paths.data) / "packed" / str(cfg.data.resolution)
 

@@ -80,6 +80,7 @@ SWEEP = [
     "dvc exp show --only-changed",
 ]
 REMOTE = ["dvc push", "dvc pull"]
+RAW_DATA = ["dvc push data.dvc", "dvc pull data.dvc"]
 FACES = [
     f"mkdir -p incoming && cp -r {FACES_PLACEHOLDER}/. incoming/",
     "dvc add incoming",
@@ -102,7 +103,16 @@ def readme_commands() -> list[str]:
 
 
 def test_these_are_the_readme_commands() -> None:
-    assert readme_commands() == [ACTIVATE, *BASELINE, *PLOTS, *EXPERIMENT, *SWEEP, *REMOTE, *FACES]
+    assert readme_commands() == [
+        ACTIVATE,
+        *BASELINE,
+        *PLOTS,
+        *EXPERIMENT,
+        *SWEEP,
+        *REMOTE,
+        *RAW_DATA,
+        *FACES,
+    ]
 
 
 # --- the copy and its shell -----------------------------------------------------------
@@ -400,6 +410,27 @@ def test_push_then_pull_restores_the_outputs(shell: Shell) -> None:
     assert "Data and pipelines are up to date." in shell.run("dvc status")
 
 
+@pytest.mark.slow
+def test_a_clone_beside_the_remote_pulls_the_raw_data_instead_of_fetching_it(shell: Shell) -> None:
+    """README, "The raw data": data.dvc tracks data/sources/ (what the pipeline fetched), and
+    a clone beside the remote gets the same bytes back with `dvc pull data.dvc`."""
+    push, pull = RAW_DATA
+    assert "data.dvc" in shell.git("ls-files", "data.dvc")
+    shell.run(push)
+    clone = Shell(shell.root.parent / "clone", shell.env)
+    subprocess.run(["git", "clone", "-q", str(shell.root), str(clone.root)], check=True)
+    (clone.root / ".venv").symlink_to(Path(sys.prefix))
+    assert not (clone.root / "data").exists()
+    assert re.search(r"\d+ files? (fetched|added)", clone.run(pull))
+    fetched = sorted((shell.root / "data" / "sources").rglob("*.png"))
+    pulled = sorted((clone.root / "data" / "sources").rglob("*.png"))
+    assert len(pulled) == 100 and [p.relative_to(clone.root) for p in pulled] == [
+        p.relative_to(shell.root) for p in fetched
+    ]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(fetched, pulled, strict=True))
+    assert "Data and pipelines are up to date." in clone.run("dvc status data.dvc")
+
+
 def test_pull_in_a_fresh_clone_of_the_committed_tree_names_what_no_remote_holds(
     tmp_path: Path,
 ) -> None:
@@ -426,7 +457,7 @@ def test_pull_in_a_fresh_clone_of_the_committed_tree_names_what_no_remote_holds(
     assert pull.returncode == 1, pull.stdout + pull.stderr
     output = pull.stdout + pull.stderr
     assert "do not exist neither locally nor on remote" in output
-    assert {"models/dcgan/model.pt", "data/packed/32"} <= set(output.split())
+    assert {"models/dcgan/model.pt", "data/packed/32", "data/sources"} <= set(output.split())
     assert run(f"{REMOTE[1]} --allow-missing").returncode == 0
     assert not (clone / "models" / "dcgan" / "model.pt").exists()  # `make run` builds it
 

@@ -1,10 +1,12 @@
-"""Stage `download`: bring the configured face images in and list them in data/raw/manifest.csv.
+"""Stage `download`: the pipeline's entry for the raw images; lists them in data/raw/manifest.csv.
 
 Sources (`data.source`):
-  lfw_subset  the 100 real faces scikit-image ships in its wheel (offline, the default);
+  lfw_subset  the 100 real faces scikit-image ships in its wheel (offline, the default),
+              as `face_generation.data.fetch` wrote them into data/sources/lfw_subset/;
   folder      any directory or .zip of images (`data.path`); CelebA's layout and UTKFace's
               file-name labels are recognised;
-  celeba      the official aligned CelebA files, downloaded with gdown (needs network).
+  celeba      the official aligned CelebA files that `face_generation.data.fetch` downloaded
+              into data/sources/celeba/ (needs network; `data.dvc` versions them).
 
 The manifest lists every image file found with its content hash and whatever labels the
 source has (identity, official partition, age, gender, race); files that cannot be read are
@@ -20,9 +22,7 @@ import time
 import zipfile
 from pathlib import Path
 
-import numpy as np
 from omegaconf import DictConfig
-from PIL import Image
 from tqdm import tqdm
 
 from face_generation.config import config_from_args, stage_parser
@@ -33,6 +33,7 @@ from face_generation.data.tables import (
     Skipped,
     manifest_path,
     remove_leftovers,
+    sources_dir,
     stage_summary,
     summary_path,
     write_json,
@@ -46,7 +47,10 @@ CELEBA_PARTITION_FILE = "list_eval_partition.txt"
 CELEBA_PARTITIONS = {"0": "train", "1": "val", "2": "test"}
 # UTKFace: "{age}_{gender}_{race}_{datetime}.jpg.chip.jpg"
 UTKFACE_NAME = re.compile(r"^(?P<age>\d+)_(?P<gender>[01])_(?P<race>[0-4])_\d+")
-LFW_SUBSET_FACES = 100  # skimage.data.lfw_subset(): the first 100 of its 200 images are faces
+FETCH_HINT = (
+    "run `python -m face_generation.data.fetch --params params.yaml` (what `make run` does "
+    "before `dvc repro`), or `dvc pull data.dvc` for the team's copy"
+)
 
 
 def list_image_files(root: Path) -> list[str]:
@@ -128,33 +132,24 @@ def scan_images(root: Path) -> tuple[list[Row], Skipped]:
     return rows, skipped
 
 
-def write_lfw_subset(destination: Path) -> Path:
-    """Save scikit-image's 100 LFW faces (25x25 grey, float 0..1) as PNG files."""
-    from skimage.data import lfw_subset
-
-    faces = lfw_subset()[:LFW_SUBSET_FACES]
-    destination.mkdir(parents=True, exist_ok=True)
-    for index, face in enumerate(faces):
-        pixels = np.clip(np.rint(face * 255.0), 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(destination / f"lfw_{index:03d}.png")
-    return destination
-
-
 def source_root(cfg: DictConfig) -> Path:
-    """Where the images of the configured source lie, fetching or writing them if needed."""
-    raw = manifest_path(cfg).parent
+    """Where the images of the configured source lie: data/sources/<source>/ as `fetch` wrote
+    it (or `dvc pull data.dvc` restored it), or the folder `data.path` names."""
     source = cfg.data.source
-    if source == "lfw_subset":
-        return write_lfw_subset(raw / "lfw_subset")
     if source == "folder":
         if not cfg.data.path:
             raise UserError("data=folder needs data.path=/path/to/images (a folder or a .zip)")
         return Path(cfg.data.path)
+    if source == "lfw_subset":
+        root = sources_dir(cfg) / "lfw_subset"
+        if not root.is_dir():
+            raise UserError(f"{root} is missing: {FETCH_HINT}")
+        return root
     if source == "celeba":
-        from face_generation.data.celeba import download_celeba
-
-        files = download_celeba(cfg.data.download, raw / "celeba")
-        return files[f"{CELEBA_IMAGE_DIR}.zip"]
+        root = sources_dir(cfg) / "celeba" / f"{CELEBA_IMAGE_DIR}.zip"
+        if not root.is_file():
+            raise UserError(f"{root} is missing: {FETCH_HINT} (data=celeba downloads it)")
+        return root
     raise UserError(f"unknown data.source {source!r}: use lfw_subset, folder or celeba")
 
 

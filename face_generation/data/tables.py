@@ -23,6 +23,11 @@ def data_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.data)
 
 
+def sources_dir(cfg: DictConfig) -> Path:
+    """The raw files as fetched (the embedded faces, CelebA's official files): `data.dvc`."""
+    return data_dir(cfg) / "sources"
+
+
 def manifest_path(cfg: DictConfig) -> Path:
     return data_dir(cfg) / "raw" / "manifest.csv"
 
@@ -87,8 +92,8 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 # What a killed stage can leave under paths.data: pack's arrays (GBs at full scale), the
-# temporaries of tables and summaries. Not the download's .part files: those resume.
-LEFTOVERS = ("packed/*/*.tmp.npy", "*.tmp", "raw/*.tmp")
+# temporaries of tables, summaries and fetched faces. Not CelebA's .part files: those resume.
+LEFTOVERS = ("packed/*/*.tmp.npy", "*.tmp", "raw/*.tmp", "sources/*/*.tmp")
 
 
 def remove_leftovers(cfg: DictConfig, stage: str) -> None:
