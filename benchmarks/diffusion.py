@@ -130,11 +130,25 @@ class Ours:
         t = torch.zeros(2, dtype=torch.long, device=device)
         return size(self.network, lambda x: self.network(x, t), device)
 
+    def conditions(self, n: int, device: torch.device) -> dict[str, torch.Tensor]:
+        """Condition rows for n images (random: the cost does not depend on their values)."""
+        array, width = self.family.condition_array, self.network.cond_dim
+        if array is None or width is None:
+            return {}
+        rows = torch.randn(n, width, generator=torch.Generator().manual_seed(0))
+        return {array: rows.to(device)}
+
     def train_step(self, images: torch.Tensor, context: StepContext) -> None:
-        self.family.train_step(Batch(images=images, rows=torch.arange(len(images))), 0)
+        rows = torch.arange(len(images))
+        features = self.conditions(len(images), images.device)
+        self.family.train_step(Batch(images=images, rows=rows, features=features), 0)
 
     def sample(self, n: int) -> torch.Tensor:
-        return DiffusionFamily.sample(self.network, n, steps=SAMPLING_STEPS, sampler="ddim")
+        device = next(self.network.parameters()).device
+        cond = self.conditions(n, device).get(str(self.family.condition_array))
+        return DiffusionFamily.sample(
+            self.network, n, cond=cond, steps=SAMPLING_STEPS, sampler="ddim"
+        )
 
 
 def synchronize(device: torch.device) -> None:
