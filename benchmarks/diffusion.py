@@ -1,6 +1,7 @@
 """Benchmark: our diffusion family against denoising-diffusion-pytorch, side by side in one run.
 
     .venv/bin/python benchmarks/diffusion.py [--batch-size B] [--steps S] [--repeats R] [--device D]
+                                             [--no-sampling] [--ours OVERRIDE ...]
 
 At 64x64 and the same batch, on the same faces (scikit-image's 100 embedded LFW faces,
 upsampled to 64x64 and repeated to fill a batch):
@@ -17,6 +18,9 @@ peer/ours for CPU seconds per image). CPU seconds per image
 (this process's, all threads) are recorded too: on a machine other jobs share they move less
 than wall time. Parameters and FLOPs are counted with torch's FlopCounterMode (attention
 through its maths kernel, so that it is counted: a multiply-add is 2 FLOPs).
+--no-sampling times training only (DDIM-50 is most of a repeat's time); --ours adds config
+overrides to our side (an architecture choice against the same peer, e.g.
+model.attention_resolutions=[8]). Torch's threads are OMP_NUM_THREADS's, the same for both.
 Prints a table and writes benchmarks/results/diffusion.json.
 """
 
@@ -120,8 +124,10 @@ class Peer:
 
 
 class Ours:
-    def __init__(self, device: torch.device, context: StepContext) -> None:
-        cfg = compose("config", ["model=diffusion", *MATCHED])
+    def __init__(
+        self, device: torch.device, context: StepContext, overrides: list[str] | None = None
+    ) -> None:
+        cfg = compose("config", ["model=diffusion", *MATCHED, *(overrides or [])])
         torch.manual_seed(0)
         self.family = DiffusionFamily(cfg.model, RESOLUTION, context)
         self.network = self.family.model
@@ -130,11 +136,25 @@ class Ours:
         t = torch.zeros(2, dtype=torch.long, device=device)
         return size(self.network, lambda x: self.network(x, t), device)
 
+    def conditions(self, n: int, device: torch.device) -> dict[str, torch.Tensor]:
+        """Condition rows for n images (random: the cost does not depend on their values)."""
+        array, width = self.family.condition_array, self.network.cond_dim
+        if array is None or width is None:
+            return {}
+        rows = torch.randn(n, width, generator=torch.Generator().manual_seed(0))
+        return {array: rows.to(device)}
+
     def train_step(self, images: torch.Tensor, context: StepContext) -> None:
-        self.family.train_step(Batch(images=images, rows=torch.arange(len(images))), 0)
+        rows = torch.arange(len(images))
+        features = self.conditions(len(images), images.device)
+        self.family.train_step(Batch(images=images, rows=rows, features=features), 0)
 
     def sample(self, n: int) -> torch.Tensor:
-        return DiffusionFamily.sample(self.network, n, steps=SAMPLING_STEPS, sampler="ddim")
+        device = next(self.network.parameters()).device
+        cond = self.conditions(n, device).get(str(self.family.condition_array))
+        return DiffusionFamily.sample(
+            self.network, n, cond=cond, steps=SAMPLING_STEPS, sampler="ddim"
+        )
 
 
 def synchronize(device: torch.device) -> None:
@@ -166,6 +186,8 @@ def measure(
         "train_images_per_sec": args.steps * batch / wall,
         "train_cpu_s_per_image": cpu / (args.steps * batch),
     }
+    if args.no_sampling:
+        return result
     network.eval()
     with torch.no_grad():
         wall, cpu = timed(lambda: contender.sample(batch), context.device, 1)
@@ -190,6 +212,11 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--no-sampling", action="store_true", help="time training only")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="the JSON report")
+    parser.add_argument(
+        "--ours", nargs="*", default=[], help="config overrides of our side (after MATCHED)"
+    )
     args = parser.parse_args()
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -201,7 +228,10 @@ def main() -> None:
     context = step_context(device, compose("config").train)  # bf16 autocast on CUDA, for both
     images = faces(args.batch_size, device).contiguous(memory_format=context.memory_format)
 
-    contenders: dict[str, Peer | Ours] = {"peer": Peer(device), "ours": Ours(device, context)}
+    contenders: dict[str, Peer | Ours] = {
+        "peer": Peer(device),
+        "ours": Ours(device, context, args.ours),
+    }
     sizes = {name: contender.size(device) for name, contender in contenders.items()}
     for name, measured in sizes.items():
         print(f"{name}: {measured['parameters'] / 1e6:.2f}M parameters, "
@@ -212,6 +242,7 @@ def main() -> None:
         order = ["peer", "ours"] if repeat % 2 == 0 else ["ours", "peer"]
         for name in order:
             runs[name].append(measure(contenders[name], images, context, args))
+            runs[name][-1]["load_average_1min"] = os.getloadavg()[0]
             print(f"  repeat {repeat + 1} {name}: " + ", ".join(
                 f"{key} {value:.3g}" for key, value in runs[name][-1].items()))  # fmt: skip
 
@@ -228,6 +259,7 @@ def main() -> None:
 
     keys = ("train_images_per_sec", "sample_images_per_sec", "train_cpu_s_per_image",
             "sample_cpu_s_per_image")  # fmt: skip
+    keys = tuple(key for key in keys if key in runs["ours"][0])
     results = {
         name: {**sizes[name], **{key: summary(name, key) for key in keys}, "runs": runs[name]}
         for name in contenders
@@ -236,10 +268,11 @@ def main() -> None:
     print()
     print(f"Diffusion at {RESOLUTION}x{RESOLUTION}, batch {args.batch_size}, {device}, "
           f"{args.steps} timed training steps, median of {args.repeats} (range)")  # fmt: skip
-    print(
-        "| | parameters | GFLOPs/img | train img/s | DDIM-50 img/s | train CPU s/img | DDIM-50 CPU s/img |"
-    )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    headers = {"train_images_per_sec": "train img/s", "sample_images_per_sec": "DDIM-50 img/s",
+               "train_cpu_s_per_image": "train CPU s/img",
+               "sample_cpu_s_per_image": "DDIM-50 CPU s/img"}  # fmt: skip
+    print("| | parameters | GFLOPs/img | " + " | ".join(headers[key] for key in keys) + " |")
+    print("| --- | ---: | ---: |" + " ---: |" * len(keys))
     for name in contenders:
         row = results[name]
         cells = [
@@ -247,7 +280,7 @@ def main() -> None:
             for key in keys
         ]
         print(f"| {name} | {row['parameters'] / 1e6:.2f}M | {row['gflops_per_image']:.2f} | "
-              f"{cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} |")  # fmt: skip
+              + " | ".join(cells) + " |")  # fmt: skip
     print(f"| ours vs peer | ×{results['ours']['parameters'] / results['peer']['parameters']:.3f} "
           f"| ×{results['ours']['gflops_per_image'] / results['peer']['gflops_per_image']:.3f} | "
           + " | ".join(f"{speedups[key]:.2f}× faster" for key in keys) + " |")  # fmt: skip
@@ -263,14 +296,15 @@ def main() -> None:
         "repeats": args.repeats,
         "sampling_steps": SAMPLING_STEPS,
         "peer": {"unet": {**PEER, "dim_mults": list(PEER["dim_mults"])}},
-        "ours": {"overrides": MATCHED},
+        "ours": {"overrides": [*MATCHED, *args.ours]},
+        "threads": torch.get_num_threads(),
         "precision": "bf16 autocast" if on_cuda else "fp32",
         "results": results,
         "speedups_ours_vs_peer": speedups,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {RESULTS.relative_to(REPO)}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
 
 
 def peer_version() -> str:

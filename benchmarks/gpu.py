@@ -14,9 +14,18 @@ the repository alone is what a GPU machine needs. Rows, at 64x64:
               textbook loop (torchvision ImageFolder decoding JPEGs, DataLoader, float32);
   diffusion   ours: the family, unconditional, at benchmarks/diffusion.py's size matched to
               the peer; peer: lucidrains' denoising-diffusion-pytorch (Unet + GaussianDiffusion,
-              the same objective); sampling: DDIM with --sampling-steps steps.
-The conditional families (cond_gan, translator, progressive, encoder) read the features
-stage's arrays and trained encoders, which this benchmark does not build yet.
+              the same objective); sampling: DDIM with --sampling-steps steps;
+  encoder, cond_gan, translator, progressive
+              ours only (no peer on PyPI), their default configs, their steps numbered from
+              STEADY_STEP (the progressive generator at full resolution). The packed faces are
+              written as the pack stage leaves them, and the features stage's own code writes
+              the arrays they read beside them (the backbone's embedding and pyramids; the
+              labels of a set without identities: each face its own partner); batches come from
+              those files through the loop's own training_arrays and PackedBatches. The
+              networks they load frozen are checkpoints written first from freshly built
+              families (the encoder for cond_gan's identity loss, a cond_gan as the
+              Translator's Imitator): their weights do not change the cost. The encoder embeds
+              faces, so it has no sampling column.
 Columns: training img/s (a full step: data, forward, backward, update), sampling img/s, batch,
 dtype, compile, peak GPU memory, and MFU: the step's FLOPs (counted once by torch's
 FlopCounterMode, a multiply-add = 2) times its rate over the device's dense bf16 peak
@@ -31,14 +40,18 @@ import contextlib
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 os.environ.setdefault("TQDM_DISABLE", "1")  # the peer's sampler draws progress bars
 
 import torch
+from omegaconf import DictConfig
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import datasets
 
@@ -56,16 +69,34 @@ from benchmarks.train_step import (  # noqa: E402
     textbook_batches,
 )
 from face_generation.config import compose  # noqa: E402
+from face_generation.data.packed import features_dir  # noqa: E402
+from face_generation.data.tables import packed_dir  # noqa: E402
+from face_generation.features.labels import UNKNOWN  # noqa: E402
+from face_generation.features.stage import meta_of, write_labels  # noqa: E402
+from face_generation.features.stage import run as run_features  # noqa: E402
+from face_generation.runtime.checkpoint import checkpoint_state, save_checkpoint  # noqa: E402
+from face_generation.runtime.family import SAMPLE as CAN_SAMPLE  # noqa: E402
 from face_generation.runtime.family import Batch, Family, StepContext  # noqa: E402
-from face_generation.runtime.registry import family_for  # noqa: E402
+from face_generation.runtime.registry import family_class, family_for  # noqa: E402
 from face_generation.training.data import PackedBatches  # noqa: E402
 from face_generation.training.device import step_context  # noqa: E402
+from face_generation.training.loop import training_arrays  # noqa: E402
 
 # Dense bf16 tensor-core peaks from the vendors' data sheets (no sparsity), by device name.
 DEVICE_PEAK_TFLOPS = {"H200": 989.4, "H100 80GB HBM3": 989.4, "H100 PCIe": 756.0, "A100": 312.0}
 # The issue's batches: 2x the reference implementations' model step alone at these sizes.
-BATCH = {"vae": 144, "dcgan": 128, "diffusion": 64}
+# The families after them: 64, the diffusion row's (no target yet). In training order: a family
+# runs after those whose checkpoints it loads (`trained_after`).
+BATCH = {"vae": 144, "dcgan": 128, "diffusion": 64, "encoder": 64, "cond_gan": 64,
+         "translator": 64, "progressive": 64}  # fmt: skip
 OVERRIDES = {"diffusion": ["model.condition=null", *MATCHED]}
+DATA_HASH = "gpu-benchmark"  # the packed arrays' meta.json and the features' (they must agree)
+# The step numbers train_step is given: training's steady state (the progressive generator grown
+# to full resolution; a multiple of cond_gan's R1 interval and progressive's pyramid interval,
+# so the timed steps include those steps at their share)
+STEADY_STEP = 1_000_000
+HELD_OUT = 4  # rows of the val and test splits (the features stage writes every split)
+TEXTBOOK = ("vae", "dcgan")  # the families benchmarks/train_step.py's textbook loop runs
 
 
 @dataclass
@@ -97,10 +128,17 @@ def throughput(step: Callable[[], object], images: int, count: int, device: torc
     return count * images / (time.perf_counter() - started)
 
 
-def gflops(step: Callable[[], object], images: int) -> float:
-    """FLOPs of one call of `step` per image, in GFLOPs."""
-    with FlopCounterMode(display=False) as counter:
+def gflops(step: Callable[[], object], images: int) -> float | None:
+    """FLOPs of one call of `step` per image, in GFLOPs; None for a step the counter cannot
+    follow (cond_gan's R1 step: a double backward through autograd.grad), which still runs."""
+    try:
+        with FlopCounterMode(display=False) as counter:
+            step()
+    except RuntimeError as error:
+        if "autograd.grad" not in str(error):
+            raise
         step()
+        return None
     return counter.get_total_flops() / images / 1e9
 
 
@@ -120,8 +158,8 @@ class Measurement:
         self.peak = peak_tflops(device, args.peak_tflops)
 
     def calls(self) -> int:
-        """Steps one row takes: warm-up, the FLOP count, the timed ones."""
-        return self.args.warmup + 1 + self.args.steps
+        """Steps one row may take: warm-up, the FLOP count (and its rerun), the timed ones."""
+        return self.args.warmup + 2 + self.args.steps
 
     def row(
         self,
@@ -152,34 +190,111 @@ class Measurement:
         return row
 
 
-def our_family(model: str, context: StepContext, compiled: bool) -> Family:
-    cfg = compose(
-        "config", [f"model={model}", f"data.resolution={RESOLUTION}", *OVERRIDES.get(model, [])]
-    )
+def model_config(model: str, workspace: Path) -> DictConfig:
+    """The model's default config at RESOLUTION, its data and checkpoints under `workspace`."""
+    return compose(
+        "config",
+        [f"model={model}", f"data.resolution={RESOLUTION}", f"paths.models={workspace / 'models'}",
+         f"paths.data={workspace / 'data'}", *OVERRIDES.get(model, [])],
+    )  # fmt: skip
+
+
+def our_family(
+    model: str, context: StepContext, compiled: bool, workspace: Path, arrays: dict[str, np.ndarray]
+) -> Family:
+    """The family built from its config, prepared on its arrays (its random conditions)."""
+    cfg = model_config(model, workspace)
     torch.manual_seed(0)
     family = family_for(cfg)(cfg.model, RESOLUTION, context)
+    family.prepare(arrays)
     if compiled:
         for network in family.networks.values():
             network.compile()
     return family
 
 
+def pipeline_data(
+    packed: np.ndarray, workspace: Path, device: torch.device, features: bool
+) -> None:
+    """workspace/data as the data and features stages leave it, for the packed faces: the packed
+    splits (train: every face; val and test: its first rows, which no step reads) and, when
+    `features`, the features stage's own code writing the labels (identities unknown: each face
+    its own partner) and the backbone's embedding and pyramids."""
+    cfg = compose("config", [f"data.resolution={RESOLUTION}", f"paths.data={workspace / 'data'}",
+                             f"features.device={device}"])  # fmt: skip
+    folder = packed_dir(cfg)
+    folder.mkdir(parents=True)
+    splits = {"train": packed, "val": packed[:HELD_OUT], "test": packed[:HELD_OUT]}
+    for split, faces in splits.items():
+        np.save(folder / f"{split}.npy", faces)
+    (folder / "meta.json").write_text(json.dumps({"data_hash": DATA_HASH}))
+    if not features:
+        return
+    unknown = {split: np.full(len(faces), UNKNOWN, np.int64) for split, faces in splits.items()}
+    meta = meta_of(cfg, "labels", DATA_HASH, {"name": "labels", "source": "gpu benchmark"})
+    labels = features_dir(workspace / "data", RESOLUTION)
+    write_labels(labels, splits, unknown, meta, int(cfg.features.partner_seed))
+    run_features(cfg, ["backbone"])
+
+
+def write_checkpoint(model: str, workspace: Path) -> None:
+    """models/<model>/model.pt of a freshly built family (float32 on the CPU), for the families
+    that load it frozen."""
+    cfg = model_config(model, workspace)
+    context = StepContext(
+        torch.device("cpu"), contextlib.nullcontext, None, torch.contiguous_format
+    )
+    family = our_family(model, context, False, workspace, family_arrays(model, workspace))
+    state = checkpoint_state(cfg, family, None, 0, "", DATA_HASH, {})
+    save_checkpoint(state, workspace / "models" / model / "model.pt")
+
+
+def prerequisites(models: list[str]) -> list[str]:
+    """The families whose checkpoints the chosen ones load (`trained_after`, transitively), in
+    training order."""
+    needed, todo = set(), list(models)
+    while todo:
+        for before in family_class(todo.pop()).trained_after:
+            if before not in needed:
+                needed.add(before)
+                todo.append(before)
+    return [model for model in BATCH if model in needed]
+
+
+def needs_features(models: list[str], workspace: Path) -> bool:
+    """Whether a chosen family (or one it loads) reads arrays besides the faces."""
+    for model in [*models, *prerequisites(models)]:
+        cfg = model_config(model, workspace)
+        if len(family_for(cfg).inputs_of(cfg.model)) > 1:
+            return True
+    return False
+
+
+def family_arrays(model: str, workspace: Path) -> dict[str, np.ndarray]:
+    """The packed faces and every array the family declares, as the loop opens them."""
+    cfg = model_config(model, workspace)
+    return training_arrays(cfg, family_for(cfg), "train")
+
+
 def ours(
     measure: Measurement,
     model: str,
-    packed: object,
     context: StepContext,
     compiled: bool,
     batch: int,
+    workspace: Path,
 ) -> Row:
-    family = our_family(model, context, compiled)
+    cfg = model_config(model, workspace)
+    inputs = family_for(cfg).inputs_of(cfg.model)
+    mine = family_arrays(model, workspace)
+    family = our_family(model, context, compiled, workspace, mine)
     source = PackedBatches(
-        {"images": packed}, batch, seed=0, hflip=True, device=measure.device,
-        on_device=measure.on_cuda, memory_format=context.memory_format,
+        mine, batch, seed=0, hflip=True, device=measure.device, on_device=measure.on_cuda,
+        memory_format=context.memory_format, inputs=inputs,
     )  # fmt: skip
     calls = measure.calls()
     batches: Iterator[Batch] = source.iterate(0, calls)
-    steps = iter(range(calls))
+    steps = iter(range(STEADY_STEP, STEADY_STEP + calls))
     network = family.networks[family.generator_key]
     options = (
         {"steps": measure.args.sampling_steps, "sampler": "ddim"} if model == "diffusion" else {}
@@ -199,14 +314,15 @@ def ours(
         dtype,
         compiled,
         lambda: family.train_step(next(batches), next(steps)),
-        sample,
+        sample if CAN_SAMPLE in family.capabilities else None,
     )
 
 
 def textbook(measure: Measurement, model: str, data: Path, batch: int) -> Row:
     """The same networks in benchmarks/train_step.py's textbook loop (float32, no compile)."""
     context = StepContext(measure.device, contextlib.nullcontext, None, torch.contiguous_format)
-    family = our_family(model, context, False)
+    with tempfile.TemporaryDirectory() as workspace:
+        family = our_family(model, context, False, Path(workspace), {"images": np.empty(0)})
     loader = textbook_batches(
         data, measure.args.images, batch, measure.args.workers, measure.device
     )
@@ -318,17 +434,26 @@ def main(argv: list[str] | None = None) -> None:
     context = step_context(device, compose("config").train)
     our_settings = backend_settings()
     rows: list[Row] = []
-    for model in args.models:
-        batch = args.batch_size or BATCH[model]
-        restore_backend_settings(our_settings)
-        rows += [ours(measure, model, packed, context, compiled, batch) for compiled in compiles]
-        if args.no_peers:
-            continue
-        if model == "diffusion":
-            rows.append(diffusion_peer(measure, context, torch.from_numpy(packed), batch))
-        else:
-            restore_backend_settings(textbook_settings)
-            rows.append(textbook(measure, model, args.data, batch))
+    with tempfile.TemporaryDirectory(prefix="gpu-benchmark-") as folder:
+        workspace = Path(folder)
+        started_features = time.perf_counter()
+        pipeline_data(packed, workspace, device, needs_features(args.models, workspace))
+        print(f"packed arrays and features in {time.perf_counter() - started_features:.1f} s")
+        for model in prerequisites(args.models):
+            write_checkpoint(model, workspace)
+        for model in args.models:
+            batch = args.batch_size or BATCH[model]
+            restore_backend_settings(our_settings)
+            rows += [
+                ours(measure, model, context, compiled, batch, workspace) for compiled in compiles
+            ]
+            if args.no_peers:
+                continue
+            if model == "diffusion":
+                rows.append(diffusion_peer(measure, context, torch.from_numpy(packed), batch))
+            elif model in TEXTBOOK:
+                restore_backend_settings(textbook_settings)
+                rows.append(textbook(measure, model, args.data, batch))
 
     name = torch.cuda.get_device_name(device) if on_cuda else f"CPU ({os.cpu_count()} cores)"
     title = (

@@ -7,6 +7,7 @@ learning, and the trained model through evaluation, inference and the MLflow mod
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
+from torch import nn
 
 from face_generation.config import compose
 from face_generation.evaluation.evaluate_model import evaluate
@@ -32,6 +35,7 @@ from face_generation.families.diffusion import (
 )
 from face_generation.inference import generate
 from face_generation.inference import main as inference_main
+from face_generation.models.diffusion import Block, ResBlock, SelfAttention
 from face_generation.runtime.family import Batch
 from face_generation.runtime.generator import TrainedGenerator, load_generator
 from face_generation.runtime.images import to_uint8
@@ -216,6 +220,57 @@ def test_training_uses_the_null_embedding_with_probability_cond_drop(cond_drop: 
     share = torch.cat(dropped).float().mean().item()
     standard_error = (cond_drop * (1 - cond_drop) / (10 * rows)) ** 0.5
     assert abs(share - cond_drop) <= 4 * standard_error
+
+
+# --- the network ----------------------------------------------------------------------
+
+
+def reference_res_block(block: ResBlock, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    """DDPM's residual block, written out: what the speed-ups of ResBlock.forward must keep."""
+    h = F.conv2d(F.silu(F.group_norm(x, block.norm1.num_groups, block.norm1.weight,
+                                     block.norm1.bias)),
+                 block.conv1.weight, block.conv1.bias, padding=1)  # fmt: skip
+    h = h + F.linear(emb, block.emb.weight, block.emb.bias)[:, :, None, None]
+    h = F.silu(F.group_norm(h, block.norm2.num_groups, block.norm2.weight, block.norm2.bias))
+    h = F.conv2d(h, block.conv2.weight, block.conv2.bias, padding=1)
+    return (x if isinstance(block.skip, nn.Identity) else block.skip(x)) + h
+
+
+def reference_attention(layer: SelfAttention, x: torch.Tensor) -> torch.Tensor:
+    """Multi-head softmax(q·kᵀ/√d)·v over the H·W positions, as a residual, by hand."""
+    n, c, h, w = x.shape
+    tokens = F.group_norm(x, layer.norm.num_groups, layer.norm.weight, layer.norm.bias)
+    q, k, v = F.linear(tokens.flatten(2).transpose(1, 2), layer.qkv.weight, layer.qkv.bias).chunk(
+        3, -1
+    )
+    heads = lambda t: t.reshape(n, h * w, layer.heads, -1).transpose(1, 2)  # noqa: E731
+    q, k, v = heads(q), heads(k), heads(v)
+    weights = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(-1)
+    attended = (weights @ v).transpose(1, 2).reshape(n, h * w, c)
+    return x + F.linear(attended, layer.out.weight, layer.out.bias).transpose(1, 2).reshape(
+        n, c, h, w
+    )
+
+
+@pytest.mark.parametrize("widths", [(16, 16), (16, 32)])
+def test_the_blocks_compute_ddpms_formulas_forward_and_backward(widths: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    block = Block(*widths, emb_dim=24, groups=4, dropout=0.0, head_channels=8)
+    with torch.no_grad():  # the zero-initialised layers too, so every term shows
+        for parameter in block.parameters():
+            parameter.normal_(0.0, 0.2)
+    x, emb = torch.randn(2, widths[0], 8, 8, requires_grad=True), torch.randn(2, 24)
+    assert block.attention is not None
+    ours = block(x, emb)
+    reference = reference_attention(block.attention, reference_res_block(block.res, x, emb))
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    inputs = [x, *block.parameters()]
+    for got, expected in zip(
+        torch.autograd.grad(ours.square().sum(), inputs),
+        torch.autograd.grad(reference.square().sum(), inputs),
+        strict=True,
+    ):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
 # --- learning -------------------------------------------------------------------------
