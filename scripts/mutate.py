@@ -61,6 +61,11 @@ TARGETS = (
     Target("face_generation/evaluation/frechet.py", "--noconftest tests/test_metric_maths.py"),
     Target("face_generation/evaluation/kid.py", "--noconftest tests/test_metric_maths.py"),
     Target("face_generation/evaluation/precision_recall.py", "--noconftest tests/test_metric_maths.py"),
+    # The verification metric and its stage on feature folders written in a temporary folder.
+    Target("face_generation/evaluation/verification_scores.py",
+           "--noconftest tests/test_evaluation_maths.py"),
+    Target("face_generation/evaluation/verification.py",
+           "--noconftest tests/test_evaluation_maths.py"),
 )  # fmt: skip
 
 
