@@ -66,6 +66,9 @@ TARGETS = (
            "--noconftest tests/test_evaluation_maths.py"),
     Target("face_generation/evaluation/verification.py",
            "--noconftest tests/test_evaluation_maths.py"),
+    # The metric objects and their shared inputs: untrained real generators, dlib, 8 faces.
+    Target("face_generation/evaluation/metrics.py", "--noconftest tests/test_evaluation_metrics.py"),
+    Target("face_generation/evaluation/inputs.py", "--noconftest tests/test_evaluation_inputs.py"),
 )  # fmt: skip
 
 
