@@ -69,6 +69,8 @@ TARGETS = (
     # The metric objects and their shared inputs: untrained real generators, dlib, 8 faces.
     Target("face_generation/evaluation/metrics.py", "--noconftest tests/test_evaluation_metrics.py"),
     Target("face_generation/evaluation/inputs.py", "--noconftest tests/test_evaluation_inputs.py"),
+    # The schedule, the loss and the samplers against closed forms, on a UNet of a few weights.
+    Target("face_generation/families/diffusion.py", "--noconftest tests/test_diffusion_maths.py"),
 )  # fmt: skip
 
 
