@@ -204,6 +204,13 @@ def test_verify_needs_both_kinds_of_pair(labels: np.ndarray) -> None:
         verify(np.eye(4), np.ones(4, bool), labels, seed=0, far=0.01)
 
 
+def test_verify_counts_every_known_row_it_skipped() -> None:
+    # Rows 3, 4 and 5 failed: persons 0 (rows 0, 1) and 1 (row 2) are left, 3 of 6 rows.
+    labels, ok = np.array([0, 0, 1, 1, 2, 2, -1]), np.array([1, 1, 1, 0, 0, 0, 1], bool)
+    result = verify(np.eye(7) + 0.1, ok, labels, seed=0, far=0.01)
+    assert (result["same_pairs"], result["different_pairs"], result["rows_skipped"]) == (1, 1, 3)
+
+
 def test_verify_leaves_out_failed_rows_before_pairing() -> None:
     # Without row 1 (failed), person 0 has one face: no same-person pair is left.
     labels, ok = np.array([0, 0, 1, 2]), np.array([True, False, True, True])
