@@ -38,6 +38,7 @@ from face_generation.evaluation.precision_recall import precision_recall
 from face_generation.evaluation.real_stats import RealFeatures
 from face_generation.evaluation.reconstruction import psnr, ssim
 from face_generation.networks.identity import FaceIdentityEncoder
+from face_generation.networks.lpips import load_lpips, lpips_distance
 from face_generation.runtime.pixels import to_float_nchw
 from tests.evaluation_material import (
     COUNT,
@@ -187,6 +188,28 @@ def test_lpips_says_why_it_is_not_there(root: Path) -> None:
     entry = LpipsReconstruction(absent.eval).compute(inputs_of(absent, root))["lpips"]
     assert entry["available"] is False and entry["network"] == "lpips_alex"
     assert "LPIPS needs torchvision's ImageNet alex weights" in entry["reason"]
+
+
+@pytest.mark.slow  # AlexNet on the CPU: a second
+def test_lpips_is_the_distance_of_each_face_and_its_reconstruction(root: Path) -> None:
+    from torchvision.models import alexnet
+
+    # Stand-in weights (random, not ImageNet's, which cannot be had offline).
+    torch.manual_seed(0)
+    backbone = {
+        k: v for k, v in alexnet(weights=None).state_dict().items() if k.startswith("features.")
+    }
+    torch.save(backbone, root / "alexnet.pth")
+    cfg = config(root, "vae", f"eval.lpips.weights_path={root / 'alexnet.pth'}")
+    inputs = inputs_of(cfg, root)
+    originals, outputs = seeded_reconstructions(inputs, 4)
+    entry = LpipsReconstruction(cfg.eval).compute(inputs)["lpips"]
+    model = load_lpips(cfg.eval.lpips, 1.0)
+    value = lpips_distance(model, outputs, originals, (-1.0, 1.0), device="cpu")
+    assert value > 1e-4 and entry["value"] == pytest.approx(value, rel=1e-5)
+    assert {key: entry[key] for key in ("network", "n", "data_hash")} == {
+        "network": "lpips_alex", "n": 4, "data_hash": "hash"
+    }  # fmt: skip
 
 
 # --- metrics.py: reconstructions --------------------------------------------------------
