@@ -132,7 +132,7 @@ def test_backbone_distribution_entries_are_the_maths_on_the_features(root: Path)
     assert entries["recall_effnet"] == {**base, "value": shares.recall, "k": 2}
 
 
-@pytest.mark.parametrize(("real_rows", "fake_rows"), [(3, 9), (9, 3), (3, 3)])
+@pytest.mark.parametrize(("real_rows", "fake_rows"), [(3, 9), (9, 3), (3, 3), (2, 9)])
 def test_precision_and_recall_need_more_than_k_images_a_side(
     root: Path, real_rows: int, fake_rows: int
 ) -> None:
