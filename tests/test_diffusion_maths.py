@@ -68,6 +68,20 @@ def test_the_cosine_schedule_follows_a_squared_cosine_with_capped_betas() -> Non
     np.testing.assert_allclose(uncapped[:-1], (f[1:] / f[0])[:-1], rtol=1e-9)
 
 
+def test_the_schedule_kind_is_compared_by_value() -> None:
+    # Names read from a YAML file are new strings, not the interned literals of the code.
+    for kind, settings in (("lin", LINEAR), ("cos", COSINE)):
+        built = schedule(settings, kind="".join([kind, settings["kind"][3:]]))
+        assert torch.equal(built.alpha_bar, schedule(settings).alpha_bar)
+
+
+def test_the_cosine_schedule_of_an_odd_number_of_steps() -> None:
+    f = np.cos((np.arange(32) / 31 + 0.008) / 1.008 * np.pi / 2) ** 2
+    expected = np.cumprod(1 - np.minimum(1 - f[1:] / f[:-1], 0.5))
+    ours = schedule(COSINE, timesteps=31).alpha_bar.numpy()
+    np.testing.assert_allclose(ours, expected, rtol=1e-12)
+
+
 def test_an_unknown_schedule_is_refused() -> None:
     with pytest.raises(ValueError, match=r"model.schedule.kind='sigmoid': expected one of"):
         schedule(kind="sigmoid")
@@ -356,7 +370,7 @@ def tiny_unet(prediction: str = "eps", cond_dim: int | None = 3) -> DiffusionMod
 
 
 @pytest.mark.parametrize("prediction", ["eps", "v"])
-@pytest.mark.parametrize("guidance", [0.0, 1.0, 2.5])
+@pytest.mark.parametrize("guidance", [0.0, 0.5, 1.0, 2.5])
 def test_guidance_mixes_the_conditional_and_the_unconditional_output(
     prediction: str, guidance: float
 ) -> None:

@@ -91,6 +91,16 @@ def test_generate_draws_its_noise_from_the_seed(tmp_path: Path) -> None:
     assert len(generate(trained, 5, seed=3, batch_size=10, options={})) == 5
 
 
+def test_generate_shows_progress_only_when_given_a_label(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trained = untrained(config(tmp_path, "vae"))
+    generate(trained, 2, seed=0, batch_size=2, options={})
+    assert capsys.readouterr().err == ""
+    generate(trained, 2, seed=0, batch_size=2, options={}, progress="sampling")
+    assert "sampling" in capsys.readouterr().err
+
+
 def test_reconstruct_is_the_family_s_reconstruction_batch_by_batch(root: Path) -> None:
     trained = untrained(config(root, "vae"))
     faces = eval_faces(root)[:5]
@@ -149,6 +159,12 @@ def test_nobody_known_leaves_the_judge_uncalibrated(root: Path, judge: FaceIdent
     embedded, calibration = inputs.judged_real_faces(judge, 2)
     assert embedded.shape == (2, 128)
     assert calibration.threshold is None and calibration.same_pairs == 0
+    # Person 0 alone known (twice): its faces are embedded, though one person calibrates nothing.
+    inputs = inputs_of(config(root, "vae"), root)
+    inputs.__dict__["people"] = np.r_[0, 0, np.full(COUNT - 2, -1)]
+    embedded, calibration = inputs.judged_real_faces(judge, 1)
+    assert embedded.shape == (1, 128)
+    assert calibration.threshold is None and calibration.same_pairs == 1
 
 
 def test_samples_come_from_the_eval_seed_and_options(root: Path) -> None:

@@ -382,3 +382,32 @@ def test_the_networks_verified_each_once(tmp_path: Path) -> None:
         verification.embeddings_of(
             stage_config(tmp_path, "encoder=facenet"), "facenet", np.zeros(1), "test"
         )
+
+
+def test_the_verify_stage_s_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    labels = np.array([0, 0, 1, 1, 2, 2, -1, -1], np.int64)  # 6 known faces of 3 people
+    written = write_stage_inputs(tmp_path / "data", labels)
+    overrides = [
+        f"paths.data={tmp_path / 'data'}",
+        f"paths.models={tmp_path / 'models'}",
+        f"paths.metrics={tmp_path / 'metrics'}",
+        f"data.resolution={RESOLUTION}",
+        "features.verification.far=0.25",
+    ]
+    verification.main(overrides)
+    lines = capsys.readouterr().err.splitlines()
+    for network, arrays in written.items():
+        embeddings = arrays["identity" if network == "dlib" else "embedding"]
+        result = verify(embeddings, arrays["ok"], labels, seed=0, far=0.25)
+        shown = " ".join(f"{key} {value:.4g}" for key, value in result.items())
+        assert f"[verify] {network:<20} {shown}" in lines
+    unavailable = next(line for line in lines if "effnet_contrastive" in line)
+    assert unavailable.startswith("[verify] effnet_contrastive   unavailable: ")
+    assert lines[-1] == f"[verify] {tmp_path / 'metrics' / 'features.json'}"
+    with pytest.raises(SystemExit, match=r"\[verify\] error: .*test.npy does not exist"):
+        verification.main([*overrides, f"paths.data={tmp_path / 'nothing'}"])
+    with pytest.raises(SystemExit):
+        verification.main(["--help"])
+    assert "Identity verification of the face encoders" in capsys.readouterr().out
