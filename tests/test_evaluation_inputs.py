@@ -6,6 +6,7 @@ fixture of conftest.py: `scripts/mutate.py` runs this file with `--noconftest`."
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -153,11 +154,23 @@ def test_the_real_faces_are_judged_once_and_calibrated_on_known_people(
 
 
 @pytest.mark.slow  # dlib, EfficientNet or torchmetrics for real: a second or more
+class CountingJudge(FaceIdentityEncoder):
+    """The real judge, counting the faces it embeds."""
+
+    embedded = 0
+
+    def embed(self, images: Any, *args: Any, **kwargs: Any) -> np.ndarray:
+        self.embedded += len(images)
+        return super().embed(images, *args, **kwargs)
+
+
 def test_nobody_known_leaves_the_judge_uncalibrated(root: Path, judge: FaceIdentityEncoder) -> None:
     inputs = inputs_of(config(root, "vae"), root)
     inputs.__dict__["people"] = np.full(COUNT, -1)  # as without the labels stage
-    embedded, calibration = inputs.judged_real_faces(judge, 2)
+    counting = CountingJudge(judge.network, judge.threshold)
+    embedded, calibration = inputs.judged_real_faces(counting, 2)
     assert embedded.shape == (2, 128)
+    assert counting.embedded == 2  # no face embedded for a calibration that cannot be made
     assert calibration.threshold is None and calibration.same_pairs == 0
     # Person 0 alone known (twice): its faces are embedded, though one person calibrates nothing.
     inputs = inputs_of(config(root, "vae"), root)
