@@ -355,11 +355,13 @@ def test_heun_lands_on_the_data_from_the_noise_it_is_given() -> None:
 # --- guidance and the family --------------------------------------------------------------
 
 
-def tiny_unet(prediction: str = "eps", cond_dim: int | None = 3) -> DiffusionModel:
+def tiny_unet(
+    prediction: str = "eps", cond_dim: int | None = 3, timesteps: int = 40
+) -> DiffusionModel:
     """A UNet of a few hundred weights, every weight random (zero-initialised layers too)."""
     torch.manual_seed(0)
     network = DiffusionModel(
-        schedule(), prediction, resolution=4, channels=4, channel_mults=[1],
+        schedule(LINEAR, timesteps=timesteps), prediction, resolution=4, channels=4, channel_mults=[1],
         num_res_blocks=1, attention_resolutions=[], head_channels=4, groups=2, dropout=0.0,
         cond_dim=cond_dim,
     )  # fmt: skip
@@ -468,6 +470,8 @@ def test_the_family_samples_differ_by_seed_sampler_and_condition() -> None:
         return DiffusionFamily.sample(network, 2, generator=seeded(seed), **options)
 
     assert torch.equal(draw(), draw())
+    assert torch.equal(draw(), draw(sampler="ddim", eta=0.0, guidance=1.0))  # the defaults
+    assert not torch.equal(draw(), draw(eta=1.0))
     assert not torch.equal(draw(), draw(1))
     assert not torch.equal(draw(), draw(sampler="heun"))
     assert not torch.equal(draw(), draw(cond=cond))
@@ -532,3 +536,12 @@ def test_a_training_step_lowers_the_family_s_own_loss() -> None:
             diffusion_loss(family.model, family.model.schedule, images, "v", "min_snr", 3.0)
         )
     assert after < before
+
+
+def test_the_family_samples_50_steps_by_default() -> None:
+    network = tiny_unet(timesteps=60)
+    default = DiffusionFamily.sample(network, 1, generator=seeded(13))
+    assert torch.equal(default, DiffusionFamily.sample(network, 1, generator=seeded(13), steps=50))
+    assert not torch.equal(
+        default, DiffusionFamily.sample(network, 1, generator=seeded(13), steps=49)
+    )

@@ -98,8 +98,9 @@ def test_generate_shows_progress_only_when_given_a_label(
     trained = untrained(config(tmp_path, "vae"))
     generate(trained, 2, seed=0, batch_size=2, options={})
     assert capsys.readouterr().err == ""
-    generate(trained, 2, seed=0, batch_size=2, options={}, progress="sampling")
-    assert "sampling" in capsys.readouterr().err
+    generate(trained, 5, seed=0, batch_size=2, options={}, progress="sampling")
+    shown = capsys.readouterr().err
+    assert "sampling" in shown and "5/5" in shown and "6/5" not in shown  # 2 + 2 + 1 images
 
 
 def test_reconstruct_is_the_family_s_reconstruction_batch_by_batch(root: Path) -> None:
