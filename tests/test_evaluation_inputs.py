@@ -39,6 +39,9 @@ from tests.evaluation_material import (
 from tests.faces import RESOLUTION, identities, write_packed
 from tests.tiny_family import EMBEDDING_DIM
 
+# Packed faces written once per module (64 JPEG files read), dlib and EfficientNet for real.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -68,7 +71,6 @@ def test_metric_names_carry_the_backbone_s_short_name(tmp_path: Path) -> None:
         metric_prefix(unknown.eval)
 
 
-@pytest.mark.slow  # dlib, EfficientNet or torchmetrics for real: a second or more
 def test_generate_conditions_sample_i_on_row_i_in_batches(tmp_path: Path) -> None:
     trained = untrained(config(tmp_path, "tiny"))
     cond = torch.linspace(-2, 2, 7 * EMBEDDING_DIM).view(7, EMBEDDING_DIM)
@@ -136,7 +138,6 @@ def test_the_people_are_the_first_labels_of_the_eval_split(root: Path, tmp_path:
     np.testing.assert_array_equal(nobody.people, np.full(5, -1))
 
 
-@pytest.mark.slow  # dlib, EfficientNet or torchmetrics for real: a second or more
 def test_the_real_faces_are_judged_once_and_calibrated_on_known_people(
     root: Path, judge: FaceIdentityEncoder
 ) -> None:
@@ -154,7 +155,6 @@ def test_the_real_faces_are_judged_once_and_calibrated_on_known_people(
     assert same_calibration == calibration
 
 
-@pytest.mark.slow  # dlib, EfficientNet or torchmetrics for real: a second or more
 class CountingJudge(FaceIdentityEncoder):
     """The real judge, counting the faces it embeds."""
 
@@ -199,7 +199,6 @@ def test_samples_come_from_the_eval_seed_and_options(root: Path) -> None:
     )
 
 
-@pytest.mark.slow  # dlib, EfficientNet or torchmetrics for real: a second or more
 def test_the_backbone_features_are_the_eval_split_s_first_faces(root: Path) -> None:
     cfg = config(root, "vae", f"eval.cache_dir={root / 'cache'}", "eval.split=val")
     val = np.load(root / "data" / "packed" / str(RESOLUTION) / "val.npy")

@@ -271,6 +271,7 @@ def stage_config(root: Path, *overrides: str) -> DictConfig:
     )
 
 
+@pytest.mark.slow  # the config composed by Hydra (most of a second each)
 def test_the_verify_stage_scores_every_stored_network(tmp_path: Path) -> None:
     written = write_stage_inputs(tmp_path / "data", TEST_LABELS)
     cfg = stage_config(tmp_path)
@@ -320,6 +321,7 @@ def test_the_verify_stage_scores_every_stored_network(tmp_path: Path) -> None:
     assert read is not None and read[0] == numbers and read[1] == stored
 
 
+@pytest.mark.slow  # the config composed by Hydra (most of a second each)
 def test_the_verify_stage_of_a_split_where_nobody_is_known_twice(tmp_path: Path) -> None:
     write_stage_inputs(tmp_path / "data", np.arange(8))  # everyone known, each once
     numbers, details = verification.run(stage_config(tmp_path))
@@ -366,6 +368,7 @@ def test_read_verification_before_the_stage_and_without_a_network_s_scores(
     assert read is not None and read[0]["verification"] == {}
 
 
+@pytest.mark.slow  # the config composed by Hydra (most of a second each)
 def test_the_networks_verified_each_once(tmp_path: Path) -> None:
     assert verification.networks_to_verify(stage_config(tmp_path)) == [
         "dlib",
@@ -384,6 +387,7 @@ def test_the_networks_verified_each_once(tmp_path: Path) -> None:
         )
 
 
+@pytest.mark.slow  # the config composed by Hydra (most of a second each)
 def test_the_verify_stage_s_command_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

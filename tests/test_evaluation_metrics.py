@@ -52,6 +52,9 @@ from tests.evaluation_material import (
     write_data,
 )
 
+# Packed faces written once per module (64 JPEG files read), dlib and EfficientNet for real.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -190,7 +193,6 @@ def test_lpips_says_why_it_is_not_there(root: Path) -> None:
     assert "LPIPS needs torchvision's ImageNet alex weights" in entry["reason"]
 
 
-@pytest.mark.slow  # AlexNet on the CPU: a second
 def test_lpips_is_the_distance_of_each_face_and_its_reconstruction(root: Path) -> None:
     from torchvision.models import alexnet
 
@@ -229,7 +231,6 @@ def faces_of(inputs: EvaluationInputs) -> np.ndarray:
     return np.asarray(inputs.test)
 
 
-@pytest.mark.slow  # dlib, EfficientNet or torchmetrics for real: a second or more
 def test_ssim_and_psnr_of_the_reconstructions_are_scikit_image_s(root: Path) -> None:
     from skimage.metrics import peak_signal_noise_ratio
 
@@ -257,7 +258,6 @@ def test_ssim_and_psnr_of_the_reconstructions_are_scikit_image_s(root: Path) -> 
     }  # fmt: skip
 
 
-@pytest.mark.slow  # dlib, EfficientNet or torchmetrics for real: a second or more
 def test_reconstruction_identity_is_dlib_s_cosine_of_each_face_and_its_reconstruction(
     root: Path, judge: FaceIdentityEncoder
 ) -> None:
@@ -290,7 +290,6 @@ def test_reconstruction_identity_is_dlib_s_cosine_of_each_face_and_its_reconstru
     assert 0 < expected["identity_cosine"] < 1
 
 
-@pytest.mark.slow  # dlib, EfficientNet or torchmetrics for real: a second or more
 def test_reconstruction_identity_uncalibrated_and_without_a_judge(
     root: Path, tmp_path: Path
 ) -> None:
@@ -314,7 +313,6 @@ def test_reconstruction_identity_uncalibrated_and_without_a_judge(
 # --- metrics.py: zero-shot identity -----------------------------------------------------
 
 
-@pytest.mark.slow  # dlib, EfficientNet or torchmetrics for real: a second or more
 def test_zero_shot_identity_judges_each_sample_against_its_own_and_the_next_reference(
     root: Path, judge: FaceIdentityEncoder
 ) -> None:
@@ -375,7 +373,6 @@ def test_zero_shot_identity_judges_each_sample_against_its_own_and_the_next_refe
     assert low < high
 
 
-@pytest.mark.slow  # dlib, EfficientNet or torchmetrics for real: a second or more
 def test_zero_shot_identity_uncalibrated_where_nobody_is_known(root: Path) -> None:
     cfg = config(
         root, "tiny", "eval.zero_shot.num_references=2", "eval.zero_shot.samples_per_reference=1"
@@ -389,7 +386,6 @@ def test_zero_shot_identity_uncalibrated_where_nobody_is_known(root: Path) -> No
     assert -1 <= entries["zero_shot_random_cosine"]["value"] <= 1
 
 
-@pytest.mark.slow  # dlib, EfficientNet or torchmetrics for real: a second or more
 def test_zero_shot_identity_needs_two_references_and_an_independent_judge(
     root: Path, tmp_path: Path
 ) -> None:
