@@ -283,6 +283,10 @@ def test_fresh_noise_is_drawn_at_every_step_but_the_last() -> None:
     for _ in range(2):
         gaussian_latents(2, 12, torch.device("cpu"), expected)
     assert torch.equal(generator.get_state(), expected.get_state())
+    # Deterministic DDIM draws nothing: the next batch's noise comes from the same stream.
+    untouched = seeded(4)
+    ddim_sample(point_denoiser(ours, []), ours, torch.zeros(2, 3, 2, 2), 3, 0.0, untouched)
+    assert torch.equal(untouched.get_state(), seeded(4).get_state())
 
 
 VARIANCE = 0.25  # Gaussian pixels: x0 ~ N(0, VARIANCE)
@@ -481,6 +485,8 @@ def test_the_family_samples_differ_by_seed_sampler_and_condition() -> None:
         draw(steps=0)
     with pytest.raises(ValueError, match=r"the condition must be 2×3"):
         draw(cond=torch.zeros(2, 4))
+    with pytest.raises(TypeError):  # the options are keywords: a condition is never taken for one
+        DiffusionFamily.sample(network, 2, cond)  # type: ignore[misc]
 
 
 def family_config(**changes: Any) -> DictConfig:
