@@ -150,6 +150,8 @@ def test_denoised_by_hand() -> None:
     assert denoised("eps", x_t, output, 0.5, 2.0) == (torch.tensor([2.0]), output)
     x0, eps = denoised("v", x_t, output, 0.5, 2.0)
     assert (float(x0), float(eps)) == (-0.5, 6.5)
+    # a target named by a config file: a new string, compared by value
+    assert denoised("".join(["e", "ps"]), x_t, output, 0.5, 2.0) == (torch.tensor([2.0]), output)
 
 
 class Fixed(nn.Module):
@@ -387,7 +389,12 @@ def test_guidance_mixes_the_conditional_and_the_unconditional_output(
     with torch.no_grad():
         conditional, unconditional = network(x, steps, cond), network(x, steps)
         output = unconditional + guidance * (conditional - unconditional)
+        batches: list[int] = []
+        hook = network.register_forward_hook(lambda _, inputs, __: batches.append(len(inputs[0])))
         x0, eps = guided_denoiser(network, cond, guidance, clip=False)(x, 12)
+        hook.remove()
+    # w = 0 and w = 1 need one half only; any other scale both, in one batch of twice the rows
+    assert batches == ([2] if guidance in (0.0, 1.0) else [4])
     alpha_bar = float(network.schedule.alpha_bar[12])
     expected_x0, expected_eps = denoised(
         prediction, x, output, math.sqrt(alpha_bar), math.sqrt(1 - alpha_bar)
