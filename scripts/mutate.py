@@ -61,6 +61,16 @@ TARGETS = (
     Target("face_generation/evaluation/frechet.py", "--noconftest tests/test_metric_maths.py"),
     Target("face_generation/evaluation/kid.py", "--noconftest tests/test_metric_maths.py"),
     Target("face_generation/evaluation/precision_recall.py", "--noconftest tests/test_metric_maths.py"),
+    # The verification metric and its stage on feature folders written in a temporary folder.
+    Target("face_generation/evaluation/verification_scores.py",
+           "--noconftest tests/test_evaluation_maths.py"),
+    Target("face_generation/evaluation/verification.py",
+           "--noconftest tests/test_evaluation_maths.py"),
+    # The metric objects and their shared inputs: untrained real generators, dlib, 8 faces.
+    Target("face_generation/evaluation/metrics.py", "--noconftest tests/test_evaluation_metrics.py"),
+    Target("face_generation/evaluation/inputs.py", "--noconftest tests/test_evaluation_inputs.py"),
+    # The schedule, the loss and the samplers against closed forms, on a UNet of a few weights.
+    Target("face_generation/families/diffusion.py", "--noconftest tests/test_diffusion_maths.py"),
 )  # fmt: skip
 
 
