@@ -1,0 +1,548 @@
+"""Delivery's promise (tracking/delivery.py): every spooled record reaches MLflow once, in order,
+whatever fails on the way. Checked against the in-process stand-in (tests/mlflow_standin.py),
+which holds every metric point it was sent and fails on demand; a few seconds in all, without
+conftest.py (`make mutate` runs this file for each mutant). tests/test_tracking.py checks the
+same code against the real server.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.utils.validation import MAX_ENTITIES_PER_BATCH
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+
+from face_generation.config import compose
+from face_generation.tracking.delivery import (
+    CANDIDATE_TAG,
+    CHAMPION_HEADING,
+    EXPERIMENT_KIND_TAG,
+    LOCAL_KEY_TAG,
+    TRAINING_KIND,
+    deliver_spool,
+    http_settings,
+)
+from face_generation.tracking.spool import Event, Spool, new_local_key
+from tests.mlflow_standin import Fault, MlflowStandin, MlflowState, running_standin
+
+EXPERIMENT, START_MS = "delivery", 1_000
+REGISTERED = "face_generation-tiny"
+BATCH_PATH = "runs/log-batch"
+
+
+@pytest.fixture
+def standin() -> Iterator[MlflowStandin]:
+    yield from running_standin()
+
+
+@pytest.fixture(scope="module")
+def tracking() -> DictConfig:
+    """The default `tracking` group (5 s requests, no HTTP retries: the spool retries)."""
+    return compose("config", []).tracking
+
+
+def with_settings(tracking: DictConfig, **values: Any) -> DictConfig:
+    merged = OmegaConf.merge(tracking, values)
+    assert isinstance(merged, DictConfig)
+    return merged
+
+
+def new_spool(root: Path, standin: MlflowStandin, **meta: Any) -> Spool:
+    return Spool.create(
+        root,
+        new_local_key(),
+        {
+            "tracking_uri": standin.uri,
+            "experiment": EXPERIMENT,
+            "run_name": "tiny",
+            "run_id": None,
+            "start_time": START_MS,
+            **meta,
+        },
+    )
+
+
+def metrics(step: int, **values: float) -> Event:
+    return {"kind": "metrics", "step": step, "timestamp": 10_000 + step, "metrics": values}
+
+
+def losses(steps: Sequence[int]) -> list[Event]:
+    return [metrics(step, loss=1.0 / (step + 1), lr=0.1 + step) for step in steps]
+
+
+def add_artifact(spool: Spool, name: str, content: bytes, to: str | None) -> Event:
+    path = spool.reserve_dir("files") / name
+    path.write_bytes(content)
+    return spool.append({"kind": "artifact", "path": str(path.relative_to(spool.dir)), "to": to})
+
+
+def add_image(spool: Spool, key: str, step: int, timestamp: int) -> Event:
+    path = spool.reserve_dir("files") / "grid.png"
+    Image.new("RGB", (4, 4), (step, 0, 0)).save(path)
+    record = {"kind": "image", "key": key, "step": step, "timestamp": timestamp}
+    return spool.append({**record, "path": str(path.relative_to(spool.dir))})
+
+
+def add_model(spool: Spool, name: str, registered: str | None = REGISTERED, **extra: Any) -> Event:
+    """A model folder as mlflow.pyfunc.save_model leaves it (an MLmodel file and weights)."""
+    folder = spool.reserve_dir("models") / name
+    folder.mkdir()
+    (folder / "MLmodel").write_text("flavors: {}\nmodel_uuid: local\n")
+    (folder / "weights.bin").write_bytes(b"\x01\x02")
+    record = {
+        "kind": "model",
+        "path": str(folder.relative_to(spool.dir)),
+        "name": name,
+        "registered_model_name": registered,
+        "version_description": "trained for 3 steps",
+        "version_tags": {"data_hash": "h1"},
+        "model_description": "faces from noise",
+        "step": 3,
+        **extra,
+    }
+    return spool.append(record)
+
+
+def version_record(fd: str, champion: bool = True) -> Event:
+    return {
+        "kind": "version",
+        "registered_model_name": REGISTERED,
+        "tags": {"fd": fd, "data_hash": "h1", CANDIDATE_TAG: "true"},
+        "champion": {"alias": "champion", "metric": "fd", "data_hash": "h1"} if champion else None,
+    }
+
+
+def fill(spool: Spool) -> None:
+    """One record of every kind, as a training and its evaluation log them."""
+    spool.append({"kind": "params", "params": {"lr": "0.1", "model.depth": "3"}})
+    spool.append({"kind": "tags", "tags": {"phase": "train"}})
+    for record in losses(range(3)):
+        spool.append(record)
+    add_artifact(spool, "grid.png", b"png bytes", "samples")
+    add_image(spool, "samples/grid", 2, 20_000)
+    spool.append(
+        {
+            "kind": "dataset",
+            "name": "faces",
+            "digest": "d41d8cd9",
+            "source": "data/packed",
+            "profile": {"rows": 10},
+            "context": "training",
+        }
+    )
+    add_model(spool, "generator")
+    spool.append({**metrics(3, fd=2.5), "model": "generator"})
+    spool.append(version_record("2.5"))
+    spool.append({"kind": "status", "status": "FINISHED", "timestamp": 30_000})
+
+
+def deliver(spool: Spool, tracking: DictConfig) -> list[Event]:
+    return deliver_spool(spool, tracking)
+
+
+def artifact_names(state: MlflowState, run_id: str) -> list[str]:
+    """The run's artifacts and its models' files, without ids (an image's name ends in a uuid)."""
+    names = []
+    for path in state.artifacts:
+        path = re.sub(rf"^\d+/{run_id}/artifacts/", "", path)
+        path = re.sub(r"^\d+/models/m-[0-9a-f]{32}/artifacts/", "model:", path)
+        names.append(re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}", "<uuid>", path))
+    return sorted(names)
+
+
+def snapshot(state: MlflowState) -> dict[str, Any]:
+    """What a user sees of the run in MLflow, comparable between two deliveries."""
+    run = state.only_run()
+    models = [m for m in state.logged_models.values() if m["status"] == "LOGGED_MODEL_READY"]
+    return {
+        "metrics": sorted((p["key"], p["step"], p["value"], p["timestamp"]) for p in run.metrics),
+        "model metrics": [p["key"] for p in run.metrics if p["model_id"] is not None],
+        "params": run.params,
+        "tags": {
+            k: v for k, v in run.tags.items() if k not in ("mlflow.loggedImages", LOCAL_KEY_TAG)
+        },
+        "local key tag": LOCAL_KEY_TAG in run.tags,
+        "status": (run.info["status"], run.info.get("end_time"), run.info["start_time"]),
+        # an image's thumbnail (.webp) is made after its .png: see the outage test
+        "artifacts": [n for n in artifact_names(state, run.run_id) if not n.endswith(".webp")],
+        "datasets": run.datasets,
+        "ready models": [(m["name"], m["source_run_id"] == run.run_id) for m in models],
+        "versions": {
+            name: [(v["version"], v["tags"], v.get("description")) for v in versions]
+            for name, versions in state.versions.items()
+        },
+        "aliases": state.aliases,
+        "experiments": [(e["name"], e.get("tags")) for e in state.experiments.values()],
+    }
+
+
+# Everything, in order. --------------------------------------------------------------------------
+
+
+def test_every_kind_of_record_reaches_mlflow_in_order(
+    standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
+) -> None:
+    spool = new_spool(tmp_path, standin)
+    fill(spool)
+    last = spool.next_seq - 1
+    assert deliver(spool, tracking) == []
+
+    state = standin.state
+    run = state.only_run()
+    assert (spool.run_id, spool.meta["experiment_id"]) == (run.run_id, run.info["experiment_id"])
+    assert (spool.pending, spool.delivered_seq) == ([], last)
+    assert not (spool.dir / "files").exists() or not any((spool.dir / "files").iterdir())
+    (experiment,) = state.experiments.values()
+    assert experiment["name"] == EXPERIMENT
+    assert experiment["tags"] == [{"key": EXPERIMENT_KIND_TAG, "value": TRAINING_KIND}]
+    assert run.info["run_name"] == "tiny" and run.info["start_time"] == START_MS
+    assert run.tags[LOCAL_KEY_TAG] == spool.key and run.tags["phase"] == "train"
+    assert run.params == {"lr": "0.1", "model.depth": "3"}
+    assert state.history(run.run_id, "loss") == [(s, 1.0 / (s + 1)) for s in range(3)]
+    assert state.history(run.run_id, "lr") == [(s, 0.1 + s) for s in range(3)]
+    assert [p["timestamp"] for p in run.metrics[:2]] == [10_000, 10_000]
+    assert (run.info["status"], run.info["end_time"]) == ("FINISHED", 30_000)
+
+    assert state.artifacts[
+        f"{experiment['experiment_id']}/{run.run_id}/artifacts/samples/grid.png"
+    ] == (b"png bytes")
+    names = artifact_names(state, run.run_id)
+    assert "images/samples~grid+step+2+timestamp+20000+<uuid>.png" in names
+    assert [n for n in names if n.startswith("model:")] == ["model:MLmodel", "model:weights.bin"]
+
+    (dataset,) = run.datasets
+    assert dataset == {
+        "tags": [{"key": "mlflow.data.context", "value": "training"}],
+        "dataset": {
+            "name": "faces",
+            "digest": "d41d8cd9",
+            "source_type": "local",
+            "source": json.dumps({"uri": "data/packed"}),
+            "profile": json.dumps({"rows": 10}),
+        },
+    }
+
+    (model,) = state.logged_models.values()
+    assert (model["name"], model["source_run_id"], model["status"]) == (
+        "generator",
+        run.run_id,
+        "LOGGED_MODEL_READY",
+    )
+    assert {"key": LOCAL_KEY_TAG, "value": f"{spool.key}/9"} in model["tags"]
+    assert run.model_outputs == [{"model_id": model["model_id"], "step": 3}]
+    uploaded = state.artifacts[
+        f"{model['artifact_uri'].removeprefix('mlflow-artifacts:/')}/MLmodel"
+    ]
+    assert f"run_id: {run.run_id}" in uploaded.decode()
+    assert f"model_id: {model['model_id']}" in uploaded.decode()
+    assert [p["model_id"] for p in run.metrics if p["key"] == "fd"] == [model["model_id"]]
+    assert [p["model_id"] for p in run.metrics if p["key"] == "loss"] == [None] * 3
+
+    assert state.registered[REGISTERED]["description"] == "faces from noise"
+    (version,) = state.versions[REGISTERED]
+    assert (version["source"], version["run_id"]) == (f"models:/{model['model_id']}", run.run_id)
+    assert version["tags"] == {"data_hash": "h1", "fd": "2.5", CANDIDATE_TAG: "true"}
+    assert version["description"].startswith("trained for 3 steps\n\n" + CHAMPION_HEADING)
+    assert state.aliases[REGISTERED] == {"champion": "1"}
+    assert spool.model_state(9) == {
+        "model_id": model["model_id"],
+        "artifact_location": model["artifact_uri"],
+        "uploaded": True,
+        "version": "1",
+    }
+
+
+# Outages. ---------------------------------------------------------------------------------------
+
+
+def acknowledged_but_missing(spool: Spool, records: list[Event], state: MlflowState) -> list[Event]:
+    """The acknowledged metrics, params and tags records that the server does not hold."""
+    run = state.runs.get(spool.run_id or "")
+    points = {(p["key"], p["step"], p["value"]) for p in run.metrics} if run else set()
+    missing = []
+    for record in records:
+        if record["seq"] > spool.delivered_seq:
+            break
+        if record["kind"] == "metrics":
+            held = all((k, record["step"], v) in points for k, v in record["metrics"].items())
+        elif record["kind"] in ("params", "tags"):
+            logged = (run.params if record["kind"] == "params" else run.tags) if run else {}
+            held = record[record["kind"]].items() <= logged.items()
+        else:
+            continue
+        if not held:
+            missing.append(record)
+    return missing
+
+
+@pytest.mark.parametrize("fault", [Fault.DROP, Fault.LOST_REPLY])
+def test_an_outage_at_any_request_loses_nothing_and_doubles_nothing(
+    fault: Fault, standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
+) -> None:
+    """The server fails at the first request, then the second, ... (DROP: it died before
+    applying it; LOST_REPLY: it applied it and died before answering; ERROR: 503). The next
+    delivery leaves MLflow exactly as a delivery without an outage does, and no record was
+    acknowledged that MLflow does not hold."""
+    spool = new_spool(tmp_path / "clean", standin)
+    fill(spool)
+    records = list(spool.pending)
+    deliver(spool, tracking)
+    expected, requests = snapshot(standin.state), len(standin.requests)
+
+    for at in range(1, requests + 1):
+        standin.state, standin.requests = MlflowState(), []
+        spool = new_spool(tmp_path / str(at), standin)
+        fill(spool)
+        standin.fail(fault, at=at)
+        try:
+            deliver(spool, tracking)
+        except MlflowException:  # the outage: what is not acknowledged stays pending
+            assert spool.pending[0]["seq"] == spool.delivered_seq + 1
+        # (or delivery got over it: a lost reply to "create experiment" is found by its name)
+        assert standin.unused_faults == 0
+        assert acknowledged_but_missing(spool, records, standin.state) == []
+        spool = reopened(spool)  # the next try may be another process (sync)
+        assert deliver(spool, tracking) == []
+        assert spool.pending == []
+        assert snapshot(standin.state) == expected, f"a {fault.value} at request {at}"
+
+
+def reopened(spool: Spool) -> Spool:
+    spool.release()
+    again = Spool.open(spool.dir.parent, spool.key)
+    assert again is not None
+    return again
+
+
+def test_a_server_that_is_down_keeps_every_record_pending(
+    standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
+) -> None:
+    spool = new_spool(tmp_path, standin)
+    spool.append(losses([0])[0])
+    standin.stop()  # connections refused
+    with pytest.raises(MlflowException):
+        deliver(spool, tracking)
+    assert (spool.delivered_seq, [r["seq"] for r in spool.pending], spool.run_id) == (0, [1], None)
+    standin.start()  # the same port again
+    deliver(spool, tracking)
+    assert standin.state.history(str(spool.run_id), "loss") == [(0, 1.0)]
+
+
+def test_a_failure_mid_way_keeps_the_cursor_on_the_last_acknowledged_request(
+    standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
+) -> None:
+    spool = new_spool(tmp_path, standin)
+    for record in losses(range(2)):
+        spool.append(record)
+    add_artifact(spool, "a.txt", b"a", None)
+    spool.append(losses([2])[0])
+    standin.fail(Fault.ERROR, "mlflow-artifacts")
+    with pytest.raises(MlflowException):
+        deliver(spool, tracking)
+    assert (spool.delivered_seq, [r["seq"] for r in spool.pending]) == (2, [3, 4])
+    assert (spool.dir / spool.pending[0]["path"]).is_file()  # kept until acknowledged
+    assert standin.state.history(str(spool.run_id), "loss") == [(0, 1.0), (1, 0.5)]
+
+
+def test_a_request_that_hangs_ends_at_the_request_timeout(
+    standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
+) -> None:
+    spool = new_spool(tmp_path, standin)
+    spool.append(losses([0])[0])
+    standin.fail(Fault.HANG, BATCH_PATH)
+    with pytest.raises(MlflowException, match="timed out"):
+        deliver(spool, with_settings(tracking, request_timeout_s=1))
+    assert [r["seq"] for r in spool.pending] == [1]
+
+
+def test_retries_are_mlflows_only_when_configured(
+    standin: MlflowStandin, tracking: DictConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """request_max_retries reaches MLflow's HTTP client (which retries a 503 at once here)."""
+    for name in ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"):
+        monkeypatch.setenv(name, "0")
+    spool = new_spool(tmp_path, standin)
+    spool.append(losses([0])[0])
+    spool.append({"kind": "status", "status": "FINISHED", "timestamp": 5})
+    standin.fail(Fault.ERROR, BATCH_PATH)
+    with pytest.raises(MlflowException):
+        deliver(spool, tracking)  # the default: no retry, the spool retries later
+    standin.fail(Fault.ERROR, BATCH_PATH)
+    standin.fail(Fault.ERROR, BATCH_PATH)
+    deliver(spool, with_settings(tracking, request_max_retries=2))
+    assert standin.state.history(str(spool.run_id), "loss") == [(0, 1.0)]
+    assert [r.path.endswith(BATCH_PATH) for r in standin.requests].count(True) == 4
+
+
+def test_uploads_get_the_upload_timeout_and_the_rest_the_request_timeout(
+    standin: MlflowStandin, tracking: DictConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "77")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    spool = new_spool(tmp_path, standin)
+    fill(spool)
+    deliver(spool, with_settings(tracking, request_timeout_s=4.7, upload_timeout_s=123))
+    uploads = {r.timeout for r in standin.requests if r.method == "PUT"}
+    logging = ("runs/create", BATCH_PATH, "runs/log-inputs", "model-versions/create", "runs/update")
+    others = {r.timeout for r in standin.requests if r.path.endswith(logging)}
+    assert (uploads, others) == ({"123"}, {"4"})
+    import os
+
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "77"  # put back afterwards
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+
+
+def test_http_settings_are_put_back_as_they_were(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+    monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
+    with http_settings(9.9, 3):
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "9"
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "3"
+        assert os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] == "true"
+        with http_settings(300, None):
+            assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300"
+            assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "3"
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "9"
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "7"
+    assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ
+    assert "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT" not in os.environ
+
+
+# Batches. ---------------------------------------------------------------------------------------
+
+
+def test_consecutive_metrics_params_and_tags_share_one_request(
+    standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
+) -> None:
+    spool = new_spool(tmp_path, standin)
+    spool.append({"kind": "params", "params": {"a": "1", "b": "2"}})
+    for record in losses(range(3)):
+        spool.append(record)
+    spool.append({"kind": "tags", "tags": {"t": "1"}})
+    add_artifact(spool, "a.txt", b"a", "notes")
+    spool.append(losses([3])[0])
+    spool.append({"kind": "status", "status": "RUNNING", "timestamp": 9})
+    spool.append({"kind": "tags", "tags": {"u": "2"}})
+    deliver(spool, tracking)
+    kinds = [r.path.rsplit("/", 1)[-1] for r in standin.requests if r.method != "GET"]
+    assert kinds[-5:] == ["log-batch", "a.txt", "log-batch", "update", "log-batch"]
+    assert standin.batch_sizes == [(6, 2, 1), (2, 0, 0), (0, 0, 1)]
+    assert standin.state.only_run().tags["u"] == "2"
+
+
+@pytest.mark.parametrize(
+    ("sizes", "expected"),
+    [
+        ((400, 400, 200), [1000]),
+        ((400, 400, 201), [800, 201]),
+        ((600, 600), [600, 600]),
+        ((1, MAX_ENTITIES_PER_BATCH - 1, 1), [1000, 1]),
+    ],
+)
+def test_a_request_holds_at_most_mlflows_batch_limit(
+    sizes: tuple[int, ...],
+    expected: list[int],
+    standin: MlflowStandin,
+    tracking: DictConfig,
+    tmp_path: Path,
+) -> None:
+    spool = new_spool(tmp_path, standin)
+    for step, size in enumerate(sizes):
+        spool.append(metrics(step, **{f"m{i:04d}": float(i) for i in range(size)}))
+    deliver(spool, tracking)
+    assert [m for m, _, _ in standin.batch_sizes] == expected
+    run = standin.state.only_run()
+    assert len(run.metrics) == sum(sizes)
+
+
+def test_params_and_tags_count_towards_the_limit(
+    standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
+) -> None:
+    spool = new_spool(tmp_path, standin)
+    spool.append(metrics(0, **{f"m{i:03d}": 0.0 for i in range(900)}))
+    spool.append({"kind": "params", "params": {f"p{i:02d}": "1" for i in range(60)}})
+    spool.append({"kind": "tags", "tags": {f"t{i:02d}": "1" for i in range(60)}})
+    deliver(spool, tracking)
+    assert standin.batch_sizes == [(900, 60, 0), (0, 0, 60)]
+
+
+def test_a_record_larger_than_a_batch_goes_alone(
+    standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
+) -> None:
+    spool = new_spool(tmp_path, standin)
+    spool.append(losses([0])[0])
+    spool.append(metrics(1, **{f"m{i:04d}": 0.0 for i in range(MAX_ENTITIES_PER_BATCH + 1)}))
+    spool.append(losses([2])[0])
+    assert deliver(spool, tracking) == []
+    # MLflow's client splits it in two requests; the cursor moves once both are answered
+    assert standin.batch_sizes == [(2, 0, 0), (1000, 0, 0), (1, 0, 0), (2, 0, 0)]
+
+
+# Records the server refuses. --------------------------------------------------------------------
+
+
+def test_a_refused_record_is_kept_aside_and_blocks_nothing(
+    standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
+) -> None:
+    """A resumed run that logs a param with another value: MLflow refuses it (400); the other
+    records of its batch are sent one by one, and everything after it goes on."""
+    spool = new_spool(tmp_path, standin)
+    spool.append({"kind": "params", "params": {"lr": "0.1"}})
+    deliver(spool, tracking)
+    first = spool.append(losses([0])[0])
+    changed = spool.append({"kind": "params", "params": {"lr": "0.2"}})
+    last = spool.append(losses([1])[0])
+    add_artifact(spool, "a.txt", b"a", None)
+    assert deliver(spool, tracking) == [changed]
+    assert (spool.pending, spool.delivered_seq) == ([], spool.next_seq - 1)
+    run = standin.state.only_run()
+    assert run.params == {"lr": "0.1"}
+    assert standin.state.history(run.run_id, "loss") == [(0, 1.0), (1, 0.5)]
+    (kept,) = [json.loads(line) for line in spool.rejected_path.read_text().splitlines()]
+    assert kept["seq"] == changed["seq"] and "Changing param values is not allowed" in kept["error"]
+    assert standin.batch_sizes[-4:] == [(4, 1, 0), (2, 0, 0), (0, 1, 0), (2, 0, 0)]
+    assert (first["seq"], last["seq"]) == (2, 4)
+
+
+def test_an_outage_while_sending_one_by_one_stops_at_that_record(
+    standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
+) -> None:
+    spool = new_spool(tmp_path, standin)
+    spool.append({"kind": "params", "params": {"lr": "0.1"}})
+    deliver(spool, tracking)
+    spool.append(losses([0])[0])
+    spool.append({"kind": "params", "params": {"lr": "0.2"}})
+    spool.append(losses([1])[0])
+    standin.fail(Fault.ERROR, BATCH_PATH, at=3)  # the batch, the first record, then this
+    with pytest.raises(MlflowException):
+        deliver(spool, tracking)
+    assert (spool.delivered_seq, [r["seq"] for r in spool.pending]) == (2, [3, 4])
+    assert not spool.rejected_path.exists()
+
+
+@pytest.mark.parametrize(("status", "refused"), [(400, True), (503, False)])
+def test_an_upload_refused_as_invalid_is_kept_aside_and_a_failing_one_stays_pending(
+    status: int, refused: bool, standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
+) -> None:
+    spool = new_spool(tmp_path, standin)
+    upload = add_artifact(spool, "a.txt", b"a", None)
+    spool.append(losses([0])[0])
+    standin.fail(Fault.ERROR, "mlflow-artifacts", status=status)
+    standin.fail(Fault.ERROR, "mlflow-artifacts", status=status)  # and again, alone
+    if refused:
+        assert deliver(spool, tracking) == [upload]
+        assert standin.state.history(str(spool.run_id), "loss") == [(0, 1.0)]
+    else:
+        with pytest.raises(Exception, match="503"):
+            deliver(spool, tracking)
+        assert [r["seq"] for r in spool.pending] == [1, 2]
