@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_ENTITIES_PER_BATCH
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
@@ -25,7 +26,10 @@ from face_generation.tracking.delivery import (
     CHAMPION_HEADING,
     EXPERIMENT_KIND_TAG,
     LOCAL_KEY_TAG,
+    REFUSAL_TAG,
+    SETTINGS_TAG,
     TRAINING_KIND,
+    crown_champion,
     deliver_spool,
     http_settings,
 )
@@ -294,9 +298,11 @@ def test_an_outage_at_any_request_loses_nothing_and_doubles_nothing(
     fill(spool)
     records = list(spool.pending)
     deliver(spool, tracking)
-    expected, requests = snapshot(standin.state), len(standin.requests)
+    expected, requests = snapshot(standin.state), list(standin.requests)
 
-    for at in range(1, requests + 1):
+    for at, request in enumerate(requests, start=1):
+        if fault is Fault.LOST_REPLY and request.method == "GET":
+            continue  # a GET changes nothing: losing its reply is the DROP case
         standin.state, standin.requests = MlflowState(), []
         spool = new_spool(tmp_path / str(at), standin)
         fill(spool)
@@ -546,3 +552,381 @@ def test_an_upload_refused_as_invalid_is_kept_aside_and_a_failing_one_stays_pend
         with pytest.raises(Exception, match="503"):
             deliver(spool, tracking)
         assert [r["seq"] for r in spool.pending] == [1, 2]
+
+
+# The run and its experiment. --------------------------------------------------------------------
+
+
+def test_a_run_created_before_a_lost_reply_is_found_by_its_local_key(
+    standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
+) -> None:
+    other = new_spool(tmp_path, standin)  # another run of the same experiment
+    other.append(losses([0])[0])
+    deliver(other, tracking)
+    spool = new_spool(tmp_path, standin)
+    spool.append(losses([0])[0])
+    standin.fail(Fault.LOST_REPLY, "runs/create")
+    with pytest.raises(MlflowException):
+        deliver(spool, tracking)
+    assert spool.run_id is None
+    deliver(spool, tracking)
+    assert len(standin.state.runs) == 2 and spool.run_id != other.run_id
+    assert standin.state.run(str(spool.run_id)).tags[LOCAL_KEY_TAG] == spool.key
+    assert standin.state.history(str(spool.run_id), "loss") == [(0, 1.0)]
+
+
+def test_a_run_known_from_a_checkpoint_is_continued(
+    standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
+) -> None:
+    first = new_spool(tmp_path, standin)
+    first.append(losses([0])[0])
+    deliver(first, tracking)
+    run_id = str(first.run_id)
+    resumed = new_spool(tmp_path, standin, run_id=run_id)  # no experiment id yet
+    resumed.append(losses([1])[0])
+    deliver(resumed, tracking)
+    assert resumed.meta["experiment_id"] == first.meta["experiment_id"]
+    assert standin.state.history(run_id, "loss") == [(0, 1.0), (1, 0.5)]
+    assert len(standin.state.runs) == 1 and "runs/create" not in " ".join(standin.paths()[-3:])
+
+    gone = new_spool(tmp_path, standin, run_id="0" * 32)  # a run this server never had
+    gone.append(losses([0])[0])
+    with pytest.raises(MlflowException, match="not found"):
+        deliver(gone, tracking)
+    assert gone.pending and "experiment_id" not in gone.meta
+
+
+@pytest.mark.parametrize(
+    ("tags", "kind"),
+    [([], TRAINING_KIND), ([{"key": EXPERIMENT_KIND_TAG, "value": "genai"}], "genai")],
+)
+def test_an_existing_experiment_is_marked_as_training_unless_a_user_chose(
+    tags: list[dict[str, str]],
+    kind: str,
+    standin: MlflowStandin,
+    tracking: DictConfig,
+    tmp_path: Path,
+) -> None:
+    standin.state.create_experiment({"name": EXPERIMENT, "tags": tags})
+    spool = new_spool(tmp_path, standin)
+    spool.append(losses([0])[0])
+    deliver(spool, tracking)
+    (experiment,) = standin.state.experiments.values()
+    assert experiment["tags"] == [{"key": EXPERIMENT_KIND_TAG, "value": kind}]
+    assert spool.meta["experiment_id"] == experiment["experiment_id"]
+
+
+def test_a_deleted_experiment_is_named_and_nothing_is_sent(
+    standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
+) -> None:
+    experiment_id = standin.state.create_experiment({"name": EXPERIMENT})["experiment_id"]
+    standin.state.delete_experiment({"experiment_id": experiment_id})
+    spool = new_spool(tmp_path, standin)
+    spool.append(losses([0])[0])
+    with pytest.raises(MlflowException, match=f"experiment '{EXPERIMENT}' is deleted; restore"):
+        deliver(spool, tracking)
+    assert standin.state.runs == {} and spool.pending
+
+
+def test_an_experiment_created_meanwhile_by_another_process_is_used(
+    standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
+) -> None:
+    def another_process(state: MlflowState) -> None:
+        state.create_experiment({"name": EXPERIMENT})
+
+    spool = new_spool(tmp_path, standin)
+    spool.append(losses([0])[0])
+    standin.fail(Fault.ERROR, "experiments/create", status=400, meanwhile=another_process)
+    deliver(spool, tracking)
+    (experiment,) = standin.state.experiments.values()
+    assert standin.state.only_run().info["experiment_id"] == experiment["experiment_id"]
+    assert experiment["tags"] == [{"key": EXPERIMENT_KIND_TAG, "value": TRAINING_KIND}]
+
+    standin.state = MlflowState()  # refused, and still no experiment of that name: raised
+    spool = new_spool(tmp_path, standin)
+    spool.append(losses([0])[0])
+    standin.fail(Fault.ERROR, "experiments/create", status=400)
+    with pytest.raises(MlflowException):
+        deliver(spool, tracking)
+    assert standin.state.experiments == {}
+
+
+# Status, resume, images, datasets. --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", ["FINISHED", "FAILED", "KILLED", "RUNNING"])
+def test_a_status_record_ends_the_run_at_its_time_or_sets_it_running(
+    status: str, standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
+) -> None:
+    spool = new_spool(tmp_path, standin)
+    spool.append({"kind": "status", "status": "KILLED", "timestamp": 500})
+    spool.append({"kind": "status", "status": status, "timestamp": 700})
+    deliver(spool, tracking)
+    info = standin.state.only_run().info
+    assert (info["status"], info["end_time"]) == (status, 700 if status != "RUNNING" else 500)
+
+
+def test_a_resumed_run_sends_only_the_steps_the_server_lacks(
+    standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
+) -> None:
+    """The server got steps 0-5 before the crash; the checkpoint was at step 3, so steps 4 and
+    5 are logged again (other values, other times): MLflow keeps its points, gets 6 and 7."""
+    spool = new_spool(tmp_path, standin)
+    for record in losses(range(6)):
+        spool.append(record)
+    spool.append(metrics(5, other=1.0))
+    deliver(spool, tracking)
+    spool.append({"kind": "resume", "step": 3})
+    for step in range(4, 8):
+        spool.append({**metrics(step, loss=-step, lr=-step, other=2.0), "timestamp": 99_000})
+    deliver(spool, tracking)
+    run_id = str(spool.run_id)
+    assert standin.state.history(run_id, "loss") == [(s, 1.0 / (s + 1)) for s in range(6)] + [
+        (6, -6),
+        (7, -7),
+    ]
+    assert standin.state.history(run_id, "other") == [(5, 1.0), (4, 2.0), (6, 2.0), (7, 2.0)]
+    assert spool.held_steps == {"loss": {4, 5}, "lr": {4, 5}, "other": {5}}
+
+
+def test_an_image_already_on_the_server_is_not_sent_again(
+    standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
+) -> None:
+    spool = new_spool(tmp_path, standin)
+    add_image(spool, "grid", 1, 500)
+    deliver(spool, tracking)
+    add_image(spool, "grid", 1, 500)  # the same (a replay after a lost reply)
+    add_image(spool, "grid", 1, 501)  # another time
+    add_image(spool, "grid", 2, 500)  # another step
+    add_image(spool, "grid/ema", 1, 500)  # another key
+    deliver(spool, tracking)
+    names = [n for n in artifact_names(standin.state, str(spool.run_id)) if n.endswith(".png")]
+    assert names == [
+        "images/grid+step+1+timestamp+500+<uuid>.png",
+        "images/grid+step+1+timestamp+501+<uuid>.png",
+        "images/grid+step+2+timestamp+500+<uuid>.png",
+        "images/grid~ema+step+1+timestamp+500+<uuid>.png",
+    ]
+
+
+def test_a_dataset_is_one_input_of_the_run_however_often_it_is_sent(
+    standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
+) -> None:
+    spool = new_spool(tmp_path, standin)
+    dataset = {
+        "kind": "dataset",
+        "name": "faces",
+        "digest": "d41d8cd9",
+        "source": "data/packed",
+        "profile": {"rows": 10},
+        "context": "training",
+    }
+    spool.append(dataset)
+    standin.fail(Fault.LOST_REPLY, "log-inputs")
+    with pytest.raises(MlflowException):
+        deliver(spool, tracking)
+    deliver(spool, tracking)
+    assert len(standin.state.only_run().datasets) == 1
+
+
+def test_an_unknown_record_kind_is_an_error_that_names_the_spool(
+    standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
+) -> None:
+    spool = new_spool(tmp_path, standin)
+    spool.append({"kind": "hologram"})
+    with pytest.raises(ValueError, match=rf"unknown record kind 'hologram' in {spool.events_path}"):
+        deliver(spool, tracking)
+    assert spool.pending
+
+
+# Models and the registry. -----------------------------------------------------------------------
+
+
+def test_a_model_without_a_registered_name_is_only_logged(
+    standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
+) -> None:
+    spool = new_spool(tmp_path, standin)
+    record = add_model(spool, "encoder", registered=None)
+    spool.append({**metrics(1, acc=0.5), "model": "encoder"})
+    spool.append({**metrics(2, acc=0.6), "model": "decoder"})  # a name the run never logged
+    deliver(spool, tracking)
+    (model,) = standin.state.logged_models.values()
+    assert (model["name"], model["status"]) == ("encoder", "LOGGED_MODEL_READY")
+    assert standin.state.registered == {}
+    assert not any("model-versions" in path for path in standin.paths())
+    assert spool.model_state(record["seq"]) == {
+        "model_id": model["model_id"],
+        "artifact_location": model["artifact_uri"],
+        "uploaded": True,
+    }
+    assert [p["model_id"] for p in standin.state.only_run().metrics] == [model["model_id"], None]
+
+
+def test_a_finished_run_resumed_and_ended_again_registers_no_second_version(
+    standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
+) -> None:
+    spool = new_spool(tmp_path, standin)
+    add_model(spool, "generator")
+    deliver(spool, tracking)
+    again = add_model(spool, "generator")
+    deliver(spool, tracking)
+    assert len(standin.state.versions[REGISTERED]) == 1
+    assert len(standin.state.logged_models) == 1
+    assert spool.model_state(again["seq"]) == {"version": "1"}
+
+
+def test_a_model_of_another_run_is_a_new_version(
+    standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
+) -> None:
+    for run in range(2):
+        spool = new_spool(tmp_path, standin)
+        add_model(spool, "generator", model_description=f"description {run}")
+        deliver(spool, tracking)
+    versions = standin.state.versions[REGISTERED]
+    assert [v["version"] for v in versions] == ["1", "2"]
+    assert versions[1]["run_id"] == spool.run_id
+    assert standin.state.registered[REGISTERED]["description"] == "description 0"  # kept
+
+
+def test_a_registered_model_made_without_a_description_gets_one(
+    standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
+) -> None:
+    standin.state.create_registered_model({"name": REGISTERED})
+    spool = new_spool(tmp_path, standin)
+    add_model(spool, "generator", model_description="faces from noise")
+    deliver(spool, tracking)
+    assert standin.state.registered[REGISTERED]["description"] == "faces from noise"
+
+    standin.state, standin.requests = MlflowState(), []  # and none when training gave none
+    standin.state.create_registered_model({"name": REGISTERED})
+    spool = new_spool(tmp_path, standin)
+    add_model(spool, "generator", model_description="")
+    deliver(spool, tracking)
+    assert "description" not in standin.state.registered[REGISTERED]
+    assert not any(p.endswith("registered-models/update") for p in standin.paths())
+
+
+def test_a_failure_to_register_is_raised_and_resumes_after_the_upload(
+    standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
+) -> None:
+    spool = new_spool(tmp_path, standin)
+    record = add_model(spool, "generator")
+    standin.fail(Fault.ERROR, "registered-models/create", status=500)
+    with pytest.raises(MlflowException):
+        deliver(spool, tracking)
+    assert spool.model_state(record["seq"])["uploaded"] is True
+    uploads = sum(r.method == "PUT" for r in standin.requests)
+    deliver(spool, tracking)
+    assert sum(r.method == "PUT" for r in standin.requests) == uploads  # not uploaded again
+    assert len(standin.state.versions[REGISTERED]) == 1
+    assert standin.state.versions[REGISTERED][0]["tags"] == {"data_hash": "h1"}
+    assert standin.state.versions[REGISTERED][0]["description"] == "trained for 3 steps"
+
+
+def test_a_version_record_tags_the_runs_version_and_lifts_an_old_refusal(
+    standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
+) -> None:
+    spool = new_spool(tmp_path, standin)
+    spool.append(version_record("3.0", champion=False))  # no version yet: nothing happens
+    add_model(spool, "generator")
+    spool.append(
+        {
+            "kind": "version",
+            "registered_model_name": REGISTERED,
+            "tags": {"fd": "9.0", REFUSAL_TAG: "too few samples", CANDIDATE_TAG: "false"},
+            "champion": None,
+        }
+    )
+    deliver(spool, tracking)
+    (version,) = standin.state.versions[REGISTERED]
+    assert version["tags"] == {
+        "data_hash": "h1",
+        "fd": "9.0",
+        REFUSAL_TAG: "too few samples",
+        CANDIDATE_TAG: "false",
+    }
+    spool.append(version_record("2.0", champion=False))  # evaluated again, over enough samples
+    deliver(spool, tracking)
+    assert version["tags"] == {"data_hash": "h1", "fd": "2.0", CANDIDATE_TAG: "true"}
+    assert standin.state.aliases[REGISTERED] == {}
+
+
+def register_versions(client: MlflowClient, tags: Sequence[dict[str, str]]) -> None:
+    """Versions 1, 2, ... of REGISTERED with these tags, as earlier evaluations left them."""
+    client.create_registered_model(REGISTERED)
+    for version_tags in tags:
+        client.create_model_version(REGISTERED, "models:/m-0", tags=version_tags, description="d")
+
+
+def candidate(fd: str, **tags: str) -> dict[str, str]:
+    return {"fd": fd, "data_hash": "h1", CANDIDATE_TAG: "true", **tags}
+
+
+def descriptions(state: MlflowState) -> list[str]:
+    return [v.get("description", "") for v in state.versions[REGISTERED]]
+
+
+def test_the_champion_is_the_lowest_candidate_on_the_same_data_and_settings(
+    standin: MlflowStandin,
+) -> None:
+    client = MlflowClient(standin.uri)
+    register_versions(
+        client,
+        [
+            candidate("5.0"),  # 1
+            candidate("1.0", data_hash="h2"),  # 2: other data
+            candidate("1.0", **{SETTINGS_TAG: "other"}),  # 3: other settings
+            {**candidate("1.0"), CANDIDATE_TAG: "false"},  # 4: not a candidate
+            {"data_hash": "h1", CANDIDATE_TAG: "true"},  # 5: no fd
+            candidate("4.0"),  # 6
+            candidate("4.5"),  # 7
+            candidate("6.0"),  # 8
+            candidate("7.0"),  # 9
+        ],
+    )
+    assert crown_champion(client, REGISTERED, "champion", "fd", "h1", min_samples=1000) == "6"
+    assert standin.state.aliases[REGISTERED] == {"champion": "6"}
+    assert descriptions(standin.state)[5] == (
+        f"d\n\n{CHAMPION_HEADING} `champion`: the lowest fd (4.0) of 5 candidate versions on "
+        "data h1, each evaluated over at least 1000 samples with the same settings (); next: "
+        "version 7: 4.5, version 1: 5.0, version 8: 6.0"
+    )
+    # Settings must match too; a candidate with them wins and the old champion loses its words.
+    assert crown_champion(client, REGISTERED, "champion", "fd", "h1", "other") == "3"
+    texts = descriptions(standin.state)
+    assert texts[5] == "d" and texts[2].startswith(f"d\n\n{CHAMPION_HEADING} `champion`: the")
+    assert texts[2].endswith(
+        "of 1 candidate versions on data h1, each evaluated over at least 0 samples with the same settings (other)"
+    )
+    assert crown_champion(client, REGISTERED, "champion", "fd", "h3") is None
+    assert standin.state.aliases[REGISTERED] == {"champion": "3"}
+
+
+def test_a_tie_goes_to_the_newest_version_and_crowning_again_changes_nothing(
+    standin: MlflowStandin,
+) -> None:
+    client = MlflowClient(standin.uri)
+    register_versions(client, [candidate("2.0"), candidate("2.0"), candidate("3.0")])
+    assert crown_champion(client, REGISTERED, "champion", "fd", "h1") == "2"
+    before = descriptions(standin.state)
+    assert crown_champion(client, REGISTERED, "champion", "fd", "h1") == "2"
+    assert descriptions(standin.state) == before and before[1].count(CHAMPION_HEADING) == 1
+    assert before[0] == before[2] == "d"
+
+
+def test_the_old_champion_loses_its_paragraph_even_after_an_outage(
+    standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
+) -> None:
+    client = MlflowClient(standin.uri)
+    register_versions(client, [candidate("5.0")])
+    crown_champion(client, REGISTERED, "champion", "fd", "h1")
+    spool = new_spool(tmp_path, standin)
+    add_model(spool, "generator")
+    spool.append(version_record("1.0"))
+    standin.fail(Fault.DROP, "registered-models/alias")
+    with pytest.raises(MlflowException):
+        deliver(spool, tracking)
+    deliver(spool, tracking)
+    assert standin.state.aliases[REGISTERED] == {"champion": "2"}
+    old, new = descriptions(standin.state)
+    assert old == "d" and new.startswith(f"trained for 3 steps\n\n{CHAMPION_HEADING}")
