@@ -283,6 +283,13 @@ class MlflowState:
                 f"A batch logging request can contain at most {MAX_ENTITIES_PER_BATCH} total "
                 f"metrics, params, and tags. Got {total} total entities."
             )
+        keys = [p["key"] for p in params]
+        repeated = sorted({key for key in keys if keys.count(key) > 1})
+        if repeated:
+            raise _invalid(
+                f"Duplicate parameter keys have been submitted: {repeated}. Please ensure the "
+                "request contains only one param value per param key."
+            )
         changed = [
             {"key": p["key"], "old_value": run.params[p["key"]], "new_value": p["value"]}
             for p in params
