@@ -326,7 +326,7 @@ class MlflowState:
         for entry in body.get("datasets", []):  # one input per dataset and run
             same = (entry["dataset"]["name"], entry["dataset"]["digest"])
             if all((d["dataset"]["name"], d["dataset"]["digest"]) != same for d in run.datasets):
-                run.datasets.append(entry)
+                run.datasets.append({key: value for key, value in entry.items() if value != []})
         return {}
 
     def log_outputs(self, body: Json) -> Json:
@@ -426,7 +426,7 @@ class MlflowState:
             "creation_timestamp": now,
             "last_updated_timestamp": now,
             "current_stage": "None",
-            **({"description": body["description"]} if body.get("description") else {}),
+            "description": body.get("description", ""),
             "source": body["source"],
             "run_id": body.get("run_id", ""),
             "status": "READY",
@@ -448,14 +448,13 @@ class MlflowState:
                 return held
         raise _not_found(f"Model Version (name={name}, version={version}) not found")
 
-    def _version_json(self, version: Json) -> Json:
-        aliases = sorted(
-            a for a, v in self.aliases[version["name"]].items() if v == version["version"]
-        )
+    def _version_json(self, version: Json, aliases: bool = True) -> Json:
+        held = self.aliases[version["name"]].items() if aliases else ()
+        names = sorted(alias for alias, number in held if number == version["version"])
         answer = {
             **version,
             **_listed("tags", _tags(version["tags"])),
-            **_listed("aliases", aliases),
+            **_listed("aliases", names),
         }
         if not version["tags"]:
             del answer["tags"]
@@ -468,7 +467,7 @@ class MlflowState:
         if match is None:
             raise _invalid(f"the stand-in does not parse the filter {query.get('filter')!r}")
         found = [
-            self._version_json(version)
+            self._version_json(version, aliases=False)  # a search does not list them
             for version in self.versions.get(match[1], [])
             if match[2] is None or version["run_id"] == match[2]
         ]
