@@ -412,6 +412,20 @@ def test_consecutive_metrics_params_and_tags_share_one_request(
     assert standin.state.only_run().tags["u"] == "2"
 
 
+def test_a_spool_sent_to_another_server_remembers_it(
+    standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
+) -> None:
+    spool = new_spool(tmp_path, standin, tracking_uri="http://127.0.0.1:1")
+    spool.append(losses([0])[0])
+    deliver_spool(spool, tracking, standin.uri)
+    assert spool.meta["tracking_uri"] == standin.uri
+    assert json.loads((spool.dir / "run.json").read_text())["tracking_uri"] == standin.uri
+    assert standin.state.history(str(spool.run_id), "loss") == [(0, 1.0)]
+    spool.append(losses([1])[0])
+    deliver_spool(spool, tracking, None)  # no server given: the one it was last sent to
+    assert standin.state.history(str(spool.run_id), "loss") == [(0, 1.0), (1, 0.5)]
+
+
 @pytest.mark.parametrize(
     ("sizes", "expected"),
     [
@@ -435,6 +449,8 @@ def test_a_request_holds_at_most_mlflows_batch_limit(
     assert [m for m, _, _ in standin.batch_sizes] == expected
     run = standin.state.only_run()
     assert len(run.metrics) == sum(sizes)
+    # metrics that describe no model: nothing is asked of the server before they are sent
+    assert not any(path.endswith("runs/get") for path in standin.paths())
 
 
 def test_params_and_tags_count_towards_the_limit(
@@ -811,6 +827,10 @@ def test_a_version_record_tags_the_runs_version_and_lifts_an_old_refusal(
         REFUSAL_TAG: "too few samples",
         CANDIDATE_TAG: "false",
     }
+    refused_again = {"fd": "8.0", REFUSAL_TAG: "still too few", CANDIDATE_TAG: "false"}
+    spool.append({**version_record("8.0", champion=False), "tags": refused_again})
+    deliver(spool, tracking)
+    assert version["tags"] == {"data_hash": "h1", **refused_again}  # the refusal stays
     spool.append(version_record("2.0", champion=False))  # evaluated again, over enough samples
     deliver(spool, tracking)
     assert version["tags"] == {"data_hash": "h1", "fd": "2.0", CANDIDATE_TAG: "true"}
