@@ -1,8 +1,8 @@
 """Delivery's promise (tracking/delivery.py): every spooled record reaches MLflow once, in order,
 whatever fails on the way. Checked against the in-process stand-in (tests/mlflow_standin.py),
-which holds every metric point it was sent and fails on demand; a few seconds in all, without
-conftest.py (`make mutate` runs this file for each mutant). tests/test_tracking.py checks the
-same code against the real server.
+which holds every metric point it was sent and fails on demand; without conftest.py, so that
+`make mutate` runs this whole file (the slow outage tests included) for each mutant in
+seconds. tests/test_tracking.py checks the same code against the real server.
 """
 
 from __future__ import annotations
@@ -323,6 +323,7 @@ def test_a_failure_mid_way_keeps_the_cursor_on_the_last_acknowledged_request(
     assert standin.state.history(str(spool.run_id), "loss") == [(0, 1.0), (1, 0.5)]
 
 
+@pytest.mark.slow  # waits out MLflow's shortest timeout, 1 s
 def test_a_request_that_hangs_ends_at_the_request_timeout(
     standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
 ) -> None:
@@ -922,6 +923,7 @@ def test_the_old_champion_loses_its_paragraph_even_after_an_outage(
 # that the tests above miss.
 
 
+@pytest.mark.slow  # 4-8 s on 2 idle cores: `make mutate` runs it, the fast tier does not
 @pytest.mark.parametrize("fault", [Fault.DROP, Fault.LOST_REPLY])
 def test_an_outage_at_any_request_loses_nothing_and_doubles_nothing(
     fault: Fault, standin: MlflowStandin, tracking: DictConfig, tmp_path: Path

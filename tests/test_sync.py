@@ -105,6 +105,7 @@ sys.stdin.read()
 """
 
 
+@pytest.mark.slow  # a real process killed, then the command line: over a second
 def test_a_killed_run_is_delivered_once_ended_as_killed_and_removed(
     standin: MlflowStandin, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
