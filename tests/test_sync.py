@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from face_generation.config import compose
 from face_generation.tracking import sync as sync_cli
 from face_generation.tracking.spool import Spool, new_local_key
 from face_generation.tracking.sync import SyncResult, close_orphans, pending_spools, sync_all
-from tests.killed_process import run_until_killed
+from tests.killed_process import REPO, run_until_killed
 from tests.mlflow_standin import Fault, MlflowStandin, running_standin
 
 EXPERIMENT = "sync"
@@ -331,3 +333,16 @@ def test_the_kill_time_is_when_the_dead_process_last_wrote(
     os.utime(spool.events_path, ns=(0, 1_700_000_000_123_456_789))
     sync_all(tracking(defaults, standin, tmp_path))
     assert standin.state.only_run().info["end_time"] == 1_700_000_000_123
+
+
+@pytest.mark.slow  # a fresh Python: over a second
+def test_the_documented_command_runs(tmp_path: Path) -> None:
+    """`python -m face_generation.tracking.sync`, as the README and the warnings say."""
+    result = subprocess.run(
+        [sys.executable, "-m", "face_generation.tracking.sync", f"tracking.spool_dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=True,
+    )
+    assert result.stdout == f"[tracking] nothing to deliver in {tmp_path}\n"
