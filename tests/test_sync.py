@@ -310,8 +310,10 @@ def test_a_fresh_start_ends_only_its_own_models_orphans(
     standin: MlflowStandin, tmp_path: Path, defaults: DictConfig
 ) -> None:
     orphan = left_by_a_dead_process(tmp_path, standin, run_name="tiny")
-    other_model = left_by_a_dead_process(tmp_path, standin, run_name="vae")
-    other_experiment = left_by_a_dead_process(tmp_path, standin, experiment="elsewhere")
+    others = [  # names that sort before and after the run's own
+        *(left_by_a_dead_process(tmp_path, standin, run_name=name) for name in ("ae", "vae")),
+        *(left_by_a_dead_process(tmp_path, standin, experiment=name) for name in ("a", "zoo")),
+    ]
     closed = ended(tmp_path, standin, run_name="tiny")
     live = new_spool(tmp_path, standin, run_name="tiny")
     cfg = tracking(defaults, standin, tmp_path)
@@ -319,7 +321,7 @@ def test_a_fresh_start_ends_only_its_own_models_orphans(
     (result,) = close_orphans(cfg, "tiny")
     assert (result.local_key, result.orphaned, result.delivered) == (orphan.key, True, 3)
     assert not orphan.dir.exists()
-    assert all(s.dir.exists() for s in (other_model, other_experiment, closed, live))
+    assert all(s.dir.exists() for s in (*others, closed, live))
     (run,) = standin.state.runs.values()
     assert (run.info["status"], run.info["run_name"]) == ("KILLED", "tiny")
     assert close_orphans(cfg, "tiny") == []
@@ -346,3 +348,11 @@ def test_the_documented_command_runs(tmp_path: Path) -> None:
         check=True,
     )
     assert result.stdout == f"[tracking] nothing to deliver in {tmp_path}\n"
+
+
+def test_the_help_says_what_the_command_does(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        sync_cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m face_generation.tracking.sync")
+    assert "Deliver spooled MLflow records" in out and "--tracking-uri URI" in out
