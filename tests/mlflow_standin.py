@@ -637,8 +637,9 @@ class MlflowStandin:
         """(metrics, params, tags) in each log-batch request received, in order."""
         bodies = [json.loads(r.body) for r in self.requests if r.path == f"{API}runs/log-batch"]
         return [
-            tuple(len(b.get(name, [])) for name in ("metrics", "params", "tags")) for b in bodies
-        ]  # type: ignore[misc]
+            (len(b.get("metrics", [])), len(b.get("params", [])), len(b.get("tags", [])))
+            for b in bodies
+        ]
 
     def _planned_fault(self, path: str) -> _PlannedFault | None:
         for planned in self._faults:
