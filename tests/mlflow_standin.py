@@ -64,6 +64,7 @@ class _PlannedFault:
     skip: int  # matching requests to let through first
     status: int
     meanwhile: Callable[[MlflowState], object] | None  # what another client did meanwhile
+    message: str  # an ERROR's words ("" for the status's phrase)
 
 
 class ApiError(Exception):
@@ -620,10 +621,11 @@ class MlflowStandin:
         at: int = 1,
         status: int = HTTPStatus.SERVICE_UNAVAILABLE,
         meanwhile: Callable[[MlflowState], object] | None = None,
+        message: str = "",
     ) -> None:
         """Make the `at`-th request from now whose path contains `path` fail with `fault`;
         `meanwhile` changes the state first (another process got there before this request)."""
-        self._faults.append(_PlannedFault(fault, path, at - 1, status, meanwhile))
+        self._faults.append(_PlannedFault(fault, path, at - 1, status, meanwhile, message))
 
     @property
     def unused_faults(self) -> int:
@@ -736,7 +738,7 @@ def _handler(standin: MlflowStandin) -> type[BaseHTTPRequestHandler]:
                 if fault in (Fault.DROP, Fault.HANG):
                     status, answer = 0, b""
                 elif fault is Fault.ERROR and planned is not None:
-                    message = HTTPStatus(planned.status).phrase
+                    message = planned.message or HTTPStatus(planned.status).phrase
                     status, answer = (
                         planned.status,
                         json.dumps({"error_code": "INTERNAL_ERROR", "message": message}).encode(),

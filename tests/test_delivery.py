@@ -406,7 +406,9 @@ def test_consecutive_metrics_params_and_tags_share_one_request(
     spool.append(losses([3])[0])
     spool.append({"kind": "status", "status": "RUNNING", "timestamp": 9})
     spool.append({"kind": "tags", "tags": {"u": "2"}})
+    spool = reopened(spool)  # its records as another process reads them from disk
     deliver(spool, tracking)
+    assert standin.state.only_run().params == {"a": "1", "b": "2"}
     kinds = [r.path.rsplit("/", 1)[-1] for r in standin.requests if r.method != "GET"]
     assert kinds[-5:] == ["log-batch", "a.txt", "log-batch", "update", "log-batch"]
     assert standin.batch_sizes == [(6, 2, 1), (2, 0, 0), (0, 0, 1)]
@@ -712,12 +714,13 @@ def test_a_dataset_is_one_input_of_the_run_however_often_it_is_sent(
     assert len(standin.state.only_run().datasets) == 1
 
 
+@pytest.mark.parametrize("kind", ["hologram", "tweet"])  # before and after "resume"
 def test_an_unknown_record_kind_is_an_error_that_names_the_spool(
-    standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
+    kind: str, standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
 ) -> None:
     spool = new_spool(tmp_path, standin)
-    spool.append({"kind": "hologram"})
-    with pytest.raises(ValueError, match=rf"unknown record kind 'hologram' in {spool.events_path}"):
+    spool.append({"kind": kind, "step": 1})
+    with pytest.raises(ValueError, match=rf"unknown record kind '{kind}' in {spool.events_path}"):
         deliver(spool, tracking)
     assert spool.pending
 

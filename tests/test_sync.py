@@ -356,3 +356,12 @@ def test_the_help_says_what_the_command_does(capsys: pytest.CaptureFixture[str])
     out = capsys.readouterr().out
     assert out.startswith("usage: python -m face_generation.tracking.sync")
     assert "Deliver spooled MLflow records" in out and "--tracking-uri URI" in out
+
+
+def test_a_failure_is_told_in_one_line(
+    standin: MlflowStandin, tmp_path: Path, defaults: DictConfig
+) -> None:
+    ended(tmp_path, standin)
+    standin.fail(Fault.ERROR, status=409, message="the first line\nthe rest of the story")
+    (result,) = sync_all(tracking(defaults, standin, tmp_path))
+    assert result.message == "not delivered: INTERNAL_ERROR: the first line"
