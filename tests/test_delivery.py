@@ -416,10 +416,11 @@ def test_consecutive_metrics_params_and_tags_share_one_request(
     assert standin.state.only_run().tags["u"] == "2"
 
 
+@pytest.mark.parametrize("before", ["http://127.0.0.1:1", "http://localhost:1"])  # either side
 def test_a_spool_sent_to_another_server_remembers_it(
-    standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
+    before: str, standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
 ) -> None:
-    spool = new_spool(tmp_path, standin, tracking_uri="http://127.0.0.1:1")
+    spool = new_spool(tmp_path, standin, tracking_uri=before)  # nothing listens there
     spool.append(losses([0])[0])
     deliver_spool(spool, tracking, standin.uri)
     assert spool.meta["tracking_uri"] == standin.uri
@@ -798,7 +799,11 @@ def test_a_failure_to_register_is_raised_and_resumes_after_the_upload(
 ) -> None:
     spool = new_spool(tmp_path, standin)
     record = add_model(spool, "generator")
-    standin.fail(Fault.ERROR, "registered-models/create", status=500)
+
+    def made_then_failed(state: MlflowState) -> None:  # the server failed after making it
+        state.create_registered_model({"name": REGISTERED})
+
+    standin.fail(Fault.ERROR, "registered-models/create", status=500, meanwhile=made_then_failed)
     with pytest.raises(MlflowException):
         deliver(spool, tracking)
     assert spool.model_state(record["seq"])["uploaded"] is True
