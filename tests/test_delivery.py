@@ -717,7 +717,7 @@ def test_a_dataset_is_one_input_of_the_run_however_often_it_is_sent(
     assert len(standin.state.only_run().datasets) == 1
 
 
-@pytest.mark.parametrize("kind", ["blob", "hologram", "tweet", "zoo"])  # among the known
+@pytest.mark.parametrize("kind", ["abc", "blob", "hologram", "tweet", "zoo"])  # among the known
 def test_an_unknown_record_kind_is_an_error_that_names_the_spool(
     kind: str, standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
 ) -> None:
