@@ -350,8 +350,10 @@ def hand_alias(client: MlflowClient, name: str, alias: str, version: str, why: s
     that held the alias before loses its paragraph."""
     try:
         holder = client.get_model_version_by_alias(name, alias)
-    except MlflowException:  # no version holds it yet
-        holder = None
+    except MlflowException as error:
+        if not is_rejection(error):  # an outage: the holder would keep its paragraph
+            raise
+        holder = None  # no version holds it yet (MLflow answers 400)
     if holder is not None and str(holder.version) != version:
         client.update_model_version(name, holder.version, _without_win(holder.description))
     described = client.get_model_version(name, version).description
