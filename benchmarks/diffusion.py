@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/diffusion.py [--batch-size B] [--steps S] [--repeats R] [--device D]
                                              [--no-sampling] [--ours OVERRIDE ...]
+                                             [--precision auto|bf16|fp32]
 
 At 64x64 and the same batch, on the same faces (scikit-image's 100 embedded LFW faces,
 upsampled to 64x64 and repeated to fill a batch):
@@ -20,7 +21,9 @@ than wall time. Parameters and FLOPs are counted with torch's FlopCounterMode (a
 through its maths kernel, so that it is counted: a multiply-add is 2 FLOPs).
 --no-sampling times training only (DDIM-50 is most of a repeat's time); --ours adds config
 overrides to our side (an architecture choice against the same peer, e.g.
-model.attention_resolutions=[8]). Torch's threads are OMP_NUM_THREADS's, the same for both.
+model.attention_resolutions=[8]); --precision sets both sides' training and sampling (bf16
+autocast on CUDA by default, fp32 on the CPU; bf16 on a CPU with AMX). Torch's threads are
+OMP_NUM_THREADS's, the same for both.
 Prints a table and writes benchmarks/results/diffusion.json.
 """
 
@@ -50,6 +53,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.machine import machine  # noqa: E402
 from face_generation.config import compose  # noqa: E402
 from face_generation.families.diffusion import DiffusionFamily  # noqa: E402
+from face_generation.runtime.device import PRECISIONS, computes_in_bf16  # noqa: E402
 from face_generation.runtime.family import Batch, StepContext  # noqa: E402
 from face_generation.training.device import step_context  # noqa: E402
 
@@ -189,7 +193,7 @@ def measure(
     if args.no_sampling:
         return result
     network.eval()
-    with torch.no_grad():
+    with torch.no_grad(), context.autocast():  # as TrainedGenerator samples in this precision
         wall, cpu = timed(lambda: contender.sample(batch), context.device, 1)
     result["sample_images_per_sec"] = batch / wall
     result["sample_cpu_s_per_image"] = cpu / batch
@@ -213,6 +217,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--no-sampling", action="store_true", help="time training only")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="both sides, training and sampling: auto (bf16 autocast on CUDA, fp32 on the CPU), "
+        "bf16 (autocast; on the CPU fast where it has AMX) or fp32",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="the JSON report")
     parser.add_argument(
         "--ours", nargs="*", default=[], help="config overrides of our side (after MATCHED)"
@@ -225,7 +236,9 @@ def main() -> None:
     load_at_start = os.getloadavg()
     args.steps = args.steps or (50 if on_cuda else 3)
     args.warmup = args.warmup if args.warmup is not None else (10 if on_cuda else 1)
-    context = step_context(device, compose("config").train)  # bf16 autocast on CUDA, for both
+    train_cfg = compose("config", [f"train.precision={args.precision}"]).train
+    context = step_context(device, train_cfg)  # the same autocast for both sides
+    bf16 = computes_in_bf16(device, args.precision)
     images = faces(args.batch_size, device).contiguous(memory_format=context.memory_format)
 
     contenders: dict[str, Peer | Ours] = {
@@ -267,7 +280,8 @@ def main() -> None:
     speedups = {key: speedup(key) for key in keys}
     print()
     print(f"Diffusion at {RESOLUTION}x{RESOLUTION}, batch {args.batch_size}, {device}, "
-          f"{args.steps} timed training steps, median of {args.repeats} (range)")  # fmt: skip
+          f"{'bf16 autocast' if bf16 else 'fp32'}, {args.steps} timed training steps, "
+          f"median of {args.repeats} (range)")  # fmt: skip
     headers = {"train_images_per_sec": "train img/s", "sample_images_per_sec": "DDIM-50 img/s",
                "train_cpu_s_per_image": "train CPU s/img",
                "sample_cpu_s_per_image": "DDIM-50 CPU s/img"}  # fmt: skip
@@ -298,7 +312,7 @@ def main() -> None:
         "peer": {"unet": {**PEER, "dim_mults": list(PEER["dim_mults"])}},
         "ours": {"overrides": [*MATCHED, *args.ours]},
         "threads": torch.get_num_threads(),
-        "precision": "bf16 autocast" if on_cuda else "fp32",
+        "precision": "bf16 autocast" if bf16 else "fp32",
         "results": results,
         "speedups_ours_vs_peer": speedups,
     }

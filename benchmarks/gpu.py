@@ -75,6 +75,7 @@ from face_generation.features.labels import UNKNOWN  # noqa: E402
 from face_generation.features.stage import meta_of, write_labels  # noqa: E402
 from face_generation.features.stage import run as run_features  # noqa: E402
 from face_generation.runtime.checkpoint import checkpoint_state, save_checkpoint  # noqa: E402
+from face_generation.runtime.device import computes_in_bf16  # noqa: E402
 from face_generation.runtime.family import SAMPLE as CAN_SAMPLE  # noqa: E402
 from face_generation.runtime.family import Batch, Family, StepContext  # noqa: E402
 from face_generation.runtime.registry import family_class, family_for  # noqa: E402
@@ -306,7 +307,8 @@ def ours(
         network.train()
         return images
 
-    dtype = "bf16" if measure.on_cuda and compose("config").train.precision == "bf16" else "fp32"
+    precision = str(compose("config").train.precision)
+    dtype = "bf16" if computes_in_bf16(torch.device(measure.device), precision) else "fp32"
     return measure.row(
         model,
         "ours",

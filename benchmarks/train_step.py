@@ -45,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from face_generation.config import compose  # noqa: E402
+from face_generation.runtime.device import computes_in_bf16  # noqa: E402
 from face_generation.runtime.family import Batch, StepContext  # noqa: E402
 from face_generation.runtime.registry import family_for  # noqa: E402
 from face_generation.training.data import PackedBatches  # noqa: E402
@@ -268,7 +269,9 @@ def main() -> None:
         "repeats": args.repeats,
         "textbook_workers": args.workers,
         "ours": {
-            "precision": "bf16 autocast" if on_cuda and train_cfg.precision == "bf16" else "fp32",
+            "precision": "bf16 autocast"
+            if computes_in_bf16(device, str(train_cfg.precision))
+            else "fp32",
             "channels_last": on_cuda,
             "compile": args.compile,
             "data": "uint8 array on the GPU" if on_cuda else "uint8 array in memory",

@@ -458,6 +458,7 @@ class EvalConfig:
     sample_batch_size: int = MISSING
     sampling: dict[str, Any] = MISSING  # the family's sampling options, checked when sampling
     device: str = MISSING
+    precision: str = MISSING
     threads: int | None = MISSING
     seed: int = MISSING
     cache_dir: str = MISSING

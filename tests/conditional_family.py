@@ -75,10 +75,11 @@ class EchoFamily(ConditionalFamily):
         cond, null = self.condition_rows(batch, self.generator.cond_dim)
         assert cond is not None
         latents = torch.randn(len(cond), self.generator.latent_dim).to(cond.device)
-        fake = self.generator(latents, cond, null)
         pyramid = batch.features["tiny/pyramid"].float()  # the further input, mirrored as a map
-        pooled = F.adaptive_avg_pool2d(fake[:, : pyramid.shape[1]], pyramid.shape[2:])
-        loss = F.mse_loss(fake, batch.images) + 0.1 * F.mse_loss(pooled, pyramid)
+        with self.context.autocast():  # train.precision
+            fake = self.generator(latents, cond, null)
+            pooled = F.adaptive_avg_pool2d(fake[:, : pyramid.shape[1]], pyramid.shape[2:])
+            loss = F.mse_loss(fake, batch.images) + 0.1 * F.mse_loss(pooled, pyramid)
         norm = optimizer_step(self.optimizers["generator"], loss, self.generator, None)
         return {"loss": loss.detach(), "grad_norm": norm.detach()}
 

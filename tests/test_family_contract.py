@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 from face_generation.data.packed import features_dir
+from face_generation.errors import UserError
 from face_generation.evaluation.evaluate_model import evaluate
 from face_generation.families.conditioning import ConditionalFamily
 from face_generation.inference import main as inference_main
@@ -45,9 +47,10 @@ def family_config(name: str, trained: TrainedModels) -> Any:
     return config(name, trained.data, trained.root / "unused").model
 
 
-def first_batch(name: str, trained: TrainedModels) -> tuple[Any, Batch]:
-    """The family built on the CPU, and its first training batch."""
+def first_batch(name: str, trained: TrainedModels, precision: str = "auto") -> tuple[Any, Batch]:
+    """The family built on the CPU (training in `precision`), and its first training batch."""
     cfg = config(name, trained.data, trained.root / "unused")
+    cfg.train.precision = precision
     family_type = family_for(cfg)
     context = step_context(torch.device("cpu"), cfg.train)
     arrays = training_arrays(cfg, family_type, "train")
@@ -94,6 +97,36 @@ def test_a_step_trains_the_trained_networks_only(name: str, trained: TrainedMode
             torch.equal(a, b) for a, b in zip(before[key], network.parameters(), strict=True)
         )
     assert set(family.optimizers) <= set(family.networks)
+
+
+@pytest.mark.parametrize(
+    ("precision", "expected"), [("auto", torch.float32), ("bf16", torch.bfloat16)]
+)
+@pytest.mark.parametrize("name", FAMILIES)
+def test_train_precision_sets_what_the_step_computes_in_on_float32_weights(
+    name: str, precision: str, expected: torch.dtype, trained: TrainedModels
+) -> None:
+    """auto is float32 on the CPU; bf16 is autocast there too (fast where the CPU has AMX). Most
+    layers run in bf16 (a family may keep a term in float32: cond_gan's R1 penalty)."""
+    family, batch = first_batch(name, trained, precision)
+    seen: list[torch.dtype] = []
+    hooks = [
+        module.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+        for network in family.networks.values()
+        for module in network.modules()
+        if isinstance(module, nn.Conv2d | nn.ConvTranspose2d | nn.Linear)
+    ]
+    metrics = family.train_step(batch, 0)
+    for hook in hooks:
+        hook.remove()
+    assert seen.count(expected) > len(seen) / 2, seen
+    if precision == "auto":
+        assert set(seen) == {torch.float32}
+    assert all(torch.isfinite(value) for value in metrics.values())
+    assert all(
+        p.dtype == torch.float32 for network in family.networks.values()
+        for p in network.parameters()
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -168,6 +201,21 @@ def test_sampling_is_seeded_takes_options_and_refuses_unknown_ones(
         )
         conditioned = generator.sample(4, cond=cond, generator=torch.Generator().manual_seed(1))
         assert not torch.equal(images, conditioned)
+
+
+@pytest.mark.parametrize("name", SAMPLING)
+def test_sampling_in_bf16_gives_float32_images_near_the_float32_ones(
+    name: str, trained: TrainedModels
+) -> None:
+    images = {
+        precision: generate(load_generator(trained.checkpoints[name], precision=precision), 4, 1)
+        for precision in ("fp32", "bf16")
+    }
+    assert images["bf16"].dtype == torch.float32
+    assert not torch.equal(images["bf16"], images["fp32"])  # the network ran in bf16
+    assert (images["bf16"] - images["fp32"]).abs().mean() < 0.05
+    with pytest.raises(UserError, match=r"precision 'fp16' is not one of auto, bf16, fp32"):
+        load_generator(trained.checkpoints[name], precision="fp16")
 
 
 @pytest.mark.parametrize("name", FAMILIES)

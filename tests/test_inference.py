@@ -66,6 +66,25 @@ def test_samples_match_the_loaded_generator(
     )
 
 
+def test_precision_bf16_samples_in_bf16_and_an_unknown_precision_is_refused(
+    trained_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main([str(trained_models["dcgan"]), "--n", "4", "--seed", "9", "--precision", "bf16",
+          "--out", str(tmp_path)])  # fmt: skip
+    generator = load_generator(trained_models["dcgan"], precision="bf16")
+    expected = to_uint8(generate(generator, 4, seed=9))
+    written = read_pngs(tmp_path / "samples")
+    assert all(np.array_equal(a, b) for a, b in zip(written, expected, strict=True))
+    float32 = to_uint8(generate(load_generator(trained_models["dcgan"]), 4, seed=9))
+    assert not all(np.array_equal(a, b) for a, b in zip(written, float32, strict=True))
+    with pytest.raises(SystemExit) as refused:
+        main([str(trained_models["dcgan"]), "--precision", "fp16", "--out", str(tmp_path)])
+    assert refused.value.code == 2
+    assert "--precision: invalid choice: 'fp16' (choose from 'auto', 'bf16', 'fp32')" in (
+        capsys.readouterr().err
+    )
+
+
 def test_a_second_call_leaves_no_stale_samples(
     trained_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -83,7 +83,10 @@ def snapshot(folder: Path) -> dict[str, bytes]:
         ("train.batch_size=0", r"train\.batch_size=0 is not allowed: it must be at least 1"),
         ("train.steps=-1", r"train\.steps=-1 is not allowed: it must be at least 1"),
         ("train.steps=abc", r"train\.steps: Value 'abc' .* could not be converted to Integer"),
-        ("train.precision=fp16", r"train\.precision=fp16 is not allowed: it must be bf16 or fp32"),
+        (
+            "train.precision=fp16",
+            r"train\.precision=fp16 is not allowed: it must be auto, bf16, fp32",
+        ),
         ("train.device=gpu", r"train\.device=gpu: device 'gpu' is not a device: use auto"),
         ("train.device=cuda:7", r"train\.device=cuda:7: device 'cuda:7' "),
         ("train.threads=0", r"train\.threads=0 is not allowed: it must be null .* or at least 1"),

@@ -80,9 +80,10 @@ class TinyFamily(Family):
         assert step == self.steps_seen, "the loop passes the number of steps done before"
         embedding, pyramid = batch.features["tiny/embedding"], batch.features["tiny/pyramid"]
         latents = torch.randn(len(embedding), self.generator.latent_dim)
-        fake = self.generator(latents.to(embedding.device), embedding.float())
-        judged = F.adaptive_avg_pool2d(self.judge(fake), PYRAMID_SHAPE[1:])
-        loss = F.mse_loss(fake, batch.images) + F.mse_loss(judged, pyramid.float())
+        with self.context.autocast():  # train.precision
+            fake = self.generator(latents.to(embedding.device), embedding.float())
+            judged = F.adaptive_avg_pool2d(self.judge(fake), PYRAMID_SHAPE[1:])
+            loss = F.mse_loss(fake, batch.images) + F.mse_loss(judged, pyramid.float())
         norm = optimizer_step(self.optimizers["generator"], loss, self.generator, None)
         self.steps_seen += 1
         return {"loss": loss.detach(), "grad_norm": norm.detach()}

@@ -60,7 +60,7 @@ def evaluate(cfg: DictConfig, checkpoint: Path | None = None) -> EvaluationResul
     name = str(cfg.model.name)
     device = pick_device(str(cfg.eval.device))
     use_threads(cfg.eval.threads)
-    trained = load_generator(checkpoint, device)
+    trained = load_generator(checkpoint, device, precision=str(cfg.eval.precision))
     if trained.name != name:
         raise CheckpointError(
             f"checkpoint {checkpoint} holds a '{trained.name}' model, not '{name}': "
@@ -150,6 +150,7 @@ def evaluate(cfg: DictConfig, checkpoint: Path | None = None) -> EvaluationResul
         # the scores depend on how the samples were drawn: the options and their cost
         "sampling": trained.options(**overrides),
         "network_evaluations": trained.network_evaluations(**overrides),
+        "sampling_precision": trained.precision,
         "feature_network": str(inputs.backbone.cache_key),
         "metrics": metrics,
         "nearest_train": neighbours.summary,

@@ -3,11 +3,19 @@ features stage, inference and serving share."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
 import torch
 
 from face_generation.errors import UserError
 
 DEVICES = "auto (CUDA when present, else the CPU), cpu, cuda or cuda:N"
+# What forward passes compute in: auto is bf16 on CUDA and float32 on the CPU.
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def pick_device(requested: str | torch.device | None = "auto") -> torch.device:
@@ -40,3 +48,19 @@ def use_threads(threads: int | None) -> int:
     if threads is not None:
         torch.set_num_threads(int(threads))
     return torch.get_num_threads()
+
+
+def autocast_for(device: torch.device, precision: str) -> Callable[[], AbstractContextManager[Any]]:
+    """The context forward passes run in: bf16 autocast for `bf16` (and `auto` on CUDA), plain
+    float32 for `fp32` (and `auto` on the CPU). Weights stay float32 either way. On the CPU bf16
+    pays where the cores multiply bf16 in hardware (AMX, AVX512-BF16): benchmarks/README.md."""
+    if computes_in_bf16(device, precision):
+        return functools.partial(torch.autocast, device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def computes_in_bf16(device: torch.device, precision: str) -> bool:
+    """Whether `precision` on `device` is bf16 autocast; an unknown precision is a UserError."""
+    if precision not in PRECISIONS:
+        raise UserError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")

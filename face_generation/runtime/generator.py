@@ -17,6 +17,7 @@ from torch import nn
 
 from face_generation.runtime.checkpoint import load_checkpoint, load_weights
 from face_generation.runtime.conditioning import ConditionPrior
+from face_generation.runtime.device import autocast_for
 from face_generation.runtime.family import RECONSTRUCT, SAMPLE, Family, sampling_options
 from face_generation.runtime.registry import family_class
 
@@ -42,6 +43,7 @@ class TrainedGenerator:
     step: int = 0
     run_id: str | None = None
     family_state: dict[str, Any] = field(default_factory=dict)  # the checkpoint's
+    precision: str = "fp32"  # what sampling computes in: fp32 | bf16 | auto (runtime/device.py)
 
     @property
     def condition(self) -> str | None:
@@ -96,9 +98,11 @@ class TrainedGenerator:
         if n < 1:
             raise ValueError(f"the number of samples must be at least 1, got {n}")
         self.network.eval()
-        return self.family.sample(
-            self.network, n, cond=cond, generator=generator, **self.options(**options)
-        )
+        with autocast_for(self.device, self.precision)():
+            images = self.family.sample(
+                self.network, n, cond=cond, generator=generator, **self.options(**options)
+            )
+        return images.float()
 
     def network_evaluations(self, **options: Any) -> int:
         """Forward passes of the network that `sample` with these options makes."""
@@ -168,9 +172,14 @@ def build_generator(model_cfg: DictConfig, resolution: int) -> nn.Module:
 
 
 def load_generator(
-    path: str | Path, device: torch.device | str = "cpu", use_ema: bool = True
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    use_ema: bool = True,
+    precision: str = "fp32",
 ) -> TrainedGenerator:
-    """The generator of a checkpoint (EMA weights when it has them and `use_ema`), in eval mode."""
+    """The generator of a checkpoint (EMA weights when it has them and `use_ema`), in eval mode,
+    sampling in `precision`."""
+    autocast_for(torch.device(device), precision)  # an unknown precision fails before loading
     path = Path(path)
     state = load_checkpoint(path)
     cfg = OmegaConf.create(state["config"])
@@ -189,4 +198,5 @@ def load_generator(
         int(state["step"]),
         state.get("run_id"),
         family_state,
+        precision,
     )

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
-from collections.abc import Callable
-from contextlib import AbstractContextManager
-from typing import Any
-
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig
 
+from face_generation.runtime.device import autocast_for
 from face_generation.runtime.family import StepContext
 
 
@@ -23,15 +18,14 @@ def rank_and_world_size() -> tuple[int, int]:
 
 
 def step_context(device: torch.device, train_cfg: DictConfig) -> StepContext:
-    """bf16 autocast, channels_last and TF32 on CUDA; plain float32 on the CPU."""
-    autocast: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
+    """`train.precision` (auto: bf16 autocast on CUDA, float32 on the CPU); channels_last and
+    TF32 on CUDA."""
+    autocast = autocast_for(device, str(train_cfg.precision))
     memory_format = torch.contiguous_format
     if device.type == "cuda":
         torch.backends.cuda.matmul.fp32_precision = "tf32"
         torch.backends.cudnn.conv.fp32_precision = "tf32"  # type: ignore[attr-defined]
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
-        if train_cfg.precision == "bf16":
-            autocast = functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16)
         memory_format = torch.channels_last
     grad_clip = float(train_cfg.grad_clip) if train_cfg.grad_clip else None
     rank, world_size = rank_and_world_size()

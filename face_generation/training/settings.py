@@ -16,9 +16,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from face_generation.config_schema import TrainSettings
 from face_generation.errors import UserError
-from face_generation.runtime.device import pick_device
+from face_generation.runtime.device import PRECISIONS, pick_device
 
-PRECISIONS = ("bf16", "fp32")
 RESUME_MODES = ("auto", "matching")
 
 
@@ -46,7 +45,7 @@ def check_train_settings(train_cfg: DictConfig) -> TrainSettings:
     if settings.threads is not None and settings.threads < 1:
         problems.append(("threads", settings.threads, "null (torch's choice) or at least 1"))
     if settings.precision not in PRECISIONS:
-        problems.append(("precision", settings.precision, " or ".join(PRECISIONS)))
+        problems.append(("precision", settings.precision, ", ".join(PRECISIONS)))
     if settings.grad_clip is not None and settings.grad_clip <= 0:
         problems.append(("grad_clip", settings.grad_clip, "null (off) or a positive norm"))
     if not 0.0 <= settings.ema.decay < 1.0:
