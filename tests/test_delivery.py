@@ -816,6 +816,20 @@ def test_a_failure_to_register_is_raised_and_resumes_after_the_upload(
     assert standin.state.versions[REGISTERED][0]["description"] == "trained for 3 steps"
 
 
+def test_a_version_made_before_a_lost_reply_is_found_and_not_made_again(
+    standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
+) -> None:
+    spool = new_spool(tmp_path, standin)
+    record = add_model(spool, "generator")
+    standin.fail(Fault.LOST_REPLY, "model-versions/create")
+    with pytest.raises(MlflowException):
+        deliver(spool, tracking)
+    assert "version" not in spool.model_state(record["seq"])
+    deliver(spool, tracking)
+    assert [v["version"] for v in standin.state.versions[REGISTERED]] == ["1"]
+    assert spool.model_state(record["seq"])["version"] == "1"
+
+
 def test_a_version_record_tags_the_runs_version_and_lifts_an_old_refusal(
     standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
 ) -> None:

@@ -413,5 +413,6 @@ def test_zero_shot_identity_needs_two_references_and_an_independent_judge(
     for entry in entries.values():
         assert entry["available"] is False and entry["network"] == "dlib"
         assert "dlib's face recogniser cannot be loaded" in entry["reason"]
-    judge = independent_judge(config(root, "tiny").eval, "effnet_lite0/embedding", "cpu")
-    assert isinstance(judge, FaceIdentityEncoder) and judge.name == "dlib_resnet_v1"
+    for condition in ("effnet_lite0/embedding", "arcface/embedding"):  # names after and before
+        judge = independent_judge(config(root, "tiny").eval, condition, "cpu")
+        assert isinstance(judge, FaceIdentityEncoder) and judge.name == "dlib_resnet_v1"
