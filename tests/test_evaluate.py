@@ -128,6 +128,7 @@ def test_every_metric_has_a_value_network_n_and_data_hash_or_a_reason(
     sampling = load_checkpoint(root / "models" / model / "model.pt")["config"]["model"]["sampling"]
     assert record["sampling"] == sampling
     assert record["network_evaluations"] == (sampling["steps"] if model == "diffusion" else 1)
+    assert record["sampling_precision"] == "fp32"  # eval.precision's default
     for name, entry in record["metrics"].items():
         assert entry["data_hash"] == expected_hash and entry["network"], name
         if entry["available"]:
