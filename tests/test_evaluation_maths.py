@@ -102,6 +102,7 @@ def test_tar_at_far_by_hand() -> None:
     assert tar_at_far(same, different, 0.75) == 1.0  # three: above 0.1, every same pair
     assert tar_at_far(same, different[:3], 1.0) == 1.0  # every pair accepted
     assert tar_at_far(np.array([0.3]), np.array([0.2, 0.5]), 0.5) == 1.0  # above 0.2
+    assert tar_at_far(same, np.linspace(0, 1, 300), 1.0) == 1.0  # more pairs than small ints
 
 
 @pytest.mark.parametrize(("seed", "same", "different"), [(6, 10, 10), (7, 25, 8), (8, 5, 40)])
@@ -160,6 +161,18 @@ def test_verification_pairs_take_every_different_pair_when_there_are_fewer() -> 
         (2, 4),
         (3, 4),
     }
+
+
+def test_verification_pairs_do_not_depend_on_the_order_of_the_people() -> None:
+    first, second, same = verification_pairs(np.array([1, 0, 1, 0]), seed=0)
+    assert list(zip(first[same].tolist(), second[same].tolist(), strict=True)) == [(0, 2), (1, 3)]
+    assert len(first) == 4  # and two pairs of two people
+
+
+def test_verify_counts_the_pairs_of_two_people_when_there_are_fewer() -> None:
+    labels = np.array([4, 4, 4, 4, 9])  # 6 same-person pairs, only 4 of two people
+    result = verify(np.eye(5) + 0.1, np.ones(5, bool), labels, seed=0, far=0.01)
+    assert (result["same_pairs"], result["different_pairs"]) == (6, 4)
 
 
 def test_verify_scores_the_cosines_of_usable_rows() -> None:
