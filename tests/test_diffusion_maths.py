@@ -453,8 +453,9 @@ def test_sampling_options_at_their_limits_are_accepted() -> None:
 )
 def test_the_family_samples_with_the_sampler_it_is_asked_for(sampler: str, eta: float) -> None:
     network, cond = tiny_unet(), torch.randn(3, 3, generator=seeded(10))
+    named = "".join(sampler)  # a new string, as read from a config file
     images = DiffusionFamily.sample(
-        network, 3, cond=cond, generator=seeded(11), steps=4, sampler=sampler, guidance=2.0,
+        network, 3, cond=cond, generator=seeded(11), steps=4, sampler=named, guidance=2.0,
         eta=eta if sampler == "ddim" else 0.0,
     )  # fmt: skip
     generator = seeded(11)
@@ -467,7 +468,6 @@ def test_the_family_samples_with_the_sampler_it_is_asked_for(sampler: str, eta: 
             expected = ddim_sample(denoise, network.schedule, x, 4, eta, generator)
     torch.testing.assert_close(images, expected.clamp(-1, 1))
     assert images.shape == (3, 3, 4, 4) and images.abs().max() <= 1
-    named = "".join(sampler)  # a new string, as read from a config file
     assert DiffusionFamily.network_evaluations(steps=4, sampler=named) == (
         7 if sampler == "heun" else 4
     )
@@ -482,6 +482,9 @@ def test_the_family_samples_differ_by_seed_sampler_and_condition() -> None:
 
     assert torch.equal(draw(), draw())
     assert torch.equal(draw(), draw(sampler="ddim", eta=0.0, guidance=1.0))  # the defaults
+    # with a condition, the default guidance is the conditional model as trained (w = 1)
+    assert torch.equal(draw(cond=cond), draw(cond=cond, guidance=1.0))
+    assert not torch.equal(draw(cond=cond), draw(cond=cond, guidance=2.0))
     assert not torch.equal(draw(), draw(eta=1.0))
     assert not torch.equal(draw(), draw(1))
     assert not torch.equal(draw(), draw(sampler="heun"))
