@@ -6,6 +6,7 @@ and real feature folders on disk, no feature network and no fixture of conftest.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -336,7 +337,8 @@ def test_the_verify_stage_scores_every_stored_network(tmp_path: Path) -> None:
 
 @pytest.mark.slow  # the config composed by Hydra (most of a second each)
 def test_the_verify_stage_of_a_split_where_nobody_is_known_twice(tmp_path: Path) -> None:
-    write_stage_inputs(tmp_path / "data", np.arange(8))  # everyone known, each once
+    labels = np.r_[np.arange(8), -1, -1]  # each known face once, and two nobody knows
+    write_stage_inputs(tmp_path / "data", labels)
     numbers, details = verification.run(stage_config(tmp_path))
     assert numbers["verification"] == {}
     reason = "no two faces of the test split are known to show one person"
@@ -348,6 +350,15 @@ def test_the_verify_stage_of_a_split_where_nobody_is_known_twice(tmp_path: Path)
     assert json.loads((tmp_path / "metrics" / "features.json").read_text()) == {}
     read = verification.read_verification(tmp_path / "metrics")
     assert read is not None and read[0] == numbers and read[1]["networks"] == details["networks"]
+
+
+@pytest.mark.slow  # the config composed by Hydra (most of a second)
+def test_the_folder_facts_skip_a_missing_folder_and_read_the_rest(tmp_path: Path) -> None:
+    write_stage_inputs(tmp_path / "data", TEST_LABELS)
+    shutil.rmtree(features_dir(tmp_path / "data", RESOLUTION) / "effnet_lite0")  # the backbone's
+    sizes, failed = verification.folder_sizes(stage_config(tmp_path))
+    assert sizes == {"labels": 8, "dlib": 4 * WIDTHS["dlib"] + 1}
+    assert failed == {"labels": 0, "dlib": 3}
 
 
 def test_read_verification_before_the_stage_and_without_a_network_s_scores(
