@@ -353,6 +353,17 @@ def test_the_verify_stage_of_a_split_where_nobody_is_known_twice(tmp_path: Path)
 
 
 @pytest.mark.slow  # the config composed by Hydra (most of a second)
+def test_a_backbone_without_its_folder_is_named_unavailable(tmp_path: Path) -> None:
+    """A name that sorts before dlib's and the fine-tuned encoder's takes neither's path."""
+    write_stage_inputs(tmp_path / "data", TEST_LABELS)
+    _, details = verification.run(stage_config(tmp_path, "backbone=dinov2_vits14"))
+    assert details["networks"]["dinov2_vits14"] == {
+        "available": False,
+        "reason": "no way to embed with 'dinov2_vits14'",
+    }
+
+
+@pytest.mark.slow  # the config composed by Hydra (most of a second)
 def test_the_folder_facts_skip_a_missing_folder_and_read_the_rest(tmp_path: Path) -> None:
     write_stage_inputs(tmp_path / "data", TEST_LABELS)
     shutil.rmtree(features_dir(tmp_path / "data", RESOLUTION) / "effnet_lite0")  # the backbone's
