@@ -82,9 +82,10 @@ def test_the_cosine_schedule_of_an_odd_number_of_steps() -> None:
     np.testing.assert_allclose(ours, expected, rtol=1e-12)
 
 
-def test_an_unknown_schedule_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"model.schedule.kind='sigmoid': expected one of"):
-        schedule(kind="sigmoid")
+@pytest.mark.parametrize("kind", ["sigmoid", "arccos"])  # names after and before "cosine"
+def test_an_unknown_schedule_is_refused(kind: str) -> None:
+    with pytest.raises(ValueError, match=rf"model.schedule.kind='{kind}': expected one of"):
+        schedule(kind=kind)
 
 
 def test_alpha_and_sigma_of_each_row_s_timestep() -> None:
@@ -178,7 +179,8 @@ def test_the_loss_is_the_weighted_squared_error_written_out(
     x0 = torch.linspace(-1, 1, 6 * 3 * 2 * 2).view(6, 3, 2, 2)
     network, cond, null = Fixed(0.3), torch.ones(6, 2), torch.zeros(6, dtype=torch.bool)
     torch.manual_seed(7)
-    loss = diffusion_loss(network, ours, x0, prediction, weighting, 2.0, cond, null)
+    named = ["".join(name) for name in (prediction, weighting)]  # as read from a config file
+    loss = diffusion_loss(network, ours, x0, *named, 2.0, cond, null)
     torch.manual_seed(7)  # the same draws: timesteps first, then the noise
     t, noise = torch.randint(40, (6,)), torch.randn_like(x0)
     alpha_bar = ours.alpha_bar[t].view(6, 1, 1, 1)
