@@ -4,8 +4,9 @@ Writes params.yaml from configs/ (with any overrides given), starts the local ML
 unless one runs (it boots while the data stages run; training spools to disk until it
 answers), fetches the raw data into data/sources/ and records it in `data.dvc` (`dvc
 commit`: DVC versions the raw data, which no stage may output), runs `dvc repro`, which runs
-only the stages whose code, parameters or inputs changed, delivers any records the server missed, and says where to look. The server keeps
-running for the UI: stop it with `python -m face_generation.tracking.server stop`.
+only the stages whose code, parameters or inputs changed, delivers any records the server
+missed, and says where to look. The server keeps running for the UI: stop it with
+`python -m face_generation.tracking.server stop`.
 """
 
 from __future__ import annotations

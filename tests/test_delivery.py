@@ -39,6 +39,14 @@ from tests.mlflow_standin import Fault, MlflowStandin, MlflowState, running_stan
 EXPERIMENT, START_MS = "delivery", 1_000
 REGISTERED = "face_generation-tiny"
 BATCH_PATH = "runs/log-batch"
+DATASET = {  # a dataset record as training spools it
+    "kind": "dataset",
+    "name": "faces",
+    "digest": "d41d8cd9",
+    "source": "data/packed",
+    "profile": {"rows": 10},
+    "context": "training",
+}
 
 
 @pytest.fixture
@@ -131,16 +139,7 @@ def fill(spool: Spool) -> None:
         spool.append(record)
     add_artifact(spool, "grid.png", b"png bytes", "samples")
     add_image(spool, "samples/grid", 2, 20_000)
-    spool.append(
-        {
-            "kind": "dataset",
-            "name": "faces",
-            "digest": "d41d8cd9",
-            "source": "data/packed",
-            "profile": {"rows": 10},
-            "context": "training",
-        }
-    )
+    spool.append(DATASET)
     add_model(spool, "generator")
     spool.append({**metrics(3, fd=2.5), "model": "generator"})
     spool.append(version_record("2.5"))
@@ -701,14 +700,7 @@ def test_a_dataset_is_one_input_of_the_run_however_often_it_is_sent(
     standin: MlflowStandin, tracking: DictConfig, tmp_path: Path
 ) -> None:
     spool = new_spool(tmp_path, standin)
-    dataset = {
-        "kind": "dataset",
-        "name": "faces",
-        "digest": "d41d8cd9",
-        "source": "data/packed",
-        "profile": {"rows": 10},
-        "context": "training",
-    }
+    dataset = DATASET
     spool.append(dataset)
     standin.fail(Fault.LOST_REPLY, "log-inputs")
     with pytest.raises(MlflowException):

@@ -274,6 +274,7 @@ def test_cli_takes_a_checkpoint_and_caps_n(evaluated: dict[str, Any], root: Path
             "model=vae",
             f"ckpt={checkpoint}",
             "eval.num_samples=5",
+            "eval.precision=bf16",
             *overrides(
                 root,
                 f"paths.metrics={root / 'metrics-capped'}",
@@ -286,6 +287,7 @@ def test_cli_takes_a_checkpoint_and_caps_n(evaluated: dict[str, Any], root: Path
     assert record["step"] == 3 and record["checkpoint"] == str(checkpoint)
     assert record["n_generated"] == record["n_real"] == 5 and record["split_size"] == TEST_SIZE
     assert record["metrics"]["fd_effnet"]["n_real"] == 5
+    assert record["sampling_precision"] == "bf16"  # eval.precision reaches the sampling
 
 
 def test_cli_refuses_a_checkpoint_of_another_family(root: Path) -> None:
